@@ -1,0 +1,55 @@
+"""Nothing half-written: atomic files and folders, and the registry kept intact on failure."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from medfactory.atomic import atomic_directory, atomic_write
+from medfactory.registry import load_registry, register_datasets
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
+    target = tmp_path / "train.jsonl"
+    target.write_text("prepared before\n")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target) as handle:
+            handle.write("half of a new file")
+            raise RuntimeError("killed midway")
+    assert target.read_text() == "prepared before\n"
+    assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
+
+
+def test_atomic_directory_replaces_only_on_success(tmp_path: Path) -> None:
+    final = tmp_path / "corpus"
+    final.mkdir()
+    (final / "train.jsonl").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(final) as staging:
+            (staging / "train.jsonl").write_text("new, incomplete")
+            raise RuntimeError("failed")
+    assert (final / "train.jsonl").read_text() == "old"
+    with atomic_directory(final) as staging:
+        (staging / "train.jsonl").write_text("new")
+    assert (final / "train.jsonl").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["corpus"]
+
+
+def test_register_datasets_keeps_other_entries_and_skips_needless_writes(tmp_path: Path) -> None:
+    registry = tmp_path / "dataset_info.json"
+    registry.write_text(json.dumps({"semclinbr": {"file_name": "data/semclinbr/train.jsonl"}}))
+    entry = {"lopes2019": {"file_name": "data/lopes2019/train.jsonl", "columns": {"prompt": "text"}}}
+    assert register_datasets(registry, entry) is True
+    assert set(load_registry(registry)) == {"semclinbr", "lopes2019"}
+    before = registry.stat().st_mtime_ns
+    assert register_datasets(registry, entry) is False
+    assert registry.stat().st_mtime_ns == before
+
+
+def test_broken_registry_error_names_the_file_and_line(tmp_path: Path) -> None:
+    registry = tmp_path / "dataset_info.json"
+    registry.write_text('{\n  "a": {"file_name": "x"},\n  "b": \n}\n')
+    with pytest.raises(ValueError, match=r"dataset_info.json: line 4"):
+        load_registry(registry)

@@ -1,0 +1,65 @@
+"""The embedded default: the real recipe through the real `llamafactory-cli train`, offline, on CPU."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medfactory.demo import DEMO_RECIPE, demo_overrides
+from medfactory.paper_values import PAPER_VALUES
+from medfactory.recipes import load_recipe
+
+
+def test_demo_overrides_leave_the_training_values_of_the_recipe_alone(tmp_path: Path) -> None:
+    overrides = demo_overrides(tmp_path / "model", tmp_path / "saves" / "run", max_steps=100)
+    # Of the paper's values, the demo may only swap the model, the data and the context length.
+    assert set(overrides) & set(PAPER_VALUES["clinical_br_mistral"]) == {"model_name_or_path", "dataset", "cutoff_len"}
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / DEMO_RECIPE)
+    for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "learning_rate", "adam_beta1", "adam_beta2"):
+        assert key not in overrides and key in recipe
+
+
+@pytest.mark.slow
+def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "medfactory.cli", "demo", "--max-steps", "240"],
+        cwd=repo_copy,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    output_dir = repo_copy / "saves" / "demo" / "clinical_br_mistral"
+    assert "saves/demo/clinical_br_mistral/adapter_model.safetensors" in result.stdout
+    assert (output_dir / "training_loss.png").stat().st_size > 0
+
+    # A real PEFT LoRA adapter with the recipe's values.
+    adapter_config = json.loads((output_dir / "adapter_config.json").read_text())
+    assert adapter_config["peft_type"] == "LORA"
+    assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["lora_dropout"]) == (8, 16, 0.1)
+    assert sorted(adapter_config["target_modules"]) == ["q_proj", "v_proj"]
+    from safetensors.torch import load_file
+
+    weights = load_file(output_dir / "adapter_model.safetensors")
+    assert weights and all("lora_" in name for name in weights)
+    assert any(name.endswith("lora_B.weight") and tensor.abs().sum() > 0 for name, tensor in weights.items())
+
+    # The loss falls: eval loss on the fixed validation blocks, first evaluation against last.
+    records = [json.loads(line) for line in (output_dir / "trainer_log.jsonl").read_text().splitlines()]
+    eval_losses = [record["eval_loss"] for record in records if "eval_loss" in record]
+    train_losses = [record["loss"] for record in records if "loss" in record]
+    assert records[-1]["current_steps"] == 240
+    assert len(eval_losses) >= 3 and eval_losses[-1] < eval_losses[0]
+    assert sum(train_losses[-4:]) / 4 < sum(train_losses[:4]) / 4
+    assert "eval loss:" in result.stdout and "train loss:" in result.stdout
+
+
+def test_demo_outside_the_repository_says_where_to_run_it(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "medfactory.cli", "demo"], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "recipes/clinical_br_mistral.yaml: not found" in result.stderr
+    assert "repository root" in result.stderr
