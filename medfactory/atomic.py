@@ -17,6 +17,18 @@ from pathlib import Path
 from typing import Any, TextIO
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: Path, is_dir: bool) -> None:
+    # mkstemp / mkdtemp create private (0600 / 0700) entries; give the final ones the permissions
+    # a plain open() / mkdir() would, so colleagues on a shared VM can read prepared data.
+    os.chmod(path, (0o777 if is_dir else 0o666) & ~_current_umask())
+
+
 @contextlib.contextmanager
 def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[TextIO]:
     """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
@@ -29,6 +41,7 @@ def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") ->
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        _default_mode(tmp, is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -57,6 +70,7 @@ def atomic_directory(final_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    _default_mode(staging, is_dir=True)
     backup = None
     if final_dir.exists():
         backup = final_dir.with_name(f".{final_dir.name}.old.{os.getpid()}")

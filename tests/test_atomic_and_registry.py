@@ -53,3 +53,18 @@ def test_broken_registry_error_names_the_file_and_line(tmp_path: Path) -> None:
     registry.write_text('{\n  "a": {"file_name": "x"},\n  "b": \n}\n')
     with pytest.raises(ValueError, match=r"dataset_info.json: line 4"):
         load_registry(registry)
+
+
+def test_atomic_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "manifest.json") as handle:
+            handle.write("{}")
+        with atomic_directory(tmp_path / "corpus") as staging:
+            (staging / "train.jsonl").write_text("")
+    finally:
+        os.umask(mask)
+    assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "corpus").stat().st_mode & 0o777 == 0o755
