@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from medfactory.contamination import contamination_command
 from medfactory.plugins import discover_plugins
 
 app = typer.Typer(help="Recipes, corpus plugins and evaluation for medical LMs in pt-BR and es.", no_args_is_help=True)
@@ -48,6 +49,11 @@ def recipes_lock(
 
     for line in lock_recipes(paths or default_recipe_paths()):
         typer.echo(line)
+
+
+app.command("contamination", help="Exact and near-duplicate overlap between two prepared sets (counts and ids only).")(
+    contamination_command
+)
 
 
 @app.command()

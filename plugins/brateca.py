@@ -1,0 +1,38 @@
+"""BRATECA (Brazilian Tertiary Care Dataset, PhysioNet, credentialed): admission notes of 10 hospitals.
+
+BRATECA ships as CSV tables; the Clinical-BR paper used its 73,040 admission notes. The column
+names below are the documented defaults for its notes table; they could not be checked against
+the credentialed release from here, so each one can be overridden and a table whose columns do
+not fit fails with the list of the columns it actually has. Notes are grouped by patient, or by
+admission where a table has no patient column, so no patient of an evaluation split is trained on.
+
+| field | default columns, first present wins |
+|---|---|
+| text | ``texto``, ``text``, ``evolucao``, ``nota`` |
+| note id | ``id``, ``id_nota``, ``note_id`` |
+| patient | ``id_paciente``, ``patient_id``, ``paciente`` |
+| admission | ``id_atendimento``, ``admission_id``, ``atendimento`` |
+| date | ``data``, ``dt_evolucao``, ``date`` |
+
+    medfactory prepare brateca --source /data/brateca/notes.csv
+"""
+
+from __future__ import annotations
+
+from medfactory.plugins import CorpusPlugin
+from medfactory.plugins.notes import make_prepare_command
+from medfactory.readers import ColumnMapping
+
+BRATECA_MAPPING = ColumnMapping(
+    text=("texto", "text", "evolucao", "nota"),
+    note_id=("id", "id_nota", "note_id"),
+    patient_id=("id_paciente", "patient_id", "paciente"),
+    admission_id=("id_atendimento", "admission_id", "atendimento"),
+    date=("data", "dt_evolucao", "date"),
+)
+
+PLUGIN = CorpusPlugin(
+    name="brateca",
+    summary="BRATECA admission notes (PhysioNet CSV tables; documented default columns)",
+    command=make_prepare_command("brateca", BRATECA_MAPPING, dataset_name="brateca"),
+)
