@@ -40,6 +40,7 @@ from medfactory.errors import CorpusError
 from medfactory.manifest import PreparationStats, build_manifest, write_manifest
 from medfactory.plugins import CorpusPlugin
 from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
+from medfactory.text import UndecodableBytes, decode
 
 log = logging.getLogger(__name__)
 
@@ -373,17 +374,14 @@ def decode_bytes(data: bytes, path: Path) -> tuple[str, str]:
     the file and byte offset.
     """
     try:
-        text, encoding = data.decode("utf-8-sig"), "utf-8"
-    except UnicodeDecodeError:
-        try:
-            text, encoding = data.decode("cp1252"), "cp1252"
-        except UnicodeDecodeError as error:
-            raise CorpusError(
-                f"{path}: byte 0x{data[error.start]:02X} at offset {error.start} is valid neither in UTF-8 "
-                "nor in cp1252 (the corpus encoding). Re-save the file as UTF-8 or cp1252, or run with "
-                "--on-error skip to leave it out."
-            ) from error
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
+        text, encoding = decode(data)
+    except UndecodableBytes as error:
+        raise CorpusError(
+            f"{path}: byte 0x{error.byte:02X} at offset {error.offset} is valid neither in UTF-8 "
+            "nor in cp1252 (the corpus encoding). Re-save the file as UTF-8 or cp1252, or run with "
+            "--on-error skip to leave it out."
+        ) from error
+    text = text.lstrip("\ufeff").replace("\r\n", "\n").replace("\r", "\n")
     return unicodedata.normalize("NFC", text), encoding
 
 

@@ -22,7 +22,9 @@ def test_wheel_installs_only_the_medfactory_package(repo_root: Path, tmp_path: P
     assert "medfactory/cli.py" in names
     entry_points = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith("entry_points.txt")).decode()
     assert "medfactory = medfactory.cli:app" in entry_points
-    assert "[medfactory.plugins]" in entry_points and "lopes2019 = medfactory.plugins.lopes2019:PLUGIN" in entry_points
+    assert "[medfactory.plugins]" in entry_points
+    for plugin in ("lopes2019", "semclinbr", "brateca", "notes"):
+        assert f"{plugin} = medfactory.plugins.{plugin}:PLUGIN" in entry_points
 
 
 def test_bare_plugins_and_eval_are_not_importable_outside_the_repository(tmp_path: Path) -> None:
@@ -39,5 +41,5 @@ def test_bare_plugins_and_eval_are_not_importable_outside_the_repository(tmp_pat
 
 def test_console_command_lists_the_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "medfactory.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("recipes", "prepare", "demo"):
+    for command in ("recipes", "prepare", "demo", "contamination"):
         assert command in result.stdout
