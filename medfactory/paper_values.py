@@ -34,10 +34,14 @@ PAPER_VALUES: dict[str, dict[str, Any]] = {
     },
 }
 
+# The Likert study's completions: the decoding the paper's error analysis settled on.
+PAPER_VALUES["clinical_br_complete"] = {"temperature": 0.1, "repetition_penalty": 1.2, "do_sample": True}
+
 # Recipes whose paper trained in 16-bit: one of these keys must be true.
 SIXTEEN_BIT_RECIPES = {"clinical_br_llama2", "clinical_br_mistral"}
 
 PAPER_SOURCE = {
     "clinical_br_llama2": "Clinical-BR (Pinto et al., BRACIS 2024)",
     "clinical_br_mistral": "Clinical-BR (Pinto et al., BRACIS 2024)",
+    "clinical_br_complete": "Clinical-BR (Pinto et al., BRACIS 2024), error analysis",
 }

@@ -124,3 +124,40 @@ def build_tiny_model(
         tokenizer.save_pretrained(staging)
     logger.info("built tiny %s model (%d parameters) at %s", architecture, model.num_parameters(), target)
     return target
+
+
+def build_constant_answer_model(directory: Path, answer: str) -> Path:
+    """A tiny Mistral whose weights are set so that, greedily, it answers ``answer`` and stops.
+
+    Attention and MLP outputs are zero, so each next token depends only on the current one: every
+    ordinary token leads to the answer (one added token), and the answer leads to end of sequence.
+    A random tiny model only ever produces unparseable text; this one exercises the parse path.
+    """
+    import torch
+    from transformers import MistralConfig, MistralForCausalLM
+
+    from medfactory.demo_corpus import generate_notes
+
+    tokenizer = train_tokenizer(generate_notes(100, seed=4), vocab_size=600)
+    tokenizer.add_tokens([answer])
+    answer_id, eos_id = tokenizer.convert_tokens_to_ids(answer), tokenizer.eos_token_id
+    config = MistralConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, tie_word_embeddings=False,
+    )  # fmt: skip
+    model = MistralForCausalLM(config)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        embeddings = model.model.embed_tokens.weight
+        embeddings.zero_()
+        embeddings[:, 0] = 1.0  # every ordinary token: direction 0
+        embeddings[answer_id, 0], embeddings[answer_id, 1] = 0.0, 1.0  # the answer: direction 1
+        head = model.lm_head.weight
+        head.zero_()
+        head[answer_id, 0] = 50.0
+        head[eos_id, 1] = 50.0
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -1,9 +1,15 @@
-"""Shared fixtures: the repository root, the shared real data, an isolated tiny-model cache."""
+"""Shared fixtures: the repository root, the shared real data, an isolated tiny-model cache,
+a live `llamafactory-cli api` server."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -38,3 +44,39 @@ def repo_copy(tmp_path: Path) -> Path:
     shutil.copytree(REPO_ROOT / "recipes", tmp_path / "recipes")
     shutil.copy2(REPO_ROOT / "dataset_info.json", tmp_path / "dataset_info.json")
     return tmp_path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def llamafactory_api(tmp_path: Path):
+    """Start `llamafactory-cli api` on a free localhost port for a model dir; stop it afterwards."""
+    processes = []
+
+    def serve(model_dir: Path) -> str:
+        port = free_port()
+        env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+        cli = str(Path(sys.executable).parent / "llamafactory-cli")
+        log = open(tmp_path / f"api-{port}.log", "w")
+        process = subprocess.Popen([cli, "api", "--model_name_or_path", str(model_dir), "--template", "empty"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        processes.append(process)
+        endpoint = f"http://127.0.0.1:{port}/v1"
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError((tmp_path / f"api-{port}.log").read_text()[-2000:])
+            try:
+                urllib.request.urlopen(endpoint + "/models", timeout=2)
+                return endpoint
+            except OSError:
+                time.sleep(1)
+        raise RuntimeError("llamafactory-cli api did not start in 120 s")
+
+    yield serve
+    for process in processes:
+        process.terminate()
+        process.wait(timeout=30)

@@ -1,0 +1,219 @@
+"""Completions for the Likert study: excerpts of held-out notes, continued by each model.
+
+The excerpt rule (documented in the study manifest): the first ``sentences`` sentences of the
+note, where a sentence ends at ``.``, ``!`` or ``?`` followed by whitespace, or at a line break
+(clinical notes are often one finding per line); never more than ``max_fraction`` of the note,
+so that something is left to complete. The rest of the note is the reference continuation.
+
+The excerpts become a LLaMA-Factory prediction set (alpaca format, registered as
+``clinical_br_likert_prompts``) and every model in the list runs
+``llamafactory-cli train recipes/clinical_br_complete.yaml`` with its own model path and adapter.
+``generated_predictions.jsonl`` has no item id, so the note id of every row is written beside the
+prediction set, in order, and each completion is joined back to its note through it (with a check
+that every prediction's prompt ends with its excerpt).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from medfactory.atomic import atomic_write, write_json_atomic
+from medfactory.eval.likert import COMPLETIONS_FILE
+from medfactory.registry import REGISTRY_NAME, register_datasets
+
+COMPLETE_RECIPE = Path("recipes/clinical_br_complete.yaml")
+PROMPTS_DATASET = "clinical_br_likert_prompts"
+PROMPTS_FILE = Path("data/likert/prompts.jsonl")
+PROMPT_IDS_FILE = Path("data/likert/prompts_ids.json")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class ExcerptRule:
+    sentences: int = 3
+    max_fraction: float = 0.5
+
+    def describe(self) -> str:
+        return (
+            f"first {self.sentences} sentences (ending at . ! ? + whitespace, or a line break), "
+            f"at most {self.max_fraction:.0%} of the note's characters"
+        )
+
+
+def cut_excerpt(text: str, rule: ExcerptRule = ExcerptRule()) -> tuple[str, str]:
+    """(excerpt, reference continuation) of a note by ``rule``; both non-empty for a usable note."""
+    boundaries = [match.end() for match in _SENTENCE_END.finditer(text)]
+    limit = int(len(text) * rule.max_fraction)
+    eligible = [end for end in boundaries[: rule.sentences] if end <= limit]
+    cut = eligible[-1] if eligible else (boundaries[0] if boundaries and boundaries[0] <= limit else limit)
+    excerpt = text[:cut].rstrip()
+    # The continuation keeps its leading whitespace: a line break after the excerpt is part of the style.
+    return excerpt, text[len(excerpt):]
+
+
+@dataclass
+class ModelSpec:
+    """One model of the study: a name for the report, the weights, an optional LoRA adapter."""
+
+    name: str
+    model_name_or_path: str
+    adapter_name_or_path: str | None = None
+    template: str | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def load_models(path: Path) -> list[ModelSpec]:
+    """Models from a YAML file: ``models: [{name, model_name_or_path, adapter_name_or_path?, template?}]``."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as error:
+        raise ValueError(f"{path}: no such models file.") from error
+    entries = document.get("models") if isinstance(document, dict) else None
+    if not entries:
+        raise ValueError(f"{path}: expected `models:` with a list of {{name, model_name_or_path, adapter_name_or_path}}.")
+    models = []
+    for index, entry in enumerate(entries, start=1):
+        try:
+            models.append(ModelSpec(**entry))
+        except TypeError as error:
+            raise ValueError(f"{path}: model {index}: {error}. Keys: name, model_name_or_path, adapter_name_or_path, template, overrides.") from error
+    names = [model.name for model in models]
+    if len(set(names)) != len(names):
+        raise ValueError(f"{path}: model names must be unique, got {names}.")
+    return models
+
+
+def read_heldout(path: Path) -> list[dict[str, str]]:
+    """Held-out notes as prepared by a corpus plugin (``likert_heldout.jsonl``: text and id)."""
+    notes = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                notes.append({"id": str(record.get("id") or f"{Path(path).name}:{number}"), "text": record["text"]})
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{path}:{number}: not a prepared note ({error}); expected {{\"text\", \"id\"}}.") from error
+    if not notes:
+        raise ValueError(f"{path}: no notes. Prepare the corpus first (medfactory prepare ... --likert-notes 100).")
+    return notes
+
+
+def write_prediction_set(notes: list[dict[str, str]], root: Path, rule: ExcerptRule) -> list[dict[str, str]]:
+    """Write the prompts and their row order; return the items (note_id, excerpt, reference)."""
+    items = []
+    for note in notes:
+        excerpt, reference = cut_excerpt(note["text"], rule)
+        if excerpt and reference.strip():
+            items.append({"note_id": note["id"], "excerpt": excerpt, "reference": reference})
+    with atomic_write(root / PROMPTS_FILE) as handle:
+        for item in items:
+            handle.write(json.dumps({"instruction": item["excerpt"], "input": "", "output": item["reference"]}, ensure_ascii=False) + "\n")
+    write_json_atomic(root / PROMPT_IDS_FILE, [item["note_id"] for item in items])
+    register_datasets(
+        root / REGISTRY_NAME,
+        {PROMPTS_DATASET: {"file_name": PROMPTS_FILE.as_posix(), "columns": {"prompt": "instruction", "query": "input", "response": "output"}}},
+    )
+    return items
+
+
+def _llamafactory_cli() -> str:
+    candidate = Path(sys.executable).parent / "llamafactory-cli"
+    return str(candidate) if candidate.exists() else "llamafactory-cli"
+
+
+def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict[str, Any]) -> Path:
+    """One predict run of the completion recipe; returns its ``generated_predictions.jsonl``."""
+    overrides: dict[str, Any] = {"model_name_or_path": model.model_name_or_path, "output_dir": str(run_dir)}
+    if model.adapter_name_or_path:
+        overrides["adapter_name_or_path"] = model.adapter_name_or_path
+    if model.template:
+        overrides["template"] = model.template
+    overrides.update(extra_overrides)
+    overrides.update(model.overrides)
+    command = [_llamafactory_cli(), "train", str(COMPLETE_RECIPE), *(f"{key}={value}" for key, value in overrides.items())]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / "llamafactory.log"
+    with open(log_path, "w", encoding="utf-8") as log:
+        result = subprocess.run(command, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT)
+    predictions = run_dir / "generated_predictions.jsonl"
+    if result.returncode != 0 or not predictions.is_file():
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"model {model.name!r}: llamafactory-cli failed (exit {result.returncode}); see {log_path}:\n{tail}")
+    return predictions
+
+
+def join_predictions(predictions: Path, items: list[dict[str, str]], model: str) -> list[dict[str, str]]:
+    """Completions of one model, joined to their notes by the recorded row order."""
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(rows) != len(items):
+        raise ValueError(
+            f"{predictions}: {len(rows)} predictions for {len(items)} prompts; LLaMA-Factory dropped or added rows "
+            "(see the run's llamafactory.log: prompts longer than cutoff_len are the usual cause)."
+        )
+    completions = []
+    for position, (row, item) in enumerate(zip(rows, items), start=1):
+        tail = item["excerpt"][-40:].strip()
+        if tail and tail not in row["prompt"]:
+            raise ValueError(f"{predictions}:{position}: the prompt does not end with the excerpt of note {item['note_id']}: the row order is broken.")
+        completions.append({**item, "model": model, "completion": row["predict"]})
+    return completions
+
+
+def generate_completions(
+    heldout: Path,
+    models: list[ModelSpec],
+    study_dir: Path,
+    root: Path = Path("."),
+    rule: ExcerptRule = ExcerptRule(),
+    extra_overrides: dict[str, Any] | None = None,
+) -> Path:
+    """Excerpts -> predictions of every model -> ``study_dir/completions.jsonl``; returns its path.
+
+    A model whose predictions are already in ``study_dir/runs/<name>/`` for the same prompts is not
+    run again, so an interrupted study resumes where it stopped.
+    """
+    root, study_dir = Path(root), Path(study_dir)
+    items = write_prediction_set(read_heldout(heldout), root, rule)
+    if not items:
+        raise ValueError(f"{heldout}: no note is long enough to cut an excerpt and leave a continuation ({rule.describe()}).")
+    prompts_digest = (root / PROMPTS_FILE).read_bytes()
+    completions: list[dict[str, str]] = []
+    for model in tqdm(models, desc="models", unit="model"):
+        run_dir = study_dir / "runs" / model.name
+        predictions = run_dir / "generated_predictions.jsonl"
+        marker = run_dir / "prompts.jsonl"
+        if not (predictions.is_file() and marker.is_file() and marker.read_bytes() == prompts_digest):
+            predictions = run_model(model, root, run_dir, extra_overrides or {})
+            with atomic_write(marker, mode="wb") as handle:
+                handle.write(prompts_digest)
+        completions += join_predictions(predictions, items, model.name)
+    out = study_dir / COMPLETIONS_FILE
+    with atomic_write(out) as handle:
+        for completion in completions:
+            handle.write(json.dumps(completion, ensure_ascii=False) + "\n")
+    write_json_atomic(
+        study_dir / "completions_manifest.json",
+        {
+            "heldout": str(heldout),
+            "notes": len(items),
+            "models": [vars(model) for model in models],
+            "excerpt_rule": rule.describe(),
+            "recipe": str(COMPLETE_RECIPE),
+            "row_order": str(PROMPT_IDS_FILE),
+        },
+    )
+    return out
