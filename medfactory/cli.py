@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from medfactory.contamination import contamination_command
+from medfactory.eval.bertscore import bertscore_command
 from medfactory.plugins import discover_plugins
 
 app = typer.Typer(help="Recipes, corpus plugins and evaluation for medical LMs in pt-BR and es.", no_args_is_help=True)
@@ -15,6 +16,8 @@ recipes_app = typer.Typer(help="Check and lock the LLaMA-Factory recipes in reci
 prepare_app = typer.Typer(help="Prepare a corpus into data/ and register it in dataset_info.json.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(prepare_app, name="prepare")
+eval_app = typer.Typer(help="Evaluations that run after training (scores, tables, figures in reports/).", no_args_is_help=True)
+app.add_typer(eval_app, name="eval")
 likert_app = typer.Typer(help="The blind Likert study: completions, cards, ratings, report, LLM judge.", no_args_is_help=True)
 app.add_typer(likert_app, name="likert")
 
@@ -57,6 +60,10 @@ app.command("contamination", help="Exact and near-duplicate overlap between two 
     contamination_command
 )
 
+
+eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(
+    bertscore_command
+)
 
 STUDIES = Path("reports/likert")
 

@@ -37,6 +37,31 @@ PAPER_VALUES: dict[str, dict[str, Any]] = {
 # The Likert study's completions: the decoding the paper's error analysis settled on.
 PAPER_VALUES["clinical_br_complete"] = {"temperature": 0.1, "repetition_penalty": 1.2, "do_sample": True}
 
+# MIMIC-CXR-PT-BR (2025 technical report).
+_MEDGEMMA_4B_4BIT = {"model_name_or_path": "google/medgemma-4b-it", "quantization_bit": 4, "quantization_method": "bnb", "image_max_pixels": 802816}
+PAPER_VALUES["mimic_cxr_translate_medgemma27b"] = {
+    "model_name_or_path": "google/medgemma-27b-text-it",
+    "quantization_bit": 4,
+    "quantization_method": "bnb",
+    "do_sample": True,
+}
+PAPER_VALUES["medgemma_cxr_ptbr_lora"] = {
+    **_MEDGEMMA_4B_4BIT,
+    "finetuning_type": "lora",
+    "lora_rank": 16,
+    "lora_alpha": 16,
+    "lora_dropout": 0.05,
+    "lora_target": "all",
+    "freeze_vision_tower": True,
+    "per_device_train_batch_size": 1,
+    "gradient_accumulation_steps": 16,
+    "num_train_epochs": 4.0,
+    "dataset": "mimic_cxr_ptbr_train",
+}
+for _scenario, _dataset in (("zeroshot", "mimic_cxr_ptbr_test"), ("fewshot", "mimic_cxr_ptbr_test_fewshot"), ("lora", "mimic_cxr_ptbr_test")):
+    PAPER_VALUES[f"medgemma_cxr_ptbr_predict_{_scenario}"] = {**_MEDGEMMA_4B_4BIT, "eval_dataset": _dataset}
+PAPER_VALUES["medgemma_cxr_ptbr_predict_lora"]["adapter_name_or_path"] = "saves/medgemma_cxr_ptbr_lora"
+
 # Recipes whose paper trained in 16-bit: one of these keys must be true.
 SIXTEEN_BIT_RECIPES = {"clinical_br_llama2", "clinical_br_mistral"}
 
@@ -45,3 +70,4 @@ PAPER_SOURCE = {
     "clinical_br_mistral": "Clinical-BR (Pinto et al., BRACIS 2024)",
     "clinical_br_complete": "Clinical-BR (Pinto et al., BRACIS 2024), error analysis",
 }
+PAPER_SOURCE.update({name: "the MIMIC-CXR-PT-BR report" for name in PAPER_VALUES if "medgemma" in name})

@@ -19,7 +19,7 @@ from medfactory.atomic import atomic_directory
 logger = logging.getLogger(__name__)
 
 # Bump when the way tiny models are built changes, so stale caches are not reused.
-TINY_BUILDER_VERSION = 1
+TINY_BUILDER_VERSION = 2
 
 # Shapes are tiny; everything that makes a model "Mistral-7B-v0.2-like" is kept:
 # grouped-query attention, no sliding window, rope_theta 1e6, untied embeddings.
@@ -50,6 +50,12 @@ TINY_ARCHITECTURES: dict[str, dict] = {
 }
 
 SPECIAL_TOKENS = {"unk_token": "<unk>", "bos_token": "<s>", "eos_token": "</s>"}
+
+
+def _padded(vocab_size: int, multiple: int = 64) -> int:
+    """Vocabulary rounded up, as real checkpoints do: bitsandbytes' CPU 4-bit kernels need every
+    quantized layer's width to be a multiple of its block size (64), the output layer included."""
+    return -(-vocab_size // multiple) * multiple
 
 
 def cache_root() -> Path:
@@ -126,12 +132,14 @@ def build_tiny_model(
     return target
 
 
-def build_constant_answer_model(directory: Path, answer: str) -> Path:
+def build_constant_answer_model(directory: Path, answer: str, eos_token: str | None = None) -> Path:
     """A tiny Mistral whose weights are set so that, greedily, it answers ``answer`` and stops.
 
     Attention and MLP outputs are zero, so each next token depends only on the current one: every
     ordinary token leads to the answer (one added token), and the answer leads to end of sequence.
     A random tiny model only ever produces unparseable text; this one exercises the parse path.
+    ``eos_token`` makes another token the end of sequence (``<end_of_turn>`` for the gemma templates,
+    which stop on it instead of ``</s>``).
     """
     import torch
     from transformers import MistralConfig, MistralForCausalLM
@@ -140,10 +148,12 @@ def build_constant_answer_model(directory: Path, answer: str) -> Path:
 
     tokenizer = train_tokenizer(generate_notes(100, seed=4), vocab_size=600)
     tokenizer.add_tokens([answer])
+    if eos_token:
+        tokenizer.add_special_tokens({"eos_token": eos_token})
     answer_id, eos_id = tokenizer.convert_tokens_to_ids(answer), tokenizer.eos_token_id
     config = MistralConfig(
-        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=1, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, tie_word_embeddings=False,
+        vocab_size=_padded(len(tokenizer)), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=2, bos_token_id=tokenizer.bos_token_id, eos_token_id=eos_id, tie_word_embeddings=False,
     )  # fmt: skip
     model = MistralForCausalLM(config)
     with torch.no_grad():
@@ -161,3 +171,140 @@ def build_constant_answer_model(directory: Path, answer: str) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+GEMMA_SPECIAL_TOKENS = ["<start_of_turn>", "<end_of_turn>", "<start_of_image>", "<end_of_image>", "<image_soft_token>"]
+
+
+def _gemma_tokenizer(texts: list[str], vocab_size: int):
+    """A tokenizer with Gemma 3's chat and image tokens, as MedGemma's processor expects them."""
+    from transformers import PreTrainedTokenizerFast
+
+    base = train_tokenizer(texts, vocab_size=vocab_size)
+    base.add_special_tokens({"pad_token": "<pad>", "additional_special_tokens": GEMMA_SPECIAL_TOKENS})
+    return PreTrainedTokenizerFast(
+        tokenizer_object=base.backend_tokenizer,
+        model_max_length=8192,
+        pad_token="<pad>",
+        extra_special_tokens={"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"},
+        **SPECIAL_TOKENS,
+    )
+
+
+def _gemma_text_config(tokenizer):
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(
+        vocab_size=_padded(len(tokenizer)), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, head_dim=32, max_position_embeddings=8192, sliding_window=512,
+        pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )  # fmt: skip
+
+
+def build_tiny_gemma3_text(texts: list[str], vocab_size: int = 1500, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """A tiny text-only Gemma 3 (the architecture of medgemma-27b-text-it), cached like the others."""
+    from transformers import Gemma3ForCausalLM
+
+    target = (cache_dir or cache_root() / "tiny") / f"gemma3-text-{_fingerprint('mistral', texts, vocab_size, seed + 1000)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+
+    tokenizer = _gemma_tokenizer(texts, vocab_size)
+    torch.manual_seed(seed)
+    model = Gemma3ForCausalLM(_gemma_text_config(tokenizer))
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+    return target
+
+
+def build_tiny_gemma3_vlm(texts: list[str], vocab_size: int = 1500, seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """A tiny Gemma 3 image-text model (the architecture of medgemma-4b-it) with its processor.
+
+    Real 896x896 input through a SigLIP tower with 56-pixel patches (16x16 patches), pooled to 16
+    image tokens: the same pipeline as MedGemma's 256 tokens per image, at a CPU-friendly size.
+    """
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor, SiglipVisionConfig
+
+    target = (cache_dir or cache_root() / "tiny") / f"gemma3-vlm-{_fingerprint('mistral', texts, vocab_size, seed + 2000)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+
+    tokenizer = _gemma_tokenizer(texts, vocab_size)
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in GEMMA_SPECIAL_TOKENS}
+    # Widths of 64 and more: bitsandbytes quantizes in blocks of 64 inputs (4-bit tests run for real).
+    vision = SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=896, patch_size=56)
+    config = Gemma3Config(
+        text_config=_gemma_text_config(tokenizer), vision_config=vision, mm_tokens_per_image=16,
+        boi_token_index=ids["<start_of_image>"], eoi_token_index=ids["<end_of_image>"], image_token_index=ids["<image_soft_token>"],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config)
+    processor = Gemma3Processor(
+        image_processor=Gemma3ImageProcessor(size={"height": 896, "width": 896}),
+        tokenizer=tokenizer,
+        image_seq_length=16,
+        chat_template="{% for message in messages %}{{ message['content'] }}{% endfor %}",
+    )
+    with atomic_directory(target) as staging:
+        model.save_pretrained(staging)
+        processor.save_pretrained(staging)
+    return target
+
+
+def build_tiny_bert(texts: list[str], seed: int = 0, cache_dir: Path | None = None) -> Path:
+    """A tiny cased BERT encoder (the BERTimbau stand-in for BERTScore): 3 layers, WordPiece trained on
+    ``texts``, 512 positions and, like BERTimbau's tokenizer, no real ``model_max_length``."""
+    target = (cache_dir or cache_root() / "tiny") / f"bert-{_fingerprint('llama', texts, 600, seed + 3000)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    wordpiece = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    wordpiece.normalizer = normalizers.BertNormalizer(lowercase=False, strip_accents=False)
+    wordpiece.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    wordpiece.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=600, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])
+    )
+    tokenizer = BertTokenizer(vocab=wordpiece.get_vocab(), do_lower_case=False)
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+    )  # fmt: skip
+    with atomic_directory(target) as staging:
+        tokenizer.save_pretrained(staging)
+        BertModel(config).save_pretrained(staging)
+    return target
+
+
+def build_tiny_xlmr(texts: list[str], seed: int = 1, cache_dir: Path | None = None) -> Path:
+    """A tiny XLM-RoBERTa encoder (the xlm-roberta-large stand-in): 3 layers, Unigram trained on ``texts``."""
+    target = (cache_dir or cache_root() / "tiny") / f"xlmr-{_fingerprint('llama', texts, 400, seed + 4000)}"
+    if (target / "config.json").is_file():
+        return target
+    import torch
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import XLMRobertaConfig, XLMRobertaModel, XLMRobertaTokenizer
+
+    unigram = Tokenizer(models.Unigram())
+    unigram.normalizer = normalizers.NFKC()
+    unigram.pre_tokenizer = pre_tokenizers.Metaspace()
+    unigram.train_from_iterator(
+        texts, trainers.UnigramTrainer(vocab_size=400, special_tokens=["<s>", "<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    )
+    pieces = [tuple(piece) for piece in json.loads(unigram.to_str())["model"]["vocab"]] + [("<mask>", 0.0)]
+    tokenizer = XLMRobertaTokenizer(vocab=pieces, model_max_length=512)
+    torch.manual_seed(seed)
+    config = XLMRobertaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=514, pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1,
+    )  # fmt: skip
+    with atomic_directory(target) as staging:
+        tokenizer.save_pretrained(staging)
+        XLMRobertaModel(config).save_pretrained(staging)
+    return target

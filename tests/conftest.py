@@ -38,6 +38,12 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def shared_data_or_none() -> Path | None:
+    """../shared/data when present, else None (the test then builds synthetic stand-ins)."""
+    return SHARED_DATA if SHARED_DATA.is_dir() else None
+
+
 @pytest.fixture()
 def repo_copy(tmp_path: Path) -> Path:
     """A scratch copy of what a run reads from the repository root (recipes and registry)."""

@@ -1,0 +1,948 @@
+"""MIMIC-CXR-PT-BR: MIMIC-CXR chest X-ray studies with their reports translated into Brazilian Portuguese.
+
+Two commands, in the order the 2025 technical report ran them:
+
+1. ``medfactory prepare mimic_cxr --source MIMIC_CXR [--jpg-root MIMIC_CXR_JPG]`` reads the files as
+   PhysioNet releases them, draws the subset (960 / 473 / 965 studies from the official train /
+   validate / test splits by default), caches each study's images at 896x896 and writes the
+   translation set for medgemma-27b-text-it (``mimic_cxr_translate``, alpaca format).
+2. ``medfactory prepare mimic-cxr-ptbr --translations saves/.../generated_predictions.jsonl`` joins the
+   translations back to the studies, rejects the unusable ones and writes the multimodal sharegpt sets
+   for medgemma-4b-it (``mimic_cxr_ptbr_{train,validation,test,test_fewshot}``).
+
+Input layout (MIMIC-CXR 2.0.0 reports, MIMIC-CXR-JPG 2.0.0/2.1.0 images and tables)::
+
+    ROOT/files/pNN/pSUBJECT/sSTUDY.txt              NN = the subject id's first two digits
+    JPG_ROOT/files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg
+    JPG_ROOT/mimic-cxr-2.0.0-split.csv[.gz]          dicom_id, study_id, subject_id, split
+    JPG_ROOT/mimic-cxr-2.0.0-metadata.csv[.gz]       dicom_id, subject_id, study_id, ViewPosition, ...
+    JPG_ROOT/mimic-cxr-2.0.0-chexpert.csv[.gz]       optional: subject_id, study_id, 14 labels
+
+Reports
+    A header is a line that starts (after spaces) with a known section name followed by a colon, in
+    any case and with any spacing (``FINDINGS:``, ``Impression :``, ``WET READ:``...; ``FINAL REPORT``
+    needs no colon), or with any other name written in capitals (4 letters or more) and a colon. A
+    section runs to the next header; text on the header's own line belongs to it. FINDINGS (or
+    FINDING) and IMPRESSION (or IMPRESSIONS) are kept, each with its lines unwrapped and paragraphs
+    kept apart by one newline; a header repeated takes its first non-empty section. The English
+    report is ``"FINDINGS: ...\\n\\nIMPRESSION: ..."`` with whichever exist. A study with only one of
+    the two is KEPT with that one (the manifest counts it under ``sections_missing`` as
+    ``findings_missing`` or ``impression_missing``; many MIMIC reports have no FINDINGS section);
+    a study with neither is dropped as ``no_findings_or_impression``.
+
+Subset
+    Studies are taken from their official split (``validate`` is written ``validation``). Within a
+    split they are ranked by a hash of (seed, study id) and walked in that order; each one with a
+    report holding FINDINGS or IMPRESSION and at least one image file is taken until the split has
+    its count. That is a uniform draw among the eligible studies, the same on every machine, and
+    only the studies walked past are read (drops are counted among those). A larger count keeps the
+    smaller one's studies. A split with too few eligible studies gives all it has, with a warning
+    in the manifest. A study whose report file is missing is dropped as ``report_missing`` and one
+    with no image file as ``no_images``; the command fails only when no study is eligible at all.
+
+Images
+    At most ``--max-images`` (2) per study: the frontal view first (PA, else AP), then the lateral
+    (LATERAL, else LL), then (with more room, or no lateral) the other frontal and lateral images;
+    other views (oblique, blank ViewPosition...) only when the study has no frontal or lateral image.
+    Images of one view are taken in dicom_id order. Each is padded to a square with black, centred
+    (the whole radiograph is kept: nothing is cropped, nothing is stretched), then resized to
+    896x896 with the Lanczos filter and saved as an RGB PNG. RGB because LLaMA-Factory converts every
+    image to RGB before Gemma 3's image processor (which normalizes three channels) and other
+    multimodal processors assume it too: stored RGB, a file loads the same everywhere. PNG is
+    lossless, so the JPEG is compressed only once. Images are written once to
+    ``data/mimic_cxr_images/<study_id>/<dicom_id>.png``, outside ``data/mimic_cxr/`` so that the
+    atomic replacement of that folder keeps them; a rerun skips every image already cached at
+    896x896 RGB (delete the folder to rebuild it; dicom ids are unique in MIMIC). The recipes set
+    ``image_max_pixels: 802816`` (896 x 896), so LLaMA-Factory does not shrink them to its
+    768 x 768 default.
+
+Outputs (under ``--output-root``, the repository root)
+    ``data/mimic_cxr/studies.jsonl``, ``translate.jsonl`` (alpaca rows for ``llamafactory-cli``
+    prediction: instruction = the report's translation prompt, input = the English report, output
+    empty), ``translate_ids.json`` (the study ids in that row order: ``generated_predictions.jsonl``
+    has no ids) and ``manifest.json`` (counts, drops, views, longest report, table hashes; no report
+    text), replaced in one step; ``dataset_info.json`` gets ``mimic_cxr_translate``.
+
+Translations (``mimic-cxr-ptbr``)
+    Each prediction line is joined to ``translate_ids.json`` by position (a different number of lines
+    is an error naming both files); where the line has the prompt, the English report's first
+    letters must be in it (else ``misaligned``; more than half misaligned is an error: the file is
+    from another ``translate.jsonl``). A translation is rejected, with the first reason that
+    applies, when it is
+
+    - ``empty``: nothing but whitespace;
+    - ``not_portuguese``: the very common function words it holds are mostly English. Portuguese
+      words counted: de, da, do, das, dos, em, na, nas, nos, com, sem, não, para, os, uma, pelo, pela,
+      ao, que, ou; English: the, of, and, with, is, are, there, was, were, without, this, which, or
+      (words of both languages, such as "no", "a" and "as", are not counted). It is Portuguese
+      when the Portuguese share of those words is at least 0.8, or, where none occurs, when it has
+      fewer than 8 words ("Normal.", "Sem alterações"...); and the English report given back word for
+      word is not Portuguese either, however short. The check does not tell Portuguese from Spanish;
+    - ``truncated``: shorter than half the English report in characters (a translation into
+      Portuguese is usually longer than its source), or ending without sentence punctuation
+      (``. ! ? …``, trailing quotes, brackets and markdown asterisks ignored) where the English report
+      ends with it: the generation stopped mid-sentence (``max_new_tokens``).
+
+    Rejected studies are left out of every set and listed by reason with their ids (never the text)
+    in the manifest. The few-shot example is the Portuguese report of one accepted training study
+    (with both sections where any has them) chosen by a hash of (seed, study id).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections import Counter
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from medfactory.atomic import atomic_directory, atomic_write, sha256_file
+from medfactory.errors import CorpusError
+from medfactory.manifest import PreparationStats, build_manifest, write_manifest
+from medfactory.plugins import CorpusPlugin
+from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
+from medfactory.splits import unit_hash
+
+log = logging.getLogger(__name__)
+
+CORPUS_NAME = "mimic_cxr"
+PTBR_COMMAND = "mimic-cxr-ptbr"
+PTBR_NAME = "mimic_cxr_ptbr"
+DATASET_DIR = Path("data") / CORPUS_NAME
+IMAGE_CACHE_DIR = Path("data") / "mimic_cxr_images"
+PTBR_DIR = Path("data") / PTBR_NAME
+
+TRANSLATE_PROMPT = (
+    "Você é um assistente médico que traduz relatórios de raio-x para o português. "
+    "Traduza o relatório abaixo para o português."
+)
+DIAGNOSIS_PROMPT = "Dê o diagnóstico das imagens apresentadas"
+FEWSHOT_INSTRUCTION = (
+    "Escreva o relatório das imagens no formato do exemplo abaixo, que é de outro exame "
+    "e não descreve estas imagens.\n\n"
+)
+IMAGE_TOKEN = "<image>"
+IMAGE_SIZE = 896
+
+SPLITS = ("train", "validation", "test")
+OFFICIAL_SPLITS = {"train": "train", "validate": "validation", "validation": "validation", "test": "test"}
+DEFAULT_COUNTS = {"train": 960, "validation": 473, "test": 965}
+DEFAULT_SEED = 42
+DEFAULT_MAX_IMAGES = 2
+
+SPLIT_TABLE = "mimic-cxr-2.0.0-split.csv"
+METADATA_TABLE = "mimic-cxr-2.0.0-metadata.csv"
+CHEXPERT_TABLE = "mimic-cxr-2.0.0-chexpert.csv"
+SPLIT_COLUMNS = ("dicom_id", "study_id", "subject_id", "split")
+METADATA_COLUMNS = ("dicom_id", "subject_id", "study_id", "ViewPosition")
+CHEXPERT_ID_COLUMNS = ("subject_id", "study_id")
+
+STUDIES_FILE = "studies.jsonl"
+TRANSLATE_FILE = "translate.jsonl"
+TRANSLATE_IDS_FILE = "translate_ids.json"
+MANIFEST_FILE = "manifest.json"
+TEST_IDS_FILE = "test_ids.json"
+TEST_REFERENCES_FILE = "test_references.jsonl"
+FEWSHOT_FILE = "test_fewshot.json"
+
+TRANSLATE_DATASET = "mimic_cxr_translate"
+TRANSLATE_ENTRY = {
+    TRANSLATE_DATASET: {
+        "file_name": f"{DATASET_DIR.as_posix()}/{TRANSLATE_FILE}",
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+    }
+}
+
+
+def _sharegpt_entry(file_name: str) -> dict[str, Any]:
+    return {
+        "file_name": file_name,
+        "formatting": "sharegpt",
+        "columns": {"messages": "messages", "images": "images"},
+        "tags": {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant"},
+    }
+
+
+PTBR_ENTRIES = {
+    **{f"{PTBR_NAME}_{split}": _sharegpt_entry(f"{PTBR_DIR.as_posix()}/{split}.json") for split in SPLITS},
+    f"{PTBR_NAME}_test_fewshot": _sharegpt_entry(f"{PTBR_DIR.as_posix()}/{FEWSHOT_FILE}"),
+}
+
+# --- Report sections ----------------------------------------------------------------------------------
+
+FINDINGS_NAMES = frozenset({"FINDINGS", "FINDING"})
+IMPRESSION_NAMES = frozenset({"IMPRESSION", "IMPRESSIONS"})
+# Section names of MIMIC-CXR reports (matched in any case); other all-capitals names end a section too.
+KNOWN_HEADERS = FINDINGS_NAMES | IMPRESSION_NAMES | frozenset(
+    {
+        "EXAMINATION", "EXAM", "TYPE OF EXAMINATION", "REFERENCE EXAM", "PROCEDURE",
+        "INDICATION", "INDICATIONS", "CLINICAL INDICATION", "HISTORY", "CLINICAL HISTORY",
+        "CLINICAL INFORMATION", "REASON FOR EXAM", "REASON FOR EXAMINATION", "TECHNIQUE",
+        "COMPARISON", "COMPARISONS", "WET READ", "FINAL REPORT", "ADDENDUM", "NOTIFICATION",
+        "RECOMMENDATION", "RECOMMENDATIONS", "RECOMMENDATION(S)", "CONCLUSION", "CONCLUSIONS",
+        "PFI", "PROVISIONAL FINDINGS IMPRESSION", "PROVISIONAL FINDINGS IMPRESSION (PFI)",
+    }
+)  # fmt: skip
+# Letters only (no digits): "NOTIFIED AT 10:15" is not a header.
+_HEADER_LINE = re.compile(r"^\s*(?P<name>[A-Za-z][A-Za-z /&(),\-]*?)\s*:(?P<rest>.*)$")
+_FINAL_REPORT_LINE = re.compile(r"^\s*final\s+report\s*$", re.IGNORECASE)
+
+
+def _header_of(line: str) -> tuple[str, str] | None:
+    """(normalized header name, the rest of the line) when ``line`` starts a section, else None."""
+    if _FINAL_REPORT_LINE.match(line):
+        return "FINAL REPORT", ""
+    match = _HEADER_LINE.match(line)
+    if not match:
+        return None
+    written = " ".join(match["name"].split())
+    name = written.upper()
+    if name in KNOWN_HEADERS:
+        return name, match["rest"]
+    if written == name and sum(char.isalpha() for char in written) >= 4:
+        return name, match["rest"]
+    return None
+
+
+def _clean_section(lines: Iterable[str]) -> str:
+    """Unwrap lines, collapse spaces; paragraphs (blank-line separated) stay apart by one newline."""
+    paragraphs: list[str] = []
+    current: list[str] = []
+    for line in lines:
+        if line.strip():
+            current.append(line.strip())
+        elif current:
+            paragraphs.append(" ".join(" ".join(current).split()))
+            current = []
+    if current:
+        paragraphs.append(" ".join(" ".join(current).split()))
+    return "\n".join(paragraphs)
+
+
+def extract_sections(text: str) -> dict[str, str | None]:
+    """``{"findings": ..., "impression": ...}`` of a MIMIC-CXR report, None where absent or empty."""
+    sections: list[tuple[str, list[str]]] = []
+    current: list[str] | None = None
+    for line in text.replace("\r\n", "\n").replace("\r", "\n").split("\n"):
+        header = _header_of(line)
+        if header is None:
+            if current is not None:
+                current.append(line)
+            continue
+        name, rest = header
+        current = [rest]
+        sections.append((name, current))
+
+    def first_non_empty(names: frozenset[str]) -> str | None:
+        for name, body in sections:
+            cleaned = _clean_section(body) if name in names else ""
+            if cleaned:
+                return cleaned
+        return None
+
+    return {"findings": first_non_empty(FINDINGS_NAMES), "impression": first_non_empty(IMPRESSION_NAMES)}
+
+
+def english_report(findings: str | None, impression: str | None) -> str:
+    parts = []
+    if findings:
+        parts.append(f"FINDINGS: {findings}")
+    if impression:
+        parts.append(f"IMPRESSION: {impression}")
+    return "\n\n".join(parts)
+
+
+# --- Tables ---------------------------------------------------------------------------------------------
+
+
+def find_table(root: Path, name: str) -> Path | None:
+    for candidate in (root / name, root / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, compression="infer")
+    except Exception as error:  # pandas raises many kinds (parser, gzip, unicode): name the file
+        raise CorpusError(f"{path}: cannot read the table ({type(error).__name__}: {error}). Download it again from PhysioNet.") from error
+    missing = [column for column in required if column not in frame.columns]
+    if missing:
+        raise CorpusError(
+            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))}). "
+            "Use the table as PhysioNet releases it."
+        )
+    for column in frame.columns:
+        frame[column] = frame[column].str.strip()
+    return frame
+
+
+def _require_table(root: Path, name: str) -> Path:
+    path = find_table(root, name)
+    if path is None:
+        raise CorpusError(
+            f"{root / name}(.gz): table not found. It ships with MIMIC-CXR-JPG "
+            "(physionet.org/content/mimic-cxr-jpg/); pass the folder holding it as --jpg-root."
+        )
+    return path
+
+
+def _label_value(value: str) -> int | float | None:
+    if value == "":
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return int(number) if number.is_integer() else number
+
+
+# --- Images ---------------------------------------------------------------------------------------------
+
+FRONTAL_VIEWS = ("PA", "AP")
+LATERAL_VIEWS = ("LATERAL", "LL")
+_VIEW_RANK = {view: rank for rank, view in enumerate((*FRONTAL_VIEWS, *LATERAL_VIEWS))}
+
+
+def choose_images(images: list[tuple[str, str]], max_images: int) -> list[tuple[str, str]]:
+    """``(dicom_id, view)`` pairs of a study -> the ones to use, in order (see the module docstring)."""
+    known = sorted((image for image in images if image[1] in _VIEW_RANK), key=lambda image: (_VIEW_RANK[image[1]], image[0]))
+    if not known:
+        return sorted(images, key=lambda image: (image[1], image[0]))[:max_images]
+    chosen: list[tuple[str, str]] = []
+    for group in (FRONTAL_VIEWS, LATERAL_VIEWS):
+        best = next((image for image in known if image[1] in group), None)
+        if best is not None:
+            chosen.append(best)
+    chosen += [image for image in known if image not in chosen]
+    return chosen[:max_images]
+
+
+def square_resize(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
+    """Pad to a centred square with black, resize to ``size`` x ``size`` (Lanczos), as RGB."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16-bit or float grayscale (not in MIMIC-CXR-JPG, which is 8-bit): stretch to 8 bits.
+        pixels = np.asarray(image, dtype=np.float64)
+        top = pixels.max() or 1.0
+        image = Image.fromarray(np.clip(pixels / top * 255.0, 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    elif image.mode not in ("L", "RGB"):
+        image = image.convert("RGB")
+    side = max(image.size)
+    square = Image.new(image.mode, (side, side), 0)
+    square.paste(image, ((side - image.width) // 2, (side - image.height) // 2))
+    return square.resize((size, size), Image.Resampling.LANCZOS).convert("RGB")
+
+
+def _cached_ok(path: Path, size: int) -> bool:
+    try:
+        with Image.open(path) as cached:
+            return cached.size == (size, size) and cached.mode == "RGB"
+    except (OSError, ValueError):
+        return False
+
+
+def cache_image(source: Path, target: Path, size: int = IMAGE_SIZE) -> bool:
+    """Write ``target`` from ``source`` unless it is already cached; True when it was written."""
+    if target.is_file() and _cached_ok(target, size):
+        return False
+    try:
+        with Image.open(source) as image:
+            image.load()
+            prepared = square_resize(image, size)
+    except (OSError, ValueError) as error:
+        raise CorpusError(f"{source}: cannot read the image ({error}). Download it again from MIMIC-CXR-JPG.") from error
+    with atomic_write(target, mode="wb") as handle:
+        prepared.save(handle, format="PNG")
+    return True
+
+
+# --- Part 1: the subset and the translation set ----------------------------------------------------------
+
+
+@dataclass
+class _Study:
+    study_id: str
+    subject_id: str
+    split: str
+    images: list[tuple[str, str]] = field(default_factory=list)  # (dicom_id, view) from the tables
+
+
+def _group(part: str) -> str:
+    return f"p{part[:2]}"
+
+
+def report_path(root: Path, subject_id: str, study_id: str) -> Path:
+    return root / "files" / _group(subject_id) / f"p{subject_id}" / f"s{study_id}.txt"
+
+
+def image_path(root: Path, subject_id: str, study_id: str, dicom_id: str) -> Path:
+    return root / "files" / _group(subject_id) / f"p{subject_id}" / f"s{study_id}" / f"{dicom_id}.jpg"
+
+
+def _check_registry(registry: Path) -> None:
+    if registry.exists():
+        try:
+            load_registry(registry)
+        except ValueError as error:
+            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
+
+
+def _load_studies(split_path: Path, metadata_path: Path, stats: PreparationStats) -> dict[str, _Study]:
+    split_table = read_table(split_path, SPLIT_COLUMNS)
+    metadata = read_table(metadata_path, METADATA_COLUMNS)
+    views = dict(zip(metadata["dicom_id"], metadata["ViewPosition"], strict=True))
+    studies: dict[str, _Study] = {}
+    conflicting: set[str] = set()
+    unknown_splits: Counter = Counter()
+    for dicom_id, study_id, subject_id, split in split_table[list(SPLIT_COLUMNS)].itertuples(index=False):
+        ours = OFFICIAL_SPLITS.get(split.lower())
+        if ours is None:
+            unknown_splits[split] += 1
+            continue
+        study = studies.setdefault(study_id, _Study(study_id, subject_id, ours))
+        if study.split != ours or study.subject_id != subject_id:
+            conflicting.add(study_id)
+        study.images.append((dicom_id, views.get(dicom_id, "").upper() or "UNKNOWN"))
+    if unknown_splits:
+        raise CorpusError(
+            f"{split_path}: unknown split value(s) {dict(unknown_splits)}; expected train, validate or test."
+        )
+    for study_id in conflicting:
+        # One study listed under two splits or two subjects: not in the official file; never guess.
+        del studies[study_id]
+        stats.drop("split_conflict")
+    return studies
+
+
+def _chexpert(path: Path | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
+    if path is None:
+        return {}, []
+    table = read_table(path, CHEXPERT_ID_COLUMNS)
+    labels = [column for column in table.columns if column not in CHEXPERT_ID_COLUMNS]
+    by_study = {
+        row["study_id"]: {label: _label_value(row[label]) for label in labels} for row in table.to_dict("records")
+    }
+    return by_study, labels
+
+
+def prepare_mimic_cxr(
+    source: Path,
+    jpg_root: Path | None = None,
+    output_root: Path = Path("."),
+    counts: dict[str, int] | None = None,
+    seed: int = DEFAULT_SEED,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Draw the subset, cache its images, write ``data/mimic_cxr/`` and register the translation set."""
+    source = Path(source)
+    jpg_root = Path(jpg_root) if jpg_root is not None else source
+    output_root = Path(output_root)
+    counts = {**DEFAULT_COUNTS, **(counts or {})}
+    if set(counts) != set(SPLITS) or any(value < 0 for value in counts.values()):
+        raise CorpusError(f"counts {counts}: give train, validation and test, each 0 or more.")
+    if max_images < 1:
+        raise CorpusError(f"--max-images {max_images}: use 1 or more.")
+    workers = workers or min(8, os.cpu_count() or 1)
+    if not source.is_dir():
+        raise CorpusError(f"{source}: MIMIC-CXR folder not found. Pass the folder holding files/p10/... as --source.")
+    if not (source / "files").is_dir():
+        raise CorpusError(
+            f"{source / 'files'}: not found. --source is the MIMIC-CXR folder where the reports "
+            "(mimic-cxr-reports.zip) extract to files/pNN/pSUBJECT/sSTUDY.txt."
+        )
+    if not jpg_root.is_dir():
+        raise CorpusError(f"{jpg_root}: MIMIC-CXR-JPG folder not found. Pass it as --jpg-root.")
+    split_path = _require_table(jpg_root, SPLIT_TABLE)
+    metadata_path = _require_table(jpg_root, METADATA_TABLE)
+    chexpert_path = find_table(jpg_root, CHEXPERT_TABLE)
+    registry = output_root / REGISTRY_NAME
+    _check_registry(registry)
+
+    stats = PreparationStats()
+    studies = _load_studies(split_path, metadata_path, stats)
+    chexpert, chexpert_labels = _chexpert(chexpert_path)
+
+    selected: list[dict[str, Any]] = []
+    sections_missing: Counter = Counter()
+    inspected: Counter = Counter()
+    available: Counter = Counter(study.split for study in studies.values())
+    warnings: list[str] = []
+    image_files_missing = 0
+    for split in SPLITS:
+        wanted = counts[split]
+        candidates = sorted(
+            (study for study in studies.values() if study.split == split),
+            key=lambda study: (unit_hash(seed, study.study_id), study.study_id),
+        )
+        taken: list[dict[str, Any]] = []
+        for study in candidates:
+            if len(taken) == wanted:
+                break
+            inspected[split] += 1
+            path = report_path(source, study.subject_id, study.study_id)
+            if not path.is_file():
+                stats.drop("report_missing")
+                continue
+            stats.files_read += 1
+            sections = extract_sections(path.read_text(encoding="utf-8", errors="replace"))
+            if not sections["findings"] and not sections["impression"]:
+                stats.drop("no_findings_or_impression")
+                continue
+            present = [image for image in study.images if image_path(jpg_root, study.subject_id, study.study_id, image[0]).is_file()]
+            image_files_missing += len(study.images) - len(present)
+            if not present:
+                stats.drop("no_images")
+                continue
+            taken.append({"study": study, **sections, "chosen": choose_images(present, max_images)})
+        if len(taken) < wanted:
+            message = (
+                f"{split}: {wanted} studies requested, only {len(taken)} eligible among "
+                f"{available[split]} in the official split; took them all"
+            )
+            warnings.append(message)
+            log.warning(message)
+        selected += sorted(taken, key=lambda item: (len(item["study"].study_id), item["study"].study_id))
+    if not selected:
+        raise CorpusError(
+            f"{source}: no eligible study (a report with FINDINGS or IMPRESSION and at least one image) "
+            f"among {sum(inspected.values())} inspected; dropped: {dict(stats.dropped) or 'none'}. "
+            "Check --source (reports) and --jpg-root (images and tables)."
+        )
+
+    # Images: written once into the persistent cache, in parallel (PIL releases the GIL).
+    jobs = []
+    for item in selected:
+        study = item["study"]
+        for dicom_id, _view in item["chosen"]:
+            jobs.append(
+                (
+                    image_path(jpg_root, study.subject_id, study.study_id, dicom_id),
+                    output_root / IMAGE_CACHE_DIR / study.study_id / f"{dicom_id}.png",
+                )
+            )
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        written = list(
+            tqdm(pool.map(lambda job: cache_image(*job), jobs), total=len(jobs), unit="image", desc=f"{CORPUS_NAME} images")
+        )
+
+    views_count: Counter = Counter()
+    images_per_study: Counter = Counter()
+    longest = {"characters": 0, "characters_study_id": None, "words": 0, "words_study_id": None}
+    records = []
+    for item in selected:
+        study = item["study"]
+        report = english_report(item["findings"], item["impression"])
+        if not item["findings"]:
+            sections_missing["findings_missing"] += 1
+        if not item["impression"]:
+            sections_missing["impression_missing"] += 1
+        words = len(report.split())
+        if len(report) > longest["characters"]:
+            longest.update(characters=len(report), characters_study_id=study.study_id)
+        if words > longest["words"]:
+            longest.update(words=words, words_study_id=study.study_id)
+        views_count.update(view for _dicom, view in item["chosen"])
+        images_per_study[len(item["chosen"])] += 1
+        stats.keep(report, study.split)
+        records.append(
+            {
+                "study_id": study.study_id,
+                "subject_id": study.subject_id,
+                "split": study.split,
+                "report_en": report,
+                "findings": item["findings"],
+                "impression": item["impression"],
+                "images": [(IMAGE_CACHE_DIR / study.study_id / f"{dicom}.png").as_posix() for dicom, _view in item["chosen"]],
+                "views": [view for _dicom, view in item["chosen"]],
+                "chexpert": chexpert.get(study.study_id) if chexpert_path is not None else None,
+            }
+        )
+
+    tables = {"split": split_path, "metadata": metadata_path, **({"chexpert": chexpert_path} if chexpert_path else {})}
+    with atomic_directory(output_root / DATASET_DIR) as staging:
+        with atomic_write(staging / STUDIES_FILE) as handle:
+            for record in records:
+                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        with atomic_write(staging / TRANSLATE_FILE) as handle:
+            for record in records:
+                row = {"instruction": TRANSLATE_PROMPT, "input": record["report_en"], "output": ""}
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        with atomic_write(staging / TRANSLATE_IDS_FILE) as handle:
+            json.dump([record["study_id"] for record in records], handle)
+            handle.write("\n")
+        manifest = build_manifest(
+            CORPUS_NAME,
+            source,
+            [staging / STUDIES_FILE, staging / TRANSLATE_FILE, staging / TRANSLATE_IDS_FILE],
+            stats,
+            options={
+                "train": counts["train"],
+                "validation": counts["validation"],
+                "test": counts["test"],
+                "seed": seed,
+                "max_images": max_images,
+                "image_size": IMAGE_SIZE,
+                "image_format": "RGB PNG, padded to a centred square with black, Lanczos resize",
+                "selection": "per official split, studies ranked by blake2b(seed, study_id), first eligible taken",
+            },
+        )
+        manifest.update(
+            {
+                "jpg_root": str(jpg_root.resolve()),
+                "tables": {name: {"file": path.name, "sha256": sha256_file(path)} for name, path in tables.items()},
+                "chexpert_labels": chexpert_labels,
+                "studies_by_split": {split: sum(record["split"] == split for record in records) for split in SPLITS},
+                "requested_by_split": counts,
+                "official_studies_by_split": {split: available[split] for split in SPLITS},
+                "inspected_by_split": {split: inspected[split] for split in SPLITS},
+                "sections_missing": {key: sections_missing[key] for key in ("findings_missing", "impression_missing")},
+                "images": {
+                    "total": sum(images_per_study[n] * n for n in images_per_study),
+                    "by_view": dict(sorted(views_count.items())),
+                    "per_study": {str(n): images_per_study[n] for n in sorted(images_per_study)},
+                    "written": sum(written),
+                    "reused_from_cache": len(written) - sum(written),
+                    "files_missing_in_inspected_studies": image_files_missing,
+                    "cache": IMAGE_CACHE_DIR.as_posix(),
+                },
+                "chexpert_by_split": {
+                    split: sum(record["split"] == split and record["chexpert"] is not None for record in records)
+                    for split in SPLITS
+                },
+                "longest_report": longest,
+                "warnings": warnings,
+            }
+        )
+        write_manifest(staging / MANIFEST_FILE, manifest)
+    register_datasets(registry, TRANSLATE_ENTRY)
+    return manifest
+
+
+# --- Part 2: the translations back into multimodal sets ---------------------------------------------------
+
+# Very common function words of one language that are not words of the other ("no", "a", "as" are both).
+PORTUGUESE_WORDS = frozenset("de da do das dos em na nas nos com sem não para os uma pelo pela ao que ou".split())
+ENGLISH_WORDS = frozenset("the of and with is are there was were without this which or".split())
+MIN_PORTUGUESE_SHARE = 0.8
+MIN_WORDS_FOR_LANGUAGE = 8
+MIN_LENGTH_RATIO = 0.5
+SENTENCE_END = (".", "!", "?", "…")
+_TRAILING = " \t\r\n\"'”’»)]*"
+_WORD = re.compile(r"[^\W\d_]+")
+_ALNUM = re.compile(r"[\W_]+")
+
+
+def language_counts(text: str) -> tuple[int, int]:
+    """(Portuguese function words, English function words) in ``text``."""
+    words = [word.lower() for word in _WORD.findall(text)]
+    portuguese = sum(word in PORTUGUESE_WORDS for word in words)
+    english = sum(word in ENGLISH_WORDS for word in words)
+    return portuguese, english
+
+
+def is_portuguese(text: str) -> bool:
+    portuguese, english = language_counts(text)
+    if portuguese + english == 0:
+        return len(_WORD.findall(text)) < MIN_WORDS_FOR_LANGUAGE
+    return portuguese / (portuguese + english) >= MIN_PORTUGUESE_SHARE
+
+
+def _ends_sentence(text: str) -> bool:
+    return text.rstrip(_TRAILING).endswith(SENTENCE_END)
+
+
+def is_truncated(translation: str, source: str) -> bool:
+    if len(translation) < MIN_LENGTH_RATIO * len(source):
+        return True
+    return _ends_sentence(source) and not _ends_sentence(translation)
+
+
+def rejection_reason(translation: str, source: str) -> str | None:
+    """The first of empty / not_portuguese / truncated that applies, else None."""
+    if not translation.strip():
+        return "empty"
+    if not is_portuguese(translation) or _WORD.findall(translation.casefold()) == _WORD.findall(source.casefold()):
+        return "not_portuguese"
+    if is_truncated(translation.strip(), source):
+        return "truncated"
+    return None
+
+
+def _alignment_key(text: str, length: int = 40) -> str:
+    return _ALNUM.sub("", text.casefold())[:length]
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CorpusError(f"{path}: not found ({what}). Run `medfactory prepare mimic_cxr` first.")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path}: invalid JSON ({error}). Run `medfactory prepare mimic_cxr` again.") from error
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    """LLaMA-Factory's ``generated_predictions.jsonl``: one {"prompt", "predict", "label"} per line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CorpusError(
+            f"{path}: translations not found. Run llamafactory-cli with recipes/mimic_cxr_translate_medgemma27b.yaml "
+            "and pass its generated_predictions.jsonl as --translations."
+        )
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise CorpusError(f"{path}, line {number}: invalid JSON ({error.msg}).") from error
+            if not isinstance(row, dict) or not isinstance(row.get("predict"), str):
+                raise CorpusError(f"{path}, line {number}: no \"predict\" text (expected LLaMA-Factory's generated_predictions.jsonl).")
+            rows.append(row)
+    return rows
+
+
+def _user_message(n_images: int, text: str) -> dict[str, str]:
+    return {"role": "user", "content": IMAGE_TOKEN * n_images + text}
+
+
+def _item(study: dict[str, Any], report_pt: str, prompt: str) -> dict[str, Any]:
+    return {
+        "messages": [_user_message(len(study["images"]), prompt), {"role": "assistant", "content": report_pt}],
+        "images": list(study["images"]),
+    }
+
+
+def fewshot_prompt(example_report: str) -> str:
+    return f"{FEWSHOT_INSTRUCTION}Exemplo de relatório:\n{example_report}\n\n{DIAGNOSIS_PROMPT}"
+
+
+def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Join the translations to the studies; write ``data/mimic_cxr_ptbr/`` and register its sets."""
+    translations, output_root = Path(translations), Path(output_root)
+    ids_path = output_root / DATASET_DIR / TRANSLATE_IDS_FILE
+    studies_path = output_root / DATASET_DIR / STUDIES_FILE
+    predictions = read_predictions(translations)
+    ids = _read_json(ids_path, "the study ids of translate.jsonl")
+    studies = {record["study_id"]: record for record in _read_json(studies_path, "the prepared studies")}
+    if len(predictions) != len(ids):
+        raise CorpusError(
+            f"{translations} has {len(predictions)} predictions but {ids_path} lists {len(ids)} studies: "
+            f"the predictions must come from the {TRANSLATE_DATASET} set written with those ids "
+            "(rerun the translation, or `medfactory prepare mimic_cxr` with the options it was run with)."
+        )
+    missing_studies = [study_id for study_id in ids if study_id not in studies]
+    if missing_studies:
+        raise CorpusError(f"{ids_path}: {len(missing_studies)} ids not in {studies_path}. Run `medfactory prepare mimic_cxr` again.")
+    registry = output_root / REGISTRY_NAME
+    _check_registry(registry)
+
+    rejected: dict[str, list[str]] = {}
+    accepted: dict[str, str] = {}
+    with_prompt = 0
+    for study_id, row in zip(ids, predictions, strict=True):
+        study = studies[study_id]
+        prompt = row.get("prompt")
+        if isinstance(prompt, str) and prompt.strip():
+            with_prompt += 1
+            if _alignment_key(study["report_en"]) not in _alignment_key(prompt, length=10**9):
+                rejected.setdefault("misaligned", []).append(study_id)
+                continue
+        translation = row["predict"].strip()
+        reason = rejection_reason(translation, study["report_en"])
+        if reason:
+            rejected.setdefault(reason, []).append(study_id)
+        else:
+            accepted[study_id] = translation
+    misaligned = len(rejected.get("misaligned", []))
+    if with_prompt and misaligned * 2 > with_prompt:
+        raise CorpusError(
+            f"{translations}: {misaligned} of {with_prompt} prompts do not hold the English report of the study at "
+            f"that position in {ids_path}: the predictions come from another translate.jsonl. Rerun the translation "
+            "on the current data/mimic_cxr/translate.jsonl."
+        )
+    if not accepted:
+        raise CorpusError(
+            f"{translations}: every translation was rejected ({ {reason: len(v) for reason, v in rejected.items()} }). "
+            "Check the translation run's output (generation settings, template)."
+        )
+
+    missing_images = [path for study_id in accepted for path in studies[study_id]["images"] if not (output_root / path).is_file()]
+    if missing_images:
+        raise CorpusError(
+            f"{output_root / missing_images[0]}: cached image missing ({len(missing_images)} in all). "
+            "Run `medfactory prepare mimic_cxr` again with the same options to rebuild the cache."
+        )
+
+    train_ids = [study_id for study_id in ids if study_id in accepted and studies[study_id]["split"] == "train"]
+    if not train_ids:
+        raise CorpusError(f"{translations}: no accepted training translation to serve as the few-shot example.")
+    both_sections = [study_id for study_id in train_ids if studies[study_id]["findings"] and studies[study_id]["impression"]]
+    example_id = min(both_sections or train_ids, key=lambda study_id: (unit_hash(seed, f"fewshot:{study_id}"), study_id))
+    example_prompt = fewshot_prompt(accepted[example_id])
+
+    by_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
+    test_ids: list[str] = []
+    fewshot: list[dict[str, Any]] = []
+    references: list[dict[str, str]] = []
+    stats = PreparationStats(files_read=len(predictions))
+    longest = {"characters": 0, "words": 0}
+    for study_id in ids:
+        if study_id not in accepted:
+            continue
+        study, report_pt = studies[study_id], accepted[study_id]
+        stats.keep(report_pt, study["split"])
+        longest = {"characters": max(longest["characters"], len(report_pt)), "words": max(longest["words"], len(report_pt.split()))}
+        by_split[study["split"]].append(_item(study, report_pt, DIAGNOSIS_PROMPT))
+        if study["split"] == "test":
+            test_ids.append(study_id)
+            fewshot.append(_item(study, report_pt, example_prompt))
+            references.append({"id": study_id, "report_pt": report_pt, "report_en": study["report_en"]})
+    for reason, study_ids in rejected.items():
+        stats.dropped[reason] = len(study_ids)
+    warnings = [f"{split}: no accepted translation; {split}.json is empty" for split in SPLITS if not by_split[split]]
+
+    with atomic_directory(output_root / PTBR_DIR) as staging:
+        outputs = []
+        for name, payload in (
+            *((f"{split}.json", by_split[split]) for split in SPLITS),
+            (FEWSHOT_FILE, fewshot),
+            (TEST_IDS_FILE, test_ids),
+        ):
+            with atomic_write(staging / name) as handle:
+                json.dump(payload, handle, ensure_ascii=False, indent=1 if name != TEST_IDS_FILE else None)
+                handle.write("\n")
+            outputs.append(staging / name)
+        with atomic_write(staging / TEST_REFERENCES_FILE) as handle:
+            for reference in references:
+                handle.write(json.dumps(reference, ensure_ascii=False) + "\n")
+        outputs.append(staging / TEST_REFERENCES_FILE)
+        manifest = build_manifest(
+            PTBR_NAME,
+            output_root / DATASET_DIR,
+            outputs,
+            stats,
+            options={
+                "seed": seed,
+                "diagnosis_prompt": DIAGNOSIS_PROMPT,
+                "rules": {
+                    "not_portuguese": f"Portuguese share of common function words < {MIN_PORTUGUESE_SHARE} "
+                    f"(or none of them in {MIN_WORDS_FOR_LANGUAGE}+ words)",
+                    "truncated": f"characters < {MIN_LENGTH_RATIO} x the English report's, or no final sentence "
+                    "punctuation where the English report has it",
+                    "order": "misaligned, empty, not_portuguese, truncated (first that applies)",
+                },
+            },
+        )
+        manifest.update(
+            {
+                "translations": {"file": str(translations.resolve()), "sha256": sha256_file(translations), "lines": len(predictions)},
+                "studies_by_split": {split: len(by_split[split]) for split in SPLITS},
+                "rejected": {reason: {"count": len(v), "study_ids": v} for reason, v in sorted(rejected.items())},
+                "rejected_total": sum(len(v) for v in rejected.values()),
+                "images_by_split": {split: sum(len(item["images"]) for item in by_split[split]) for split in SPLITS},
+                "fewshot_example_study_id": example_id,
+                "longest_report_pt": longest,
+                "warnings": warnings,
+            }
+        )
+        write_manifest(staging / MANIFEST_FILE, manifest)
+    register_datasets(registry, PTBR_ENTRIES)
+    return manifest
+
+
+# --- Command line ------------------------------------------------------------------------------------------
+
+
+def prepare_command(
+    source: Annotated[Path, typer.Option(help="MIMIC-CXR folder holding files/pNN/pSUBJECT/sSTUDY.txt (the reports)")],
+    jpg_root: Annotated[
+        Path | None,
+        typer.Option(help="MIMIC-CXR-JPG folder (files/.../DICOM_ID.jpg and the mimic-cxr-2.0.0-*.csv[.gz] tables); default: --source"),
+    ] = None,
+    output_root: Annotated[Path, typer.Option(help="Repository root: gets data/mimic_cxr/, data/mimic_cxr_images/ and dataset_info.json")] = Path("."),
+    train: Annotated[int, typer.Option(help="Studies from the official train split")] = DEFAULT_COUNTS["train"],
+    validation: Annotated[int, typer.Option(help="Studies from the official validate split")] = DEFAULT_COUNTS["validation"],
+    test: Annotated[int, typer.Option(help="Studies from the official test split")] = DEFAULT_COUNTS["test"],
+    seed: Annotated[int, typer.Option(help="Seed of the subset draw")] = DEFAULT_SEED,
+    max_images: Annotated[int, typer.Option(help="Images per study: frontal (PA, AP) first, then lateral (LATERAL, LL)")] = DEFAULT_MAX_IMAGES,
+    workers: Annotated[int | None, typer.Option(help="Threads resizing images (default: up to 8)")] = None,
+) -> None:
+    """Draw the MIMIC-CXR subset, cache its images at 896x896 and register 'mimic_cxr_translate'."""
+    try:
+        manifest = prepare_mimic_cxr(
+            source,
+            jpg_root=jpg_root,
+            output_root=output_root,
+            counts={"train": train, "validation": validation, "test": test},
+            seed=seed,
+            max_images=max_images,
+            workers=workers,
+        )
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    for split, count in manifest["studies_by_split"].items():
+        typer.echo(f"{split}: {count} studies ({manifest['inspected_by_split'][split]} inspected)")
+    dropped = ", ".join(f"{reason} {count}" for reason, count in manifest["dropped"].items())
+    typer.echo(f"dropped: {dropped or 'none'}; kept without a section: {manifest['sections_missing']}")
+    images = manifest["images"]
+    typer.echo(f"images: {images['total']} ({images['written']} written, {images['reused_from_cache']} cached), by view {images['by_view']}")
+    longest = manifest["longest_report"]
+    typer.echo(f"longest English report: {longest['characters']} characters, {longest['words']} words")
+    for warning in manifest["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {Path(output_root) / DATASET_DIR}; registered '{TRANSLATE_DATASET}' in {Path(output_root) / REGISTRY_NAME}")
+
+
+def prepare_ptbr_command(
+    translations: Annotated[Path, typer.Option(help="generated_predictions.jsonl of the mimic_cxr_translate run")],
+    output_root: Annotated[Path, typer.Option(help="Repository root holding data/mimic_cxr/ (from `prepare mimic_cxr`)")] = Path("."),
+    seed: Annotated[int, typer.Option(help="Seed choosing the few-shot example among the training studies")] = DEFAULT_SEED,
+) -> None:
+    """Join the Portuguese translations to the studies and register the mimic_cxr_ptbr_* sets."""
+    try:
+        manifest = prepare_mimic_cxr_ptbr(translations, output_root=output_root, seed=seed)
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    for split, count in manifest["studies_by_split"].items():
+        typer.echo(f"{split}: {count} studies, {manifest['images_by_split'][split]} images")
+    for reason, entry in manifest["rejected"].items():
+        typer.echo(f"rejected {reason}: {entry['count']} (study ids: {', '.join(entry['study_ids'])})")
+    if not manifest["rejected"]:
+        typer.echo("rejected: none")
+    typer.echo(f"few-shot example: study {manifest['fewshot_example_study_id']}")
+    for warning in manifest["warnings"]:
+        typer.secho(f"warning: {warning}", fg=typer.colors.YELLOW, err=True)
+    typer.echo(f"wrote {Path(output_root) / PTBR_DIR}; registered {', '.join(PTBR_ENTRIES)} in {Path(output_root) / REGISTRY_NAME}")
+
+
+PLUGIN = CorpusPlugin(
+    name=CORPUS_NAME,
+    summary="MIMIC-CXR reports + MIMIC-CXR-JPG images: subset, 896x896 image cache, translation set",
+    command=prepare_command,
+)
+PTBR_PLUGIN = CorpusPlugin(
+    name=PTBR_COMMAND,
+    summary="MIMIC-CXR-PT-BR: join medgemma translations to the studies; multimodal sharegpt sets",
+    command=prepare_ptbr_command,
+)
