@@ -9,6 +9,8 @@ import typer
 
 from medfactory.contamination import contamination_command
 from medfactory.eval.bertscore import bertscore_command
+from medfactory.eval.mcqa import mcqa_command
+from medfactory.merge import merge_command
 from medfactory.plugins import discover_plugins
 
 app = typer.Typer(help="Recipes, corpus plugins and evaluation for medical LMs in pt-BR and es.", no_args_is_help=True)
@@ -61,6 +63,10 @@ app.command("contamination", help="Exact and near-duplicate overlap between two 
 )
 
 
+eval_app.command("mcqa", help="Multiple-choice accuracy, macro-F1 and exam points (HEAD-QA, Portuguese exams); letter or log-likelihood protocol.")(
+    mcqa_command
+)
+app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
 eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(
     bertscore_command
 )

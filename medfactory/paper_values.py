@@ -62,6 +62,26 @@ for _scenario, _dataset in (("zeroshot", "mimic_cxr_ptbr_test"), ("fewshot", "mi
     PAPER_VALUES[f"medgemma_cxr_ptbr_predict_{_scenario}"] = {**_MEDGEMMA_4B_4BIT, "eval_dataset": _dataset}
 PAPER_VALUES["medgemma_cxr_ptbr_predict_lora"]["adapter_name_or_path"] = "saves/medgemma_cxr_ptbr_lora"
 
+# SpanishMedicalLLM (proposal, 2024): QLoRA as the QLoRA paper set it up, DPO continuing from SFT
+# with the SFT model as reference.
+_QLORA = {"quantization_bit": 4, "quantization_method": "bnb", "quantization_type": "nf4", "double_quantization": True, "lora_target": "all"}
+for _name, _base in (
+    ("spanish_medical_qlora_sft", "BioMistral/BioMistral-7B"),
+    ("spanish_medical_replay_sft", "BioMistral/BioMistral-7B"),
+    ("spanish_medical_qlora_sft_llama2_es", "clibrain/Llama-2-7b-ft-instruct-es"),
+    ("spanish_medical_qlora_sft_lince_mistral", "clibrain/lince-mistral-7b-it-es"),
+):
+    PAPER_VALUES[_name] = {**_QLORA, "stage": "sft", "model_name_or_path": _base}
+PAPER_VALUES["spanish_medical_replay_sft"]["mix_strategy"] = "interleave_under"
+PAPER_VALUES["spanish_medical_dpo"] = {
+    **{key: value for key, value in _QLORA.items() if key != "lora_target"},
+    "stage": "dpo",
+    "model_name_or_path": "BioMistral/BioMistral-7B",
+    "adapter_name_or_path": "saves/spanish_medical_qlora_sft",
+    "ref_model": "BioMistral/BioMistral-7B",
+    "ref_model_adapters": "saves/spanish_medical_qlora_sft",
+}
+
 # Recipes whose paper trained in 16-bit: one of these keys must be true.
 SIXTEEN_BIT_RECIPES = {"clinical_br_llama2", "clinical_br_mistral"}
 
@@ -71,3 +91,4 @@ PAPER_SOURCE = {
     "clinical_br_complete": "Clinical-BR (Pinto et al., BRACIS 2024), error analysis",
 }
 PAPER_SOURCE.update({name: "the MIMIC-CXR-PT-BR report" for name in PAPER_VALUES if "medgemma" in name})
+PAPER_SOURCE.update({name: "the SpanishMedicalLLM proposal (QLoRA / DPO set-up)" for name in PAPER_VALUES if name.startswith("spanish_")})

@@ -19,18 +19,20 @@ from medfactory.atomic import atomic_directory
 logger = logging.getLogger(__name__)
 
 # Bump when the way tiny models are built changes, so stale caches are not reused.
-TINY_BUILDER_VERSION = 2
+TINY_BUILDER_VERSION = 3
 
 # Shapes are tiny; everything that makes a model "Mistral-7B-v0.2-like" is kept:
-# grouped-query attention, no sliding window, rope_theta 1e6, untied embeddings.
+# grouped-query attention, no sliding window, rope_theta 1e6, untied embeddings. Every linear
+# layer's width is a multiple of 64 (vocabulary padded too), so real bitsandbytes 4-bit (QLoRA)
+# runs on them on CPU: its kernels work in blocks of 64.
 TINY_ARCHITECTURES: dict[str, dict] = {
     "mistral": {
         "model_type": "mistral",
-        "hidden_size": 64,
-        "intermediate_size": 176,
+        "hidden_size": 128,
+        "intermediate_size": 256,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
         "max_position_embeddings": 32768,
         "rope_theta": 1000000.0,
         "sliding_window": None,
@@ -38,11 +40,11 @@ TINY_ARCHITECTURES: dict[str, dict] = {
     },
     "llama": {
         "model_type": "llama",
-        "hidden_size": 64,
-        "intermediate_size": 176,
+        "hidden_size": 128,
+        "intermediate_size": 256,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 4,
+        "num_attention_heads": 8,
+        "num_key_value_heads": 8,
         "max_position_embeddings": 4096,
         "rope_theta": 10000.0,
         "tie_word_embeddings": False,
@@ -118,7 +120,7 @@ def build_tiny_model(
     settings = dict(TINY_ARCHITECTURES[architecture])
     config = AutoConfig.for_model(
         settings.pop("model_type"),
-        vocab_size=len(tokenizer),
+        vocab_size=_padded(len(tokenizer)),
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         **settings,

@@ -1,0 +1,1003 @@
+"""Multiple-choice QA: HEAD-QA (Spanish specialist exams) and Portuguese exam questions.
+
+Accuracy and macro-F1, as in the SpanishMedicalLLM proposal, plus HEAD-QA exam points, for a
+causal LM with an optional PEFT LoRA adapter. Two scoring protocols:
+
+``letter`` (as BioMistral evaluated its models)
+    The prompt is a header, ``k`` solved examples, then the question, its options as ``A) text``
+    lines (as the project's SFT prompts show them) and an answer cue in the item's language (``Respuesta:`` / ``Resposta:`` / ``Answer:``). Each option is
+    scored by the log-probability of the continuation ``" " + letter`` (a space, then the item's
+    letter: ``" A"``, ``" B"``...) after the cue; the prediction is the argmax.
+
+    Which tokens: the continuation's tokens are ``encode(prompt + " A")[len(encode(prompt)):]``
+    (lm-eval's pair encoding). For Llama / Mistral SentencePiece vocabularies that is the single
+    token ``"▁A"``, for byte-level BPE vocabularies (GPT-2, Llama 3, Qwen) the single token
+    ``"ĠA"``: in both cases the score is exactly the next-token log-probability of the letter with
+    its leading space, read from ONE forward pass of the prompt. Where a vocabulary splits
+    ``" A"`` (``"Ġ"`` + ``"A"``), the score is the sum over those tokens, i.e. still exactly
+    ``log P(" A" | prompt)``; every letter then shares the same first token, so the ranking is that
+    of the letter token after the space. ``metrics.json`` records, per letter, the token strings
+    actually scored (``scoring.letter_tokens``).
+
+``loglik_norm`` (as lm-evaluation-harness's ``headqa_es`` / ``headqa_en``)
+    The context is ``k`` solved examples then ``<Pregunta>: question\\n<Respuesta>:`` (no options
+    listed); for each option the log-likelihood of ``" " + option text`` as continuation is summed
+    over its tokens. The primary prediction is the argmax of that log-likelihood divided by the
+    UTF-8 byte length of the option text (without the leading space). Also reported: the
+    unnormalised argmax (lm-eval's ``acc``) and the argmax divided by the option's length in
+    characters (Python ``len(choice)``: what lm-eval's ``acc_norm`` code computes,
+    ``completion_len = np.array([float(len(i)) for i in choices])``). For ASCII text bytes and
+    characters coincide; Spanish and Portuguese accents (``á``, ``ñ``, ``ç``, ``ã``) take two
+    bytes, so the two normalisations can rank options differently. NB: lm-eval's headqa prompts
+    use English ``Question:`` / ``Answer:`` even for ``headqa_es``; here the labels follow the
+    item's language.
+
+Common details:
+
+* Tokenisation follows lm-eval's ``_encode_pair``: trailing whitespace of the context moves to
+  the continuation; the continuation's tokens are those of ``context + continuation`` after the
+  context's. The tokenizer's BOS is prepended when its own ``add_special_tokens=True`` encoding
+  adds one (Llama, Mistral, Gemma; not Qwen); lm-eval's default for HF causal models is no BOS,
+  so absolute log-likelihoods can differ from lm-eval's. Contexts longer than the model's window
+  are cut from the left (counted in ``metrics.json``).
+* Batching: sequences (sorted by length) are right-padded, with an attention mask, several per
+  forward pass; only each row's own positions are read, so batched and unbatched runs agree to
+  floating-point noise. Log-softmax is taken in float32.
+* Few-shot: for each item, ``k`` examples drawn from the ``--fewshot-from`` pool (sorted by id)
+  with a generator seeded by ``(seed, item id)`` (stable across runs, processes, item order and
+  pool file order); they appear in the order drawn, and are rendered like the item. Pool
+  items with the same id or the same question text as the item, and pool items with images,
+  are never drawn.
+* Macro-F1 is over answer POSITIONS (A–E, whatever the options say): the unweighted mean of the
+  per-position F1 over the positions that occur as gold or prediction (sklearn's default label
+  set), from a confusion matrix over positions.
+* HEAD-QA exam points: +3 per right answer, −1 per wrong one, 0 unanswered (the model always
+  answers), total and per ``exam``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import platform
+import random
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from medfactory.atomic import atomic_write, write_json_atomic
+from medfactory.mcq import read_items
+
+if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
+    import torch
+
+PROTOCOLS = ("letter", "loglik_norm")
+POSITIONS = "ABCDE"
+DTYPES = {
+    "auto": None,
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "fp32": "float32",
+    "float32": "float32",
+}
+POINTS_RIGHT = 3
+POINTS_WRONG = -1
+NONE_KEY = "(none)"
+
+PER_ITEM_CSV = "per_item.csv"
+METRICS_JSON = "metrics.json"
+REPORT_MD = "report.md"
+
+
+@dataclass(frozen=True)
+class Labels:
+    """The words a prompt uses, in one language."""
+
+    header: str
+    question: str
+    answer: str
+
+
+LABELS = {
+    "es": Labels(
+        "Las siguientes son preguntas de opción múltiple (con sus respuestas) sobre conocimientos médicos.",
+        "Pregunta",
+        "Respuesta",
+    ),
+    "pt": Labels(
+        "As seguintes são questões de múltipla escolha (com respostas) sobre conhecimentos médicos.",
+        "Pergunta",
+        "Resposta",
+    ),
+    "en": Labels(
+        "The following are multiple choice questions (with answers) about medical knowledge.",
+        "Question",
+        "Answer",
+    ),
+}
+
+
+class McqaError(ValueError):
+    """Bad input or setting for the MCQ evaluation; the message names the file or option."""
+
+
+# --------------------------------------------------------------------------------------------
+# Items
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One multiple-choice question (the fields of ``data/<name>/<split>.jsonl``)."""
+
+    id: str
+    question: str
+    options: tuple[str, ...]
+    answer: int
+    letters: tuple[str, ...]
+    category: str | None = None
+    year: int | None = None
+    exam: str | None = None
+    has_image: bool = False
+    language: str = "es"
+
+    @property
+    def n_options(self) -> int:
+        return len(self.options)
+
+
+def _field(source: Any, name: str, default: Any = None) -> Any:
+    if isinstance(source, dict):
+        return source.get(name, default)
+    return getattr(source, name, default)
+
+
+def to_item(source: Any, where: str = "item") -> Item:
+    """An :class:`Item` from a JSON record or from any object with the same attributes
+    (``medfactory.mcq.McqItem``); checks what scoring relies on."""
+    item_id = _field(source, "id")
+    if item_id is None or str(item_id) == "":
+        raise McqaError(f"{where}: no 'id'")
+    question = _field(source, "question")
+    if not isinstance(question, str) or not question.strip():
+        raise McqaError(f"{where} ({item_id}): no question text")
+    options = _field(source, "options")
+    if not isinstance(options, (list, tuple)) or not all(isinstance(option, str) for option in options):
+        raise McqaError(f"{where} ({item_id}): 'options' must be a list of strings")
+    if not 2 <= len(options) <= len(POSITIONS):
+        raise McqaError(f"{where} ({item_id}): {len(options)} options; between 2 and {len(POSITIONS)} are supported")
+    if any(not option.strip() for option in options):
+        raise McqaError(f"{where} ({item_id}): an option is empty")
+    answer = _field(source, "answer")
+    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
+        raise McqaError(f"{where} ({item_id}): 'answer' must be a 0-based index below {len(options)}, got {answer!r}")
+    letters = _field(source, "letters") or list(POSITIONS[: len(options)])
+    if len(letters) != len(options) or len(set(letters)) != len(letters):
+        raise McqaError(f"{where} ({item_id}): {len(letters)} distinct letters are needed for {len(options)} options")
+    language = _field(source, "language") or "es"
+    if language not in LABELS:
+        raise McqaError(f"{where} ({item_id}): language {language!r}; supported: {', '.join(sorted(LABELS))}")
+    year = _field(source, "year")
+    return Item(
+        id=str(item_id),
+        question=question.strip(),
+        options=tuple(option.strip() for option in options),
+        answer=answer,
+        letters=tuple(str(letter) for letter in letters),
+        category=_field(source, "category"),
+        year=int(year) if year is not None else None,
+        exam=_field(source, "exam"),
+        has_image=bool(_field(source, "has_image", False)),
+        language=language,
+    )
+
+
+def load_items(path: Path) -> list[Item]:
+    """Items of an MCQ JSONL file (read and validated by ``medfactory.mcq.read_items``), at most 5 options each."""
+    path = Path(path)
+    if not path.is_file():
+        raise McqaError(f"{path} does not exist or is not a file")
+    items = [to_item(record, f"{path}, item {index + 1}") for index, record in enumerate(read_items(path))]
+    if not items:
+        raise McqaError(f"{path} has no items")
+    seen: dict[str, int] = {}
+    for index, item in enumerate(items):
+        if item.id in seen:
+            raise McqaError(f"{path}: id {item.id!r} occurs twice (items {seen[item.id] + 1} and {index + 1})")
+        seen[item.id] = index
+    return items
+
+
+def select_items(items: Sequence[Item], include_images: bool, limit: int | None) -> tuple[list[Item], int]:
+    """(items to evaluate, how many image questions were left out); ``limit`` applies after that."""
+    kept = [item for item in items if include_images or not item.has_image]
+    excluded = len(items) - len(kept)
+    if limit is not None:
+        kept = kept[:limit]
+    return kept, excluded
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot examples and prompts
+# --------------------------------------------------------------------------------------------
+
+
+def _question_key(text: str) -> str:
+    return " ".join(unicodedata.normalize("NFC", text).casefold().split())
+
+
+def _rng(seed: int, item_id: str) -> random.Random:
+    digest = hashlib.sha256(f"{seed}\0{item_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+class FewShotSampler:
+    """Draws ``k`` solved examples per item from a pool, deterministically, never the item itself."""
+
+    def __init__(self, pool: Sequence[Item], seed: int = 0):
+        # sorted by id: the draw depends on the pool's content, not on its file order
+        self.pool = sorted((item for item in pool if not item.has_image), key=lambda item: item.id)
+        self.seed = seed
+        self._by_id: dict[str, list[int]] = defaultdict(list)
+        self._by_question: dict[str, list[int]] = defaultdict(list)
+        for index, item in enumerate(self.pool):
+            self._by_id[item.id].append(index)
+            self._by_question[_question_key(item.question)].append(index)
+
+    def sample(self, item: Item, k: int) -> list[Item]:
+        if k <= 0:
+            return []
+        excluded = set(self._by_id.get(item.id, ())) | set(self._by_question.get(_question_key(item.question), ()))
+        available = len(self.pool) - len(excluded)
+        if available < k:
+            raise McqaError(
+                f"{k}-shot needs {k} pool examples other than item {item.id!r}, but the pool has only {available} "
+                "(image questions are never used as examples)"
+            )
+        drawn = _rng(self.seed, item.id).sample(range(len(self.pool)), k + len(excluded))
+        return [self.pool[index] for index in drawn if index not in excluded][:k]
+
+
+def _lettered(item: Item) -> str:
+    """``A) text`` lines, as the project's SFT prompts (``medfactory.mcq.lettered_options``) show options."""
+    return "".join(f"{letter}) {option}\n" for letter, option in zip(item.letters, item.options))
+
+
+def letter_prompt(item: Item, shots: Sequence[Item] = ()) -> str:
+    """Header, solved examples, the question with lettered options and the answer cue (no trailing space)."""
+    labels = LABELS[item.language]
+    blocks = [labels.header]
+    for shot in shots:
+        blocks.append(
+            f"{labels.question}: {shot.question}\n{_lettered(shot)}{labels.answer}: {shot.letters[shot.answer]}"
+        )
+    blocks.append(f"{labels.question}: {item.question}\n{_lettered(item)}{labels.answer}:")
+    return "\n\n".join(blocks)
+
+
+def loglik_context(item: Item, shots: Sequence[Item] = ()) -> str:
+    """lm-eval headqa layout: solved examples, then ``<Question>: text\\n<Answer>:`` (options not listed)."""
+    labels = LABELS[item.language]
+    blocks = [f"{labels.question}: {shot.question}\n{labels.answer}: {shot.options[shot.answer]}" for shot in shots]
+    blocks.append(f"{labels.question}: {item.question}\n{labels.answer}:")
+    return "\n\n".join(blocks)
+
+
+def build_prompt(item: Item, protocol: str, shots: Sequence[Item] = ()) -> str:
+    """The context string the model reads before every option's continuation."""
+    if protocol == "letter":
+        return letter_prompt(item, shots)
+    if protocol == "loglik_norm":
+        return loglik_context(item, shots)
+    raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+def continuations(item: Item, protocol: str) -> list[str]:
+    """The strings scored after the context, one per option: ``" A"``... or ``" " + option text``."""
+    if protocol == "letter":
+        return [f" {letter}" for letter in item.letters]
+    if protocol == "loglik_norm":
+        return [f" {option}" for option in item.options]
+    raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Model and log-likelihoods
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    import torch
+
+    key = dtype.lower()
+    if key not in DTYPES:
+        raise McqaError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    name = DTYPES[key]
+    if name is None:  # auto: bf16 on a GPU that has it, float32 otherwise (bf16 on CPU is slow)
+        cuda = device.startswith("cuda") and torch.cuda.is_available()
+        name = "bfloat16" if cuda and torch.cuda.is_bf16_supported() else "float32"
+    return getattr(torch, name)
+
+
+def load_model(model: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None):
+    """(model in eval mode on ``device``, tokenizer); the LoRA adapter, if any, is applied unmerged."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    torch_dtype = resolve_dtype(dtype, device)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    network = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+    if adapter:
+        from peft import PeftModel
+
+        network = PeftModel.from_pretrained(network, adapter)
+    network.to(device)
+    network.eval()
+    return network, tokenizer
+
+
+@dataclass
+class _Sequence:
+    """One row of a forward pass: fed tokens, where the scored span starts, and what is scored.
+
+    ``targets`` holds (option index, token ids); the logits at position ``start + j`` score
+    token ``j`` of each target. Several single-token targets can share one row (letters).
+    """
+
+    item: int
+    tokens: list[int]
+    start: int
+    targets: list[tuple[int, list[int]]]
+
+
+@dataclass
+class ScoringStats:
+    truncated: int = 0
+    boundary_mismatches: int = 0
+    forward_passes: int = 0
+    sequences: int = 0
+
+
+class LogLikelihoodScorer:
+    """Sums of continuation log-probabilities for (context, continuation) pairs, batched."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_length: int | None = None):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = next(model.parameters()).device
+        self.max_length = max_length or self._model_window()
+        self.prefix = self._bos_prefix()
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = pad if pad is not None else 0
+        self.stats = ScoringStats()
+
+    def _model_window(self) -> int | None:
+        config = getattr(self.model, "config", None)
+        window = getattr(config, "max_position_embeddings", None)
+        tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+        if tokenizer_max is not None and tokenizer_max < 10**9:
+            window = min(window, tokenizer_max) if window else tokenizer_max
+        return window
+
+    def _bos_prefix(self) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        if bos is None:
+            return []
+        probe = self.tokenizer("a", add_special_tokens=True)["input_ids"]
+        return [bos] if probe and probe[0] == bos else []
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """(context tokens with BOS, continuation tokens), as lm-eval's ``_encode_pair``."""
+        spaces = len(context) - len(context.rstrip())
+        if spaces:
+            continuation = context[-spaces:] + continuation
+            context = context[:-spaces]
+        context_ids = self.encode(context)
+        whole = self.encode(context + continuation)
+        if whole[: len(context_ids)] == context_ids and len(whole) > len(context_ids):
+            continuation_ids = whole[len(context_ids):]
+        else:  # a token merged across the boundary: fall back to encoding the continuation alone
+            self.stats.boundary_mismatches += 1
+            continuation_ids = self.encode(continuation)
+        if not continuation_ids:
+            raise McqaError(f"continuation {continuation!r} encodes to no tokens")
+        return self.prefix + context_ids, continuation_ids
+
+    def _fit(self, context_ids: list[int], longest: int) -> list[int]:
+        """The context cut from the left so that context + continuation[:-1] fits the window."""
+        if self.max_length is None or len(context_ids) + longest - 1 <= self.max_length:
+            return context_ids
+        keep = self.max_length - longest + 1
+        if keep < 1:
+            raise McqaError(f"a continuation of {longest} tokens does not fit the model window of {self.max_length}")
+        self.stats.truncated += 1
+        return context_ids[-keep:]
+
+    def sequences_for(self, index: int, context: str, options: Sequence[str], share_single_tokens: bool = True) -> tuple[list[_Sequence], list[list[int]]]:
+        """Rows that score every option of one item, and each option's continuation tokens.
+
+        When every continuation is one token (letters), one row of the context scores them all:
+        in a causal LM the logits at the context's last position do not depend on what follows.
+        """
+        pairs = [self.encode_pair(context, option) for option in options]
+        continuation_ids = [pair[1] for pair in pairs]
+        same_context = all(pair[0] == pairs[0][0] for pair in pairs)
+        if share_single_tokens and same_context and all(len(ids) == 1 for ids in continuation_ids):
+            context_ids = self._fit(pairs[0][0], 1)
+            rows = [_Sequence(index, context_ids, len(context_ids) - 1, list(enumerate(continuation_ids)))]
+        else:
+            rows = []
+            for option, (context_ids, ids) in enumerate(pairs):
+                context_ids = self._fit(context_ids, len(ids))
+                rows.append(_Sequence(index, context_ids + ids[:-1], len(context_ids) - 1, [(option, ids)]))
+        return rows, continuation_ids
+
+    def score(
+        self,
+        rows: Sequence[_Sequence],
+        batch_size: int = 8,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> dict[tuple[int, int], float]:
+        """``{(item, option): sum of log-probabilities of the option's continuation tokens}``."""
+        import torch
+
+        if batch_size < 1:
+            raise McqaError("batch size must be at least 1")
+        order = sorted(range(len(rows)), key=lambda row: -len(rows[row].tokens))
+        batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        results: dict[tuple[int, int], float] = {}
+        with torch.inference_mode():
+            for batch in progress(batches) if progress else batches:
+                width = max(len(rows[row].tokens) for row in batch)
+                input_ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+                attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for slot, row in enumerate(batch):
+                    tokens = rows[row].tokens
+                    input_ids[slot, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+                    attention_mask[slot, : len(tokens)] = 1
+                logits = self.model(
+                    input_ids=input_ids.to(self.device), attention_mask=attention_mask.to(self.device), use_cache=False
+                ).logits
+                self.stats.forward_passes += 1
+                self.stats.sequences += len(batch)
+                for slot, row in enumerate(batch):
+                    sequence = rows[row]
+                    span = max(len(ids) for _, ids in sequence.targets)
+                    logprobs = torch.log_softmax(logits[slot, sequence.start : sequence.start + span].float(), dim=-1)
+                    for option, ids in sequence.targets:
+                        picked = logprobs[torch.arange(len(ids), device=logprobs.device), torch.tensor(ids, device=logprobs.device)]
+                        results[(sequence.item, option)] = float(picked.sum())
+        return results
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring items
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ItemScores:
+    """Per-option scores of one item and the predictions they give (0-based positions)."""
+
+    item: Item
+    prompt: str
+    loglik: list[float]
+    tokens: list[list[str]]
+    predictions: dict[str, int] = field(default_factory=dict)
+    normalised: dict[str, list[float]] = field(default_factory=dict)
+
+
+def _argmax(values: Sequence[float]) -> int:
+    best = 0
+    for index, value in enumerate(values):
+        if value > values[best]:
+            best = index
+    return best
+
+
+def score_items(
+    scorer: LogLikelihoodScorer,
+    items: Sequence[Item],
+    protocol: str,
+    shots: int = 0,
+    sampler: FewShotSampler | None = None,
+    batch_size: int = 8,
+    progress: Callable[[Iterable], Iterable] | None = None,
+    share_single_tokens: bool = True,
+) -> list[ItemScores]:
+    """Score every option of every item; ``predictions`` holds the protocol's prediction variants.
+
+    ``letter``: ``{"letter": argmax}``. ``loglik_norm``: ``{"bytes": ..., "raw": ..., "chars": ...}``
+    (per-byte normalised, unnormalised, per-character normalised).
+    """
+    if protocol not in PROTOCOLS:
+        raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if shots and sampler is None:
+        raise McqaError(f"{shots}-shot needs a pool of examples (--fewshot-from)")
+    rows: list[_Sequence] = []
+    prompts, token_ids = [], []
+    for index, item in enumerate(items):
+        examples = sampler.sample(item, shots) if shots else []
+        prompt = build_prompt(item, protocol, examples)
+        item_rows, ids = scorer.sequences_for(index, prompt, continuations(item, protocol), share_single_tokens)
+        rows.extend(item_rows)
+        prompts.append(prompt)
+        token_ids.append(ids)
+    logliks = scorer.score(rows, batch_size=batch_size, progress=progress)
+
+    scored = []
+    for index, item in enumerate(items):
+        loglik = [logliks[(index, option)] for option in range(item.n_options)]
+        tokens = [scorer.tokenizer.convert_ids_to_tokens(ids) for ids in token_ids[index]]
+        result = ItemScores(item, prompts[index], loglik, tokens)
+        if protocol == "letter":
+            result.predictions["letter"] = _argmax(loglik)
+        else:
+            per_byte = [value / len(option.encode("utf-8")) for value, option in zip(loglik, item.options)]
+            per_char = [value / len(option) for value, option in zip(loglik, item.options)]
+            result.normalised = {"bytes": per_byte, "chars": per_char}
+            result.predictions = {"bytes": _argmax(per_byte), "raw": _argmax(loglik), "chars": _argmax(per_char)}
+        scored.append(result)
+    return scored
+
+
+PRIMARY = {"letter": "letter", "loglik_norm": "bytes"}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(gold: Sequence[int], predicted: Sequence[int], labels: Sequence[int]) -> list[list[int]]:
+    """Counts, rows = gold position, columns = predicted position, in ``labels`` order."""
+    where = {label: index for index, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for g, p in zip(gold, predicted, strict=True):
+        matrix[where[g]][where[p]] += 1
+    return matrix
+
+
+def per_class_scores(gold: Sequence[int], predicted: Sequence[int]) -> dict[int, dict[str, float]]:
+    """Precision, recall, F1 and support per position that occurs as gold or prediction."""
+    labels = sorted(set(gold) | set(predicted))
+    matrix = confusion_matrix(gold, predicted, labels)
+    scores = {}
+    for index, label in enumerate(labels):
+        tp = matrix[index][index]
+        fp = sum(matrix[row][index] for row in range(len(labels))) - tp
+        fn = sum(matrix[index]) - tp
+        scores[label] = {
+            "precision": tp / (tp + fp) if tp + fp else 0.0,
+            "recall": tp / (tp + fn) if tp + fn else 0.0,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0,
+            "support": tp + fn,
+        }
+    return scores
+
+
+def macro_f1(gold: Sequence[int], predicted: Sequence[int]) -> float:
+    """Unweighted mean of the per-position F1 (positions seen as gold or prediction); NaN when empty."""
+    scores = per_class_scores(gold, predicted)
+    return sum(entry["f1"] for entry in scores.values()) / len(scores) if scores else math.nan
+
+
+def accuracy(gold: Sequence[int], predicted: Sequence[int]) -> float:
+    pairs = list(zip(gold, predicted, strict=True))
+    return sum(g == p for g, p in pairs) / len(pairs) if pairs else math.nan
+
+
+def exam_points(correct: Sequence[bool]) -> dict[str, int]:
+    """HEAD-QA scoring: +3 right, −1 wrong, 0 unanswered (never: the model always answers)."""
+    right = sum(1 for value in correct if value)
+    wrong = len(correct) - right
+    return {
+        "points": POINTS_RIGHT * right + POINTS_WRONG * wrong,
+        "max_points": POINTS_RIGHT * len(correct),
+        "n": len(correct),
+        "right": right,
+        "wrong": wrong,
+        "unanswered": 0,
+    }
+
+
+def _key(value: Any) -> str:
+    return NONE_KEY if value is None else str(value)
+
+
+def _group_sort(key: str) -> tuple[int, str]:
+    return (1, key) if key == NONE_KEY else (0, key)
+
+
+def summarize(items: Sequence[Item], predicted: Sequence[int]) -> dict[str, Any]:
+    """Accuracy, macro-F1, confusion, exam points and the per-category / year / exam breakdowns."""
+    gold = [item.answer for item in items]
+    correct = [g == p for g, p in zip(gold, predicted, strict=True)]
+    labels = sorted(set(gold) | set(predicted))
+
+    def block(indices: list[int]) -> dict[str, Any]:
+        g = [gold[i] for i in indices]
+        p = [predicted[i] for i in indices]
+        return {"n": len(indices), "correct": sum(correct[i] for i in indices), "accuracy": accuracy(g, p), "macro_f1": macro_f1(g, p)}
+
+    def grouped(attribute: Callable[[Item], Any]) -> dict[str, Any]:
+        groups: dict[str, list[int]] = defaultdict(list)
+        for index, item in enumerate(items):
+            groups[_key(attribute(item))].append(index)
+        return {key: block(groups[key]) for key in sorted(groups, key=_group_sort)}
+
+    exams: dict[str, list[int]] = defaultdict(list)
+    for index, item in enumerate(items):
+        exams[_key(item.exam)].append(index)
+    return {
+        **block(list(range(len(items)))),
+        "per_position": {POSITIONS[label]: values for label, values in per_class_scores(gold, predicted).items()},
+        "confusion": {
+            "labels": [POSITIONS[label] for label in labels],
+            "rows": "gold position",
+            "columns": "predicted position",
+            "matrix": confusion_matrix(gold, predicted, labels),
+        },
+        "exam_points": {
+            "total": exam_points(correct),
+            "per_exam": {key: exam_points([correct[i] for i in exams[key]]) for key in sorted(exams, key=_group_sort)},
+        },
+        "per_category": grouped(lambda item: item.category),
+        "per_year": grouped(lambda item: item.year),
+        "per_n_options": grouped(lambda item: item.n_options),
+        "per_language": grouped(lambda item: item.language),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def per_item_frame(scored: Sequence[ItemScores], protocol: str):
+    """One row per item: metadata, gold and predicted letters (positions A–E), per-option scores."""
+    import pandas as pd
+
+    primary = PRIMARY[protocol]
+    records = []
+    for result in scored:
+        item = result.item
+        prediction = result.predictions[primary]
+        record: dict[str, Any] = {
+            "id": item.id,
+            "category": item.category,
+            "year": item.year,
+            "exam": item.exam,
+            "language": item.language,
+            "has_image": item.has_image,
+            "n_options": item.n_options,
+            "answer": POSITIONS[item.answer],
+            "prediction": POSITIONS[prediction],
+            "correct": prediction == item.answer,
+        }
+        if protocol == "loglik_norm":
+            for variant, column in (("raw", "unnorm"), ("chars", "char_norm")):
+                record[f"prediction_{column}"] = POSITIONS[result.predictions[variant]]
+                record[f"correct_{column}"] = result.predictions[variant] == item.answer
+        for position in range(len(POSITIONS)):
+            letter = POSITIONS[position]
+            present = position < item.n_options
+            if protocol == "letter":
+                record[f"logprob_{letter}"] = result.loglik[position] if present else math.nan
+            else:
+                record[f"loglik_{letter}"] = result.loglik[position] if present else math.nan
+        if protocol == "loglik_norm":
+            for position, letter in enumerate(POSITIONS):
+                present = position < item.n_options
+                record[f"loglik_norm_{letter}"] = result.normalised["bytes"][position] if present else math.nan
+            for position, letter in enumerate(POSITIONS):
+                present = position < item.n_options
+                record[f"n_bytes_{letter}"] = len(item.options[position].encode("utf-8")) if present else None
+            for position, letter in enumerate(POSITIONS):
+                present = position < item.n_options
+                record[f"n_chars_{letter}"] = len(item.options[position]) if present else None
+        records.append(record)
+    frame = pd.DataFrame.from_records(records)
+    for column in ("year", *[c for c in frame.columns if c.startswith(("n_bytes_", "n_chars_"))]):
+        if column in frame:
+            frame[column] = frame[column].astype("Int64")
+    return frame
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("medfactory", "torch", "transformers", "tokenizers", "peft", "numpy", "pandas"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {str(key): _json_safe(inner) for key, inner in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(inner) for inner in value]
+    return value
+
+
+def _letter_tokens(scored: Sequence[ItemScores]) -> dict[str, list[list[str]]]:
+    seen: dict[str, list[list[str]]] = {}
+    for result in scored:
+        for letter, tokens in zip(result.item.letters, result.tokens):
+            variants = seen.setdefault(letter, [])
+            if list(tokens) not in variants:
+                variants.append(list(tokens))
+    return dict(sorted(seen.items()))
+
+
+def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: ScoringStats, bos: bool) -> dict[str, Any]:
+    common = {
+        "bos_prepended": bos,
+        "log_softmax_dtype": "float32",
+        "contexts_truncated_left": stats.truncated,
+        "boundary_mismatches": stats.boundary_mismatches,
+        "forward_passes": stats.forward_passes,
+        "sequences": stats.sequences,
+    }
+    if protocol == "letter":
+        return {
+            "score": "log P(' ' + letter | prompt ending in the answer cue), summed over the continuation's tokens",
+            "continuation": "' ' + letter, e.g. ' A'; tokens = encode(prompt + ' A')[len(encode(prompt)):]",
+            "letter_tokens": _letter_tokens(scored),
+            "single_token_items": sum(all(len(tokens) == 1 for tokens in result.tokens) for result in scored),
+            "prediction": "argmax over options",
+            **common,
+        }
+    return {
+        "score": "log P(' ' + option text | context), summed over the continuation's tokens",
+        "prediction": "argmax of loglik / UTF-8 byte length of the option text (leading space excluded)",
+        "unnormalised": "argmax of loglik (lm-eval acc)",
+        "char_normalised": "argmax of loglik / len(option text) in characters (what lm-eval's acc_norm code computes)",
+        **common,
+    }
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """``report.md``: settings and tables, no prose."""
+
+    def fmt(value: Any, digits: int = 4) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return ""
+        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+    def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+        lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
+        return "\n".join(lines) + "\n"
+
+    def breakdown(name: str, groups: dict[str, Any]) -> str:
+        rows = [(key, entry["n"], entry["correct"], entry["accuracy"], entry["macro_f1"]) for key, entry in groups.items()]
+        return table([name, "n", "correct", "accuracy", "macro-F1"], rows)
+
+    settings = metrics["settings"]
+    lines = [f"# Multiple-choice QA: {Path(settings['items']).name}\n"]
+    lines.append(
+        table(
+            ["setting", "value"],
+            [
+                ("model", settings["model"]),
+                ("adapter", settings["adapter"] or "none"),
+                ("protocol", settings["protocol"]),
+                ("shots", settings["shots"]),
+                ("few-shot pool", settings["fewshot_from"] or "none"),
+                ("seed", settings["seed"]),
+                ("dtype / device", f"{settings['dtype']} / {settings['device']}"),
+                ("image questions", f"{'included' if settings['include_images'] else 'excluded'} ({metrics['n_image_items']} in file)"),
+            ],
+        )
+    )
+    exam = metrics["exam_points"]["total"]
+    primary = "letter log-prob (primary)" if settings["protocol"] == "letter" else "loglik / bytes (primary)"
+    overall = [(primary, metrics["n"], metrics["accuracy"], metrics["macro_f1"], exam["points"], exam["max_points"])]
+    names = {"unnormalised": "loglik, unnormalised (lm-eval acc)", "char_normalised": "loglik / characters (lm-eval acc_norm code)"}
+    for key, variant in metrics.get("variants", {}).items():
+        name = names.get(key, key)
+        points = variant["exam_points"]["total"]
+        overall.append((name, variant["n"], variant["accuracy"], variant["macro_f1"], points["points"], points["max_points"]))
+    lines.append("## Overall\n")
+    lines.append(table(["prediction", "n", "accuracy", "macro-F1", "exam points", "max points"], overall))
+    lines.append("## Exam points (+3 right, −1 wrong)\n")
+    lines.append(
+        table(
+            ["exam", "n", "right", "wrong", "points", "max points"],
+            [(key, e["n"], e["right"], e["wrong"], e["points"], e["max_points"]) for key, e in metrics["exam_points"]["per_exam"].items()],
+        )
+    )
+    lines.append("## Per category\n")
+    lines.append(breakdown("category", metrics["per_category"]))
+    lines.append("## Per year\n")
+    lines.append(breakdown("year", metrics["per_year"]))
+    lines.append("## Per number of options\n")
+    lines.append(breakdown("options", metrics["per_n_options"]))
+    confusion = metrics["confusion"]
+    lines.append("## Confusion over answer positions (rows gold, columns predicted)\n")
+    lines.append(table(["gold \\ pred", *confusion["labels"]], [(label, *row) for label, row in zip(confusion["labels"], confusion["matrix"])]))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation
+# --------------------------------------------------------------------------------------------
+
+
+def _tqdm_progress(description: str) -> Callable[[Iterable], Iterable]:
+    from tqdm import tqdm
+
+    def wrap(batches: Iterable) -> Iterable:
+        batches = list(batches)
+        return tqdm(batches, total=len(batches), desc=description, unit="batch")
+
+    return wrap
+
+
+def evaluate(
+    items_path: Path,
+    model: str,
+    out_dir: Path,
+    adapter: str | None = None,
+    protocol: str = "letter",
+    shots: int = 0,
+    fewshot_from: Path | None = None,
+    seed: int = 0,
+    batch_size: int = 8,
+    include_images: bool = False,
+    dtype: str = "auto",
+    limit: int | None = None,
+    device: str | None = None,
+    progress: bool = True,
+    loaded: tuple[Any, Any] | None = None,
+) -> dict[str, Any]:
+    """Score the items, write ``per_item.csv``, ``metrics.json``, ``report.md``; return the metrics.
+
+    ``loaded`` = (model, tokenizer) already in memory (tests); ``model`` / ``adapter`` are then
+    only recorded.
+    """
+    if protocol not in PROTOCOLS:
+        raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if shots < 0:
+        raise McqaError("--shots must be 0 or more")
+    if batch_size < 1:
+        raise McqaError("--batch-size must be at least 1")
+    if limit is not None and limit < 1:
+        raise McqaError("--limit must be at least 1")
+    if shots and fewshot_from is None:
+        raise McqaError(f"--shots {shots} needs a pool of examples: give --fewshot-from (a validation or train file)")
+    if dtype.lower() not in DTYPES:
+        raise McqaError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    all_items = load_items(items_path)
+    items, n_images = select_items(all_items, include_images, limit)
+    if not items:
+        raise McqaError(f"{items_path}: no items left to evaluate (image questions excluded: {n_images})")
+    sampler = FewShotSampler(load_items(fewshot_from), seed) if shots else None
+    if sampler is not None and len(sampler.pool) < shots:
+        raise McqaError(f"{fewshot_from} has {len(sampler.pool)} text-only examples; {shots}-shot needs at least {shots}")
+
+    network, tokenizer = loaded if loaded is not None else load_model(model, adapter, dtype, device)
+    scorer = LogLikelihoodScorer(network, tokenizer)
+    scored = score_items(
+        scorer, items, protocol, shots, sampler, batch_size, _tqdm_progress(f"mcqa {protocol}") if progress else None
+    )
+
+    predictions = {variant: [result.predictions[variant] for result in scored] for variant in scored[0].predictions}
+    primary = PRIMARY[protocol]
+    metrics: dict[str, Any] = {
+        "protocol": protocol,
+        "prediction": primary if protocol == "loglik_norm" else "letter",
+        **summarize(items, predictions[primary]),
+    }
+    if protocol == "loglik_norm":
+        metrics["variants"] = {
+            "unnormalised": summarize(items, predictions["raw"]),
+            "char_normalised": summarize(items, predictions["chars"]),
+        }
+    parameter = next(network.parameters())
+    metrics.update(
+        {
+            "n_items_in_file": len(all_items),
+            "n_image_items": sum(item.has_image for item in all_items),
+            "n_image_items_excluded": n_images,
+            "settings": {
+                "items": str(items_path),
+                "model": model,
+                "adapter": adapter,
+                "protocol": protocol,
+                "shots": shots,
+                "fewshot_from": str(fewshot_from) if fewshot_from else None,
+                "fewshot_pool_size": len(sampler.pool) if sampler else None,
+                "seed": seed,
+                "batch_size": batch_size,
+                "include_images": include_images,
+                "limit": limit,
+                "dtype": str(parameter.dtype).removeprefix("torch."),
+                "device": str(parameter.device),
+                "max_length": scorer.max_length,
+            },
+            "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix)),
+            "versions": _versions(),
+        }
+    )
+    metrics = _json_safe(metrics)
+
+    out_dir = Path(out_dir)
+    frame = per_item_frame(scored, protocol)
+    with atomic_write(out_dir / PER_ITEM_CSV) as handle:
+        frame.to_csv(handle, index=False)
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
+    with atomic_write(out_dir / REPORT_MD) as handle:
+        handle.write(render_report(metrics))
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Command
+# --------------------------------------------------------------------------------------------
+
+
+def mcqa_command(
+    items: Annotated[Path, typer.Option(help="MCQ JSONL (data/<name>/<split>.jsonl): id, question, options, answer, ...")],
+    model: Annotated[str, typer.Option(help="Base model: hub name or local folder")],
+    out_dir: Annotated[Path, typer.Option(help="Output folder (per_item.csv, metrics.json, report.md)")],
+    adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder, applied on top of --model")] = None,
+    protocol: Annotated[
+        str, typer.Option(help="letter: log-prob of the answer letter (BioMistral); loglik_norm: option log-likelihood / bytes (lm-eval headqa)")
+    ] = "letter",
+    shots: Annotated[int, typer.Option(help="Solved examples in each prompt (k-shot); needs --fewshot-from")] = 0,
+    fewshot_from: Annotated[Path | None, typer.Option(help="Pool of solved examples (validation or train JSONL)")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the few-shot draw")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass")] = 8,
+    include_images: Annotated[
+        bool, typer.Option("--include-images/--exclude-images", help="Score image questions text-only (default: leave them out, counted)")
+    ] = False,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on a GPU, fp32 on CPU), bf16, fp16 or fp32")] = "auto",
+    limit: Annotated[int | None, typer.Option(help="Score only the first N items (after image exclusion)")] = None,
+) -> None:
+    """Accuracy, macro-F1 and HEAD-QA exam points of a model (+ LoRA adapter) on multiple-choice questions."""
+    try:
+        if protocol not in PROTOCOLS:
+            raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+        if shots and fewshot_from is None:
+            raise McqaError(f"--shots {shots} needs a pool of examples: give --fewshot-from (a validation or train file)")
+        for path, option in ((items, "--items"), (fewshot_from, "--fewshot-from")):
+            if path is not None and not Path(path).is_file():
+                raise McqaError(f"{option} {path} does not exist or is not a file")
+        if fewshot_from is not None and not shots:
+            typer.secho("note: --fewshot-from is ignored with --shots 0", fg=typer.colors.YELLOW, err=True)
+        metrics = evaluate(
+            items, model, out_dir, adapter=adapter, protocol=protocol, shots=shots, fewshot_from=fewshot_from, seed=seed,
+            batch_size=batch_size, include_images=include_images, dtype=dtype, limit=limit,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:  # McqaError, unreadable model / adapter / file
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+
+    points = metrics["exam_points"]["total"]
+    typer.echo(
+        f"{metrics['n']} items ({metrics['n_image_items_excluded']} image questions excluded), protocol {protocol}, "
+        f"{shots}-shot: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
+        f"exam points {points['points']} / {points['max_points']}"
+    )
+    for name, variant in metrics.get("variants", {}).items():
+        typer.echo(f"  {name}: accuracy {variant['accuracy']:.4f}, macro-F1 {variant['macro_f1']:.4f}")
+    typer.echo(f"report written to {Path(out_dir) / REPORT_MD}")

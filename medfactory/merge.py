@@ -1,0 +1,968 @@
+"""`medfactory merge`: BioMistral-style TIES and DARE merges on whole task vectors, streamed tensor by tensor.
+
+What it computes
+----------------
+For every tensor of the base model, each model's task vector is ``tau_i = theta_i - theta_base``
+(in float32, whatever the checkpoints' dtype). Then, with per-model ``weight`` w_i and ``density`` d_i:
+
+* ``ties`` (Yadav et al. 2023): trim each tau_i to exactly its ``k = max(1, int(d_i * numel))`` largest
+  magnitudes (equal magnitudes at the cut, common in bfloat16, are kept lowest index first); elect one sign per entry, the sign of ``sum_i w_i * trimmed_i`` (a zero sum counts as +);
+  keep, per entry, only the trimmed values whose sign agrees (a trimmed zero never agrees); merge them by
+  the disjoint weighted mean ``sum_i w_i m_i tau_i / sum_i w_i m_i`` (``normalize: true``, the default,
+  which with equal weights is exactly the paper's disjoint mean) or the weighted sum
+  ``sum_i w_i m_i tau_i`` (``normalize: false``).
+* ``dare_ties`` / ``dare_linear`` (Yu et al. 2023): drop each entry of tau_i with probability ``1 - d_i``
+  and rescale the survivors by ``1 / d_i`` (so the expected task vector is unchanged); then combine by
+  the TIES sign election and disjoint merge (``dare_ties``) or by the weighted sum ``sum_i w_i tau_i``
+  (``dare_linear``). ``normalize`` defaults to false for both. The drop mask of one tensor of one model
+  comes from its own ``torch.Generator`` seeded from (recipe seed, model index, tensor name): the
+  result is the same whatever the order, sharding or machine.
+
+Result: ``theta_base + merged_tau``, cast to the recipe's ``dtype``. The defaults (which method
+normalizes, the sign-election rule, ``k``) are mergekit's, because BioMistral's published merges were
+made with mergekit: BioMistral-7B-TIES is ``ties``, density 0.5, weight 0.5, ``normalize: true``,
+bfloat16; BioMistral-7B-DARE is ``dare_ties``, density 0.5, weight 0.5, bfloat16 (normalize left at
+its default, false). With one model and ``normalize: true`` the weight cancels (``base + trimmed tau``);
+with ``normalize: false`` it scales the task vector (``base + 0.5 * dropped tau``).
+
+Why this engine (and not mergekit or PEFT)
+-----------------------------------------
+* PEFT 0.18.1 ``LoraModel.add_weighted_adapter`` is not TIES/DARE on task vectors. With
+  ``combination_type="ties" | "dare_ties" | "dare_linear"`` it runs the merge separately on the stacked
+  ``lora_A`` factors and on the stacked ``lora_B`` factors, each with weight ``sqrt(w * scaling)``
+  (``_generalized_task_arithmetic_weighted_adapter``), and the new delta is the product of the two
+  merged factors: trimming / sign election happen on factor entries, which have no meaning of their
+  own (``B R, R^-1 A`` is the same update), and all adapters must share one rank. With a single adapter
+  it silently switches to ``linear`` (``_check_add_weighted_adapter``): density is ignored. The ``*_svd``
+  variants do apply TIES/DARE to each module's whole delta ``B A * scaling`` (``get_delta_weight``), but
+  then truncate the merged delta back to rank r by SVD, so the result is only a rank-r approximation.
+  Its disjoint merge divides by the *count* of agreeing entries, not by their weights. Its DARE
+  ``random_pruning`` computes ``torch.div(pruned, density)`` and discards the result: survivors are not
+  rescaled. It draws from the global RNG. And it only sees modules that carry a LoRA: it cannot merge
+  full fine-tunes (embeddings, norms) at all.
+* mergekit 0.1.5 does compute TIES/DARE on whole task vectors, and ``pip install --dry-run
+  mergekit==0.1.5`` against this project's environment changes nothing pinned (it would only add
+  ``mergekit-0.1.5`` and ``immutables-0.21``; its requirements ``transformers<6,>=5``, ``peft>=0.18``,
+  ``accelerate<2,>=1.6``, ``pydantic<3,>=2.10.6``, ``tqdm<5``, ``safetensors<1`` are all met). It is
+  still not the engine: it is not a declared dependency of this project (pyproject / constraints.txt),
+  its ranges are open-ended, so a later mergekit or llamafactory release can make them collide; its
+  0.1.5 DARE rescales survivors to match the L1 norm of the un-dropped tensor (``RescaleNorm.l1`` in
+  ``sparsify.bernoulli``), not by ``1 / density`` as the DARE paper and the mergekit of BioMistral's time
+  did; its DARE masks come from the global torch RNG (``set_seed``), so they depend on the order the
+  tensors are processed in; and it computes task vectors in the output dtype (bfloat16 here). TIES
+  results of this module equal mergekit 0.1.5's (``tests/test_merge.py`` checks it whenever mergekit is
+  importable).
+* This module: about one tensor per model in memory (tensors are read from the safetensors shards one
+  at a time and the output shards are written as a stream, header first), float32 arithmetic, a normal
+  Hugging Face checkpoint out (config, tokenizer and generation config copied from the base; sharded
+  safetensors with an index). Disk: the output only (a 7B model is ~14.5 GB in bfloat16); an input that
+  is a LoRA adapter folder is first merged into the base with PEFT's ``merge_and_unload`` into a
+  scratch folder beside the output (float32 by default: ~29 GB of RAM and of scratch disk for a 7B,
+  removed at the end; ``adapter_merge_dtype: bfloat16`` halves both, at the cost of rounding small
+  LoRA updates to the bfloat16 grid before the task vector is taken).
+
+Recipes live in ``recipes/merge/*.yaml`` (see the README there); ``merge_manifest.json`` beside the
+merged checkpoint records the recipe (path, version, sha256), the inputs, the method and its values.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import json
+import logging
+import math
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+import typer
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("ties", "dare_ties", "dare_linear")
+# mergekit's defaults (merge_methods/registry.py): TIES normalizes, the DARE variants do not.
+DEFAULT_NORMALIZE = {"ties": True, "dare_ties": False, "dare_linear": False}
+DTYPES = ("bfloat16", "float16", "float32")
+TOP_LEVEL_KEYS = {
+    "method": "ties | dare_ties | dare_linear",
+    "base_model": "the model every task vector is taken against (hub id or local folder)",
+    "models": "list of {model, weight, density}",
+    "dtype": "output dtype: bfloat16 | float16 | float32",
+    "output": "output folder",
+    "seed": "seed of the DARE drop masks (required for dare_*)",
+    "normalize": "divide by the sum of the (agreeing) weights; default: true for ties, false for dare_*",
+    "adapter_merge_dtype": "dtype LoRA adapters are merged into the base in: float32 (default) | bfloat16 | float16",
+    "max_shard_size": "largest output shard, e.g. 5GB (default) or 500MB",
+}
+REQUIRED_TOP_LEVEL = ("method", "base_model", "models", "dtype", "output")
+MODEL_KEYS = {
+    "model": "a fine-tuned model (hub id, local folder, or LoRA adapter folder on base_model)",
+    "weight": "its weight",
+    "density": "fraction of its task vector kept, in (0, 1]",
+}
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+MANIFEST_NAME = "merge_manifest.json"
+VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
+# Files of a model folder that are weights (never copied from the base) or its model card.
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".index.json")
+_NOT_COPIED = {"README.md", ".gitattributes", MANIFEST_NAME, "adapter_config.json"}
+
+
+class MergeRecipeError(ValueError):
+    """A merge recipe that cannot run: the message names the file, the key and the fix."""
+
+
+class MergeError(RuntimeError):
+    """Inputs that cannot be merged (missing tensors, different shapes, no safetensors weights)."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Recipe schema
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MergeModel:
+    """One model merged into the base: its path (or hub id), weight and density."""
+
+    model: str
+    weight: float
+    density: float
+
+
+@dataclass(frozen=True)
+class MergeRecipe:
+    """A validated merge recipe (``recipes/merge/*.yaml``), overrides applied."""
+
+    path: Path
+    name: str
+    version: str
+    sha256: str
+    method: str
+    base_model: str
+    models: tuple[MergeModel, ...]
+    dtype: str
+    output: Path
+    seed: int
+    normalize: bool
+    adapter_merge_dtype: str = "float32"
+    max_shard_size: str = DEFAULT_MAX_SHARD_SIZE
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """The recipe's values as the manifest records them."""
+        return {
+            "method": self.method,
+            "base_model": self.base_model,
+            "models": [asdict(entry) for entry in self.models],
+            "dtype": self.dtype,
+            "output": str(self.output),
+            "seed": self.seed,
+            "normalize": self.normalize,
+            "adapter_merge_dtype": self.adapter_merge_dtype,
+            "max_shard_size": self.max_shard_size,
+        }
+
+
+def _problem(path: Path, key: str, message: str, fix: str) -> MergeRecipeError:
+    return MergeRecipeError(f"{path}: `{key}`: {message} Fix: {fix}")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def parse_size(text: str | int) -> int:
+    """``"5GB"`` -> 5_000_000_000 (decimal units, as transformers' ``max_shard_size``)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return text
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?B)\s*", str(text).upper())
+    if not match:
+        raise ValueError(f"{text!r} is not a size like 5GB or 500MB")
+    factor = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}[match.group(2)]
+    return int(float(match.group(1)) * factor)
+
+
+def _suggest(key: str, known: Sequence[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(key, list(known), n=1)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def _apply_overrides(path: Path, raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    values = dict(raw)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if key not in TOP_LEVEL_KEYS:
+            raise _problem(
+                path,
+                key,
+                "is not a merge recipe key (override).",
+                f"{_suggest(key, list(TOP_LEVEL_KEYS))}keys: {', '.join(TOP_LEVEL_KEYS)}.",
+            )
+        if key == "models" and isinstance(value, (list, tuple)) and all(isinstance(item, (str, Path)) for item in value):
+            current = raw.get("models")
+            if not isinstance(current, list):
+                raise _problem(
+                    path, "models", "the recipe has no list of models to replace the paths of.", "write `models:` in the recipe."
+                )
+            if len(value) != len(current):
+                raise _problem(
+                    path,
+                    "models",
+                    f"{len(value)} model path(s) given to replace the recipe's {len(current)}.",
+                    f"give exactly {len(current)} paths, in the recipe's order (or none).",
+                )
+            values["models"] = [
+                {**entry, "model": str(new)} if isinstance(entry, dict) else entry
+                for entry, new in zip(current, value, strict=True)
+            ]
+        else:
+            values[key] = str(value) if isinstance(value, Path) else value
+    return values
+
+
+def _validate_model(path: Path, index: int, entry: Any) -> MergeModel:
+    where = f"models[{index}]"
+    if not isinstance(entry, dict):
+        raise _problem(
+            path, where, f"is {type(entry).__name__}, not a mapping.", "write `- model: ...`, `weight: 0.5`, `density: 0.5`."
+        )
+    for key in entry:
+        if key not in MODEL_KEYS:
+            raise _problem(
+                path,
+                f"{where}.{key}",
+                "is not a model key.",
+                f"{_suggest(str(key), list(MODEL_KEYS))}keys: {', '.join(MODEL_KEYS)}.",
+            )
+    for key, meaning in MODEL_KEYS.items():
+        if entry.get(key) is None:
+            raise _problem(path, f"{where}.{key}", "is missing (or has no value).", f"write `{key}:` ({meaning}).")
+    model, weight, density = entry["model"], entry["weight"], entry["density"]
+    if not isinstance(model, str) or not model.strip():
+        raise _problem(path, f"{where}.model", f"{model!r} is not a path or hub id.", "write a folder or an org/name hub id.")
+    if not _is_number(weight) or not math.isfinite(weight):
+        raise _problem(path, f"{where}.weight", f"{weight!r} is not a finite number.", "write e.g. `weight: 0.5`.")
+    if not _is_number(density) or not (0 < density <= 1):
+        raise _problem(
+            path,
+            f"{where}.density",
+            f"{density!r} is outside (0, 1].",
+            "write the fraction of the task vector kept, e.g. `density: 0.5`.",
+        )
+    return MergeModel(model=model, weight=float(weight), density=float(density))
+
+
+def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None) -> MergeRecipe:
+    """Read and validate a merge recipe; ``overrides`` replace top-level values (``models``: a list of
+    paths replaces the models' paths in order). Every error names the file and the key."""
+    import yaml
+
+    from medfactory.atomic import sha256_file
+    from medfactory.recipes import read_header
+
+    path = Path(recipe_path)
+    if not path.is_file():
+        raise MergeRecipeError(f"{path}: no such recipe file. Fix: give a file under recipes/merge/.")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise MergeRecipeError(f"{path}: not valid YAML ({error}).") from error
+    if not isinstance(raw, dict):
+        raise MergeRecipeError(f"{path}: a merge recipe is a YAML mapping, got {type(raw).__name__}.")
+
+    header = read_header(path)
+    for key in ("recipe", "version", "source"):
+        if not header.get(key):
+            raise _problem(
+                path,
+                f"# {key}:",
+                "is missing from the header comment.",
+                f"start the file with `# {key}: ...` like the other recipes.",
+            )
+    if header["recipe"] != path.stem:
+        raise _problem(
+            path, "# recipe:", f"says {header['recipe']!r} but the file is {path.name}.", f"write `# recipe: {path.stem}`."
+        )
+    if not VERSION_RE.match(header["version"]):
+        raise _problem(path, "# version:", f"{header['version']!r} is not x.y.z.", "write e.g. `# version: 1.0.0`.")
+
+    for key in raw:
+        if key not in TOP_LEVEL_KEYS:
+            raise _problem(
+                path,
+                str(key),
+                "is not a merge recipe key.",
+                f"{_suggest(str(key), list(TOP_LEVEL_KEYS))}keys: {', '.join(TOP_LEVEL_KEYS)}.",
+            )
+    values = _apply_overrides(path, raw, dict(overrides or {}))
+    for key in REQUIRED_TOP_LEVEL:
+        if values.get(key) is None:
+            raise _problem(path, key, "is missing (or has no value).", f"write `{key}:` ({TOP_LEVEL_KEYS[key]}).")
+
+    method = values["method"]
+    if method not in METHODS:
+        raise _problem(path, "method", f"{method!r} is not a merge method here.", f"write one of {', '.join(METHODS)}.")
+    base_model = values["base_model"]
+    if not isinstance(base_model, str) or not base_model.strip():
+        raise _problem(
+            path, "base_model", f"{base_model!r} is not a path or hub id.", "write e.g. `base_model: BioMistral/BioMistral-7B`."
+        )
+    models = values["models"]
+    if not isinstance(models, list) or not models:
+        raise _problem(
+            path, "models", "must be a non-empty list.", "write `models:` with one `- model: ...` entry per model merged."
+        )
+    entries = tuple(_validate_model(path, index, entry) for index, entry in enumerate(models))
+    dtype = values["dtype"]
+    if dtype not in DTYPES:
+        raise _problem(path, "dtype", f"{dtype!r} is not an output dtype.", f"write one of {', '.join(DTYPES)}.")
+    adapter_dtype = values.get("adapter_merge_dtype") or "float32"
+    if adapter_dtype not in DTYPES:
+        raise _problem(path, "adapter_merge_dtype", f"{adapter_dtype!r} is not a dtype.", f"write one of {', '.join(DTYPES)}.")
+    seed = values.get("seed")
+    if seed is None:
+        if method.startswith("dare"):
+            raise _problem(path, "seed", f"is missing: {method} drops entries at random.", "write e.g. `seed: 42`.")
+        seed = 0
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise _problem(path, "seed", f"{seed!r} is not a non-negative integer.", "write e.g. `seed: 42`.")
+    normalize = values.get("normalize")
+    if normalize is None:
+        normalize = DEFAULT_NORMALIZE[method]
+    if not isinstance(normalize, bool):
+        raise _problem(
+            path, "normalize", f"{normalize!r} is not true or false.", "write `normalize: true` or `normalize: false`."
+        )
+    max_shard = values.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE
+    try:
+        if parse_size(max_shard) <= 0:
+            raise ValueError("must be positive")
+    except ValueError as error:
+        raise _problem(path, "max_shard_size", f"{max_shard!r}: {error}.", "write e.g. `max_shard_size: 5GB`.") from error
+    output = values["output"]
+    if not isinstance(output, str) or not output.strip():
+        raise _problem(path, "output", f"{output!r} is not a folder path.", "write e.g. `output: saves/spanish_medical_ties`.")
+
+    return MergeRecipe(
+        path=path,
+        name=header["recipe"],
+        version=header["version"],
+        sha256=sha256_file(path),
+        method=method,
+        base_model=base_model,
+        models=entries,
+        dtype=dtype,
+        output=Path(output),
+        seed=seed,
+        normalize=normalize,
+        adapter_merge_dtype=adapter_dtype,
+        max_shard_size=str(max_shard),
+        overrides={
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in (overrides or {}).items()
+            if value is not None
+        },
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-tensor arithmetic (float32); the tests check these against values computed by hand
+# --------------------------------------------------------------------------------------------------
+
+
+def trim_to_density(delta, density: float):
+    """TIES' trim: keep exactly ``k = max(1, int(density * numel))`` largest magnitudes, zero the rest.
+
+    Magnitudes equal to the k-th largest are kept in index order until k are kept (deterministic).
+    """
+    import torch
+
+    if density >= 1 or delta.numel() == 0:
+        return delta
+    flat = delta.reshape(-1)
+    n = flat.numel()
+    k = max(1, int(density * n))
+    magnitude = flat.abs()
+    threshold = torch.kthvalue(magnitude, n - k + 1).values  # the k-th largest magnitude
+    keep = magnitude > threshold
+    missing = k - int(keep.sum())
+    if missing > 0:
+        keep[torch.nonzero(magnitude == threshold).reshape(-1)[:missing]] = True
+    return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype)).view_as(delta)
+
+
+def tensor_generator(seed: int, model_index: int, tensor_name: str):
+    """The RNG of one model's drop mask for one tensor: independent of processing order and sharding."""
+    import torch
+
+    digest = hashlib.sha256(f"{seed}\x00{model_index}\x00{tensor_name}".encode()).digest()
+    generator = torch.Generator(device="cpu")
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return generator
+
+
+def dare_keep_mask(shape, density: float, generator):
+    """DARE's Bernoulli(density) keep mask (True = kept)."""
+    import torch
+
+    if density >= 1:
+        return torch.ones(shape, dtype=torch.bool)
+    return torch.rand(shape, generator=generator, dtype=torch.float32) < density
+
+
+def dare_drop(delta, density: float, keep_mask):
+    """DARE's drop and rescale: kept entries divided by ``density``, dropped ones zero."""
+    import torch
+
+    if density >= 1:
+        return delta
+    return torch.where(keep_mask, delta / density, torch.zeros((), dtype=delta.dtype))
+
+
+def elect_and_merge(deltas: Sequence, weights: Sequence[float], normalize: bool):
+    """TIES' sign election and disjoint merge of already sparsified task vectors.
+
+    The elected sign is that of ``sum_i w_i delta_i`` (a zero sum elects +); an entry of model i counts
+    when ``sign(w_i delta_i)`` equals it (zeros never do). ``normalize`` divides by the sum of the
+    agreeing weights (1 where none agrees).
+    """
+    import torch
+
+    weighted = [delta * float(weight) for delta, weight in zip(deltas, weights, strict=True)]
+    total = torch.zeros_like(weighted[0])
+    for item in weighted:
+        total += item
+    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    del total
+    mixed = torch.zeros_like(weighted[0])
+    divisor = torch.zeros_like(weighted[0])
+    for item, weight in zip(weighted, weights, strict=True):
+        agree = torch.sign(item) == elected
+        mixed += torch.where(agree, item, torch.zeros((), dtype=item.dtype))
+        divisor += agree.to(item.dtype) * float(weight)
+    if normalize:
+        divisor[divisor == 0] = 1.0
+        mixed /= divisor
+    return mixed
+
+
+def weighted_sum(deltas: Sequence, weights: Sequence[float], normalize: bool):
+    """Linear combination ``sum_i w_i delta_i``; ``normalize`` divides by ``sum_i w_i`` (if not ~0)."""
+    import torch
+
+    mixed = torch.zeros_like(deltas[0])
+    for delta, weight in zip(deltas, weights, strict=True):
+        mixed += delta * float(weight)
+    total = float(sum(weights))
+    if normalize and abs(total) >= 1e-8:
+        mixed /= total
+    return mixed
+
+
+def ties_merge(deltas: Sequence, weights: Sequence[float], densities: Sequence[float], normalize: bool = True):
+    """TIES on whole task vectors: trim each to its density, elect signs, disjoint (weighted) mean."""
+    trimmed = [trim_to_density(delta, density) for delta, density in zip(deltas, densities, strict=True)]
+    return elect_and_merge(trimmed, weights, normalize)
+
+
+def dare_merge(
+    deltas: Sequence,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    keep_masks: Sequence,
+    elect_sign: bool,
+    normalize: bool = False,
+):
+    """DARE on whole task vectors with the given keep masks: drop, rescale by 1/density, then the TIES
+    election and disjoint merge (``elect_sign``, i.e. dare_ties) or a weighted sum (dare_linear)."""
+    dropped = [dare_drop(delta, density, mask) for delta, density, mask in zip(deltas, densities, keep_masks, strict=True)]
+    if elect_sign:
+        return elect_and_merge(dropped, weights, normalize)
+    return weighted_sum(dropped, weights, normalize)
+
+
+def merge_tensor(
+    method: str,
+    name: str,
+    base,
+    tensors: Sequence,
+    weights: Sequence[float],
+    densities: Sequence[float],
+    normalize: bool,
+    seed: int = 0,
+):
+    """``base + merged task vector`` for one tensor, in float32 (the caller casts to the output dtype)."""
+    base32 = base.to(dtype=_torch().float32)
+    deltas = [tensor.to(dtype=base32.dtype) - base32 for tensor in tensors]
+    if method == "ties":
+        mixed = ties_merge(deltas, weights, densities, normalize)
+    elif method in ("dare_ties", "dare_linear"):
+        masks = [
+            dare_keep_mask(base32.shape, density, tensor_generator(seed, index, name)) for index, density in enumerate(densities)
+        ]
+        mixed = dare_merge(deltas, weights, densities, masks, elect_sign=method == "dare_ties", normalize=normalize)
+    else:
+        raise ValueError(f"unknown merge method {method!r}; choose one of {', '.join(METHODS)}")
+    return base32 + mixed
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading checkpoints, tensor by tensor
+# --------------------------------------------------------------------------------------------------
+
+_ST_FLOATS = {"F16", "BF16", "F32", "F64"}
+
+
+def _st_dtype_name(dtype) -> str:
+    torch = _torch()
+    names = {
+        torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+        torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
+    }  # fmt: skip
+    if dtype not in names:
+        raise MergeError(f"dtype {dtype} cannot be written to safetensors here")
+    return names[dtype]
+
+
+def _torch_dtype(name: str):
+    return getattr(_torch(), name)
+
+
+class Checkpoint:
+    """The safetensors tensors of a model folder, opened lazily (memory-mapped, one tensor at a time)."""
+
+    def __init__(self, folder: Path) -> None:
+        from safetensors import safe_open
+
+        self.folder = Path(folder)
+        files = sorted(self.folder.glob("*.safetensors"))
+        index = self.folder / "model.safetensors.index.json"
+        if index.is_file():
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+            files = sorted({self.folder / name for name in weight_map.values()})
+        if not files:
+            raise MergeError(
+                f"{self.folder}: no *.safetensors weights (only {', '.join(sorted(p.name for p in self.folder.iterdir())) or 'nothing'}). "
+                "Fix: re-save it with save_pretrained(safe_serialization=True) or `llamafactory-cli export`."
+            )
+        self._stack = contextlib.ExitStack()
+        self.location: dict[str, Any] = {}
+        self.order: list[str] = []
+        for file in files:
+            handle = self._stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+            for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
+                if name in self.location:
+                    raise MergeError(f"{self.folder}: tensor {name} is in two shards")
+                self.location[name] = handle
+                self.order.append(name)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def names(self) -> list[str]:
+        return list(self.order)
+
+    def shape_and_dtype(self, name: str) -> tuple[tuple[int, ...], str]:
+        piece = self.location[name].get_slice(name)
+        return tuple(piece.get_shape()), piece.get_dtype()
+
+    def get(self, name: str):
+        return self.location[name].get_tensor(name)
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing safetensors shards as a stream (header first: shapes and dtypes are known in advance)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Planned:
+    name: str
+    shape: tuple[int, ...]
+    dtype: Any  # torch dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+def _plan_shards(entries: list[_Planned], max_bytes: int) -> list[list[_Planned]]:
+    shards: list[list[_Planned]] = [[]]
+    size = 0
+    for entry in entries:
+        if shards[-1] and size + entry.nbytes > max_bytes:
+            shards.append([])
+            size = 0
+        shards[-1].append(entry)
+        size += entry.nbytes
+    return shards
+
+
+class _StreamingSafetensorsWriter:
+    """One safetensors file written tensor by tensor, in a planned order; sha256 computed on the way."""
+
+    def __init__(self, path: Path, entries: list[_Planned]) -> None:
+        self.path = path
+        self.entries = entries
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        for entry in entries:
+            header[entry.name] = {
+                "dtype": _st_dtype_name(entry.dtype),
+                "shape": list(entry.shape),
+                "data_offsets": [offset, offset + entry.nbytes],
+            }
+            offset += entry.nbytes
+        encoded = json.dumps(header, separators=(",", ":")).encode("utf-8")
+        encoded += b" " * ((8 - len(encoded) % 8) % 8)
+        self._handle = open(path, "wb")  # noqa: SIM115 - written tensor by tensor, closed by close()
+        self._digest = hashlib.sha256()
+        self._position = 0
+        self._emit(len(encoded).to_bytes(8, "little"))
+        self._emit(encoded)
+
+    def _emit(self, data) -> None:
+        self._handle.write(data)
+        self._digest.update(data)
+
+    def write(self, name: str, tensor) -> None:
+        torch = _torch()
+        expected = self.entries[self._position]
+        if name != expected.name or tuple(tensor.shape) != expected.shape or tensor.dtype != expected.dtype:
+            raise MergeError(f"internal: wrote {name} {tuple(tensor.shape)} {tensor.dtype}, planned {expected}")
+        if tensor.numel():
+            data = tensor.detach().contiguous().reshape(-1).view(torch.uint8).numpy()
+            self._emit(memoryview(data))
+        self._position += 1
+
+    def abort(self) -> None:
+        """Close the unfinished file (the staging folder it lives in is removed by the caller)."""
+        self._handle.close()
+
+    def close(self) -> str:
+        import os
+
+        if self._position != len(self.entries):
+            raise MergeError(f"internal: {self.path} got {self._position} of {len(self.entries)} tensors")
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        return self._digest.hexdigest()
+
+
+# --------------------------------------------------------------------------------------------------
+# Resolving inputs
+# --------------------------------------------------------------------------------------------------
+
+
+def resolve_model_dir(reference: str, key: str, recipe_path: Path) -> Path:
+    """A local folder as is; otherwise a Hugging Face Hub id, from the local cache when offline."""
+    local = Path(reference).expanduser()
+    if local.is_dir():
+        return local.resolve()
+    if local.exists():
+        raise _problem(recipe_path, key, f"{reference!r} is a file, not a model folder.", "give the model's folder.")
+    looks_local = (
+        local.is_absolute()
+        or reference.startswith((".", "~"))
+        or reference.count("/") != 1
+        or Path(reference.split("/")[0]).is_dir()
+    )
+    if looks_local:  # e.g. saves/<run>: a local path that does not exist (yet), never a hub id
+        raise _problem(
+            recipe_path,
+            key,
+            f"{reference!r}: no such folder (from {Path.cwd()}).",
+            "run the recipe that writes it first (e.g. recipes/spanish_medical_dpo.yaml), run from the repository root, "
+            "or pass another path (--base-model / --model).",
+        )
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(
+                reference,
+                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"],
+            )
+        )
+    except Exception as error:  # any hub failure: not found, offline, gated, no network
+        raise _problem(
+            recipe_path,
+            key,
+            f"{reference!r} is not a local folder and could not be taken from the Hugging Face Hub ({type(error).__name__}: {str(error)[:200]}).",
+            "train/export it first, give a local folder, or download the hub model (unset HF_HUB_OFFLINE, accept its licence).",
+        ) from error
+
+
+def is_adapter(folder: Path) -> bool:
+    return (Path(folder) / "adapter_config.json").is_file()
+
+
+def merge_adapter_into_base(base_dir: Path, adapter_dir: Path, target: Path, dtype: str) -> Path:
+    """PEFT's ``merge_and_unload`` of a LoRA adapter into the base, saved as safetensors in ``target``."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    logger.info("merging LoRA adapter %s into %s (%s) in %s", adapter_dir, base_dir, dtype, target)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=_torch_dtype(dtype), trust_remote_code=False)
+    merged = PeftModel.from_pretrained(model, adapter_dir, is_trainable=False).merge_and_unload()
+    merged.save_pretrained(target, safe_serialization=True)
+    del merged, model
+    return target
+
+
+# --------------------------------------------------------------------------------------------------
+# The merge
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_compatible(recipe: MergeRecipe, base: Checkpoint, others: list[Checkpoint]) -> None:
+    base_names = set(base.names())
+    for index, checkpoint in enumerate(others):
+        names = set(checkpoint.names())
+        missing, extra = sorted(base_names - names), sorted(names - base_names)
+        if missing or extra:
+            detail = "; ".join(
+                part
+                for part in (
+                    f"missing {len(missing)}: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}" if missing else "",
+                    f"not in the base {len(extra)}: {', '.join(extra[:5])}{' ...' if len(extra) > 5 else ''}" if extra else "",
+                )
+                if part
+            )
+            raise MergeError(
+                f"{recipe.path}: `models[{index}]` ({checkpoint.folder}) does not have the base's tensors ({detail}). "
+                "TIES/DARE need models fine-tuned from base_model, with the same architecture and vocabulary."
+            )
+        for name in base.names():
+            base_shape, _ = base.shape_and_dtype(name)
+            shape, _ = checkpoint.shape_and_dtype(name)
+            if shape != base_shape:
+                raise MergeError(
+                    f"{recipe.path}: `models[{index}]` ({checkpoint.folder}): tensor {name} has shape {list(shape)}, "
+                    f"the base {list(base_shape)}. A resized vocabulary or another architecture cannot be merged here."
+                )
+
+
+def _copy_base_files(base_dir: Path, staging: Path, dtype: str) -> list[str]:
+    copied = []
+    for item in sorted(base_dir.iterdir()):
+        if not item.is_file() or item.name in _NOT_COPIED or item.name.endswith(_WEIGHT_SUFFIXES):
+            continue
+        shutil.copy2(item, staging / item.name)
+        copied.append(item.name)
+    config_path = staging / "config.json"
+    if config_path.is_file():
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["dtype"] = dtype
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return copied
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("medfactory", "torch", "safetensors", "transformers", "peft"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "not installed"
+    return found
+
+
+def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
+    """Run the merge of a ``recipes/merge/*.yaml`` recipe; returns the merged checkpoint's folder.
+
+    ``overrides``: top-level recipe keys (``base_model``, ``output``, ``dtype``, ``seed``, ...); ``models``
+    as a list of paths replaces the models' paths in order. The output is written to a staging folder
+    beside it and renamed into place only when complete (a failure leaves any previous output intact).
+    """
+    from tqdm.auto import tqdm
+
+    from medfactory.atomic import atomic_directory
+
+    if sys.byteorder != "little":
+        raise MergeError("safetensors are little-endian; this machine is not")
+    recipe = load_merge_recipe(Path(recipe_path), overrides)
+    output = recipe.output.expanduser().resolve()
+    base_dir = resolve_model_dir(recipe.base_model, "base_model", recipe.path)
+    inputs = [
+        (index, entry, resolve_model_dir(entry.model, f"models[{index}].model", recipe.path))
+        for index, entry in enumerate(recipe.models)
+    ]
+    for key, folder in [("base_model", base_dir), *((f"models[{i}].model", d) for i, _, d in inputs)]:
+        if folder == output or output in folder.parents:
+            raise _problem(
+                recipe.path,
+                "output",
+                f"{output} would overwrite the input `{key}` ({folder}).",
+                "write the merge to a new folder.",
+            )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    out_dtype = _torch_dtype(recipe.dtype)
+    started = dt.datetime.now(dt.UTC)
+
+    with contextlib.ExitStack() as stack:
+        scratch: Path | None = None
+        model_records, model_dirs = [], []
+        for index, entry, folder in inputs:
+            record: dict[str, Any] = {"model": entry.model, "path": str(folder), "weight": entry.weight, "density": entry.density}
+            if is_adapter(folder):
+                adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+                if adapter_config.get("peft_type", "LORA") != "LORA":
+                    raise _problem(
+                        recipe.path,
+                        f"models[{index}].model",
+                        f"{folder} is a {adapter_config.get('peft_type')} adapter.",
+                        "only LoRA adapters are merged into the base here; export a full model first.",
+                    )
+                if scratch is None:
+                    scratch = Path(
+                        stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{output.name}.adapters.", dir=output.parent))
+                    )
+                target = merge_adapter_into_base(base_dir, folder, scratch / f"model-{index}", recipe.adapter_merge_dtype)
+                record.update(
+                    kind="lora_adapter",
+                    merged_into="base_model",
+                    adapter_merge_dtype=recipe.adapter_merge_dtype,
+                    adapter_declared_base=adapter_config.get("base_model_name_or_path"),
+                    adapter_config_sha256=hashlib.sha256((folder / "adapter_config.json").read_bytes()).hexdigest(),
+                )
+                model_dirs.append(target)
+            else:
+                record["kind"] = "full"
+                model_dirs.append(folder)
+            model_records.append(record)
+
+        base = stack.enter_context(Checkpoint(base_dir))
+        others = [stack.enter_context(Checkpoint(folder)) for folder in model_dirs]
+        _check_compatible(recipe, base, others)
+
+        planned = []
+        for name in base.names():
+            shape, st_dtype = base.shape_and_dtype(name)
+            dtype = out_dtype if st_dtype in _ST_FLOATS else base.get(name).dtype
+            planned.append(_Planned(name, shape, dtype))
+        shards = _plan_shards(planned, parse_size(recipe.max_shard_size))
+        files = (
+            ["model.safetensors"]
+            if len(shards) == 1
+            else [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
+        )
+        weights = [entry.weight for entry in recipe.models]
+        densities = [entry.density for entry in recipe.models]
+        counts = {"merged": 0, "copied_from_base": 0}
+        outputs: dict[str, dict[str, Any]] = {}
+
+        with atomic_directory(output) as staging:
+            progress = stack.enter_context(tqdm(total=len(planned), unit="tensor", desc=f"{recipe.method} merge"))
+            for file, shard in zip(files, shards, strict=True):
+                writer = _StreamingSafetensorsWriter(staging / file, shard)
+                try:
+                    for entry in shard:
+                        base_tensor = base.get(entry.name)
+                        if base_tensor.is_floating_point():
+                            merged = merge_tensor(
+                                recipe.method,
+                                entry.name,
+                                base_tensor,
+                                [checkpoint.get(entry.name) for checkpoint in others],
+                                weights,
+                                densities,
+                                recipe.normalize,
+                                recipe.seed,
+                            )
+                            writer.write(entry.name, merged.to(out_dtype))
+                            counts["merged"] += 1
+                        else:
+                            writer.write(entry.name, base_tensor)
+                            counts["copied_from_base"] += 1
+                        progress.update(1)
+                    digest = writer.close()
+                except BaseException:
+                    writer.abort()
+                    raise
+                outputs[file] = {"sha256": digest, "bytes": (staging / file).stat().st_size}
+            if len(files) > 1:
+                index = {
+                    "metadata": {"total_size": sum(entry.nbytes for entry in planned)},
+                    "weight_map": {entry.name: file for file, shard in zip(files, shards, strict=True) for entry in shard},
+                }
+                (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+            copied = _copy_base_files(base_dir, staging, recipe.dtype)
+            manifest = {
+                "kind": "medfactory merge",
+                "created_utc": started.replace(microsecond=0).isoformat(),
+                "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
+                "recipe": {"path": str(recipe.path), "name": recipe.name, "version": recipe.version, "sha256": recipe.sha256},
+                "overrides": recipe.overrides,
+                "method": recipe.method,
+                "values": {
+                    "normalize": recipe.normalize,
+                    "dtype": recipe.dtype,
+                    "seed": recipe.seed,
+                    "adapter_merge_dtype": recipe.adapter_merge_dtype,
+                    "max_shard_size": recipe.max_shard_size,
+                },
+                "base_model": {"model": recipe.base_model, "path": str(base_dir)},
+                "models": model_records,
+                "engine": {
+                    "name": "medfactory.merge",
+                    "task_vectors": "theta_model - theta_base per tensor, float32",
+                    "trim": "exactly max(1, int(density * numel)) largest magnitudes per tensor (equal ones at the cut: lowest index first)",
+                    "dare": "Bernoulli(density) keep mask from a torch.Generator per (seed, model index, tensor name); survivors / density",
+                    "sign_election": "sign of sum_i weight_i * delta_i (zero -> +); dare_linear: none",
+                    "combine": "normalize: sum_i w_i m_i delta_i / sum_i w_i m_i; else sum_i w_i m_i delta_i",
+                    "versions": _versions(),
+                },
+                "tensors": counts,
+                "files_from_base": copied,
+                "outputs": outputs,
+            }
+            (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    logger.info("merged %d tensors (%s) into %s", counts["merged"], recipe.method, output)
+    return output
+
+
+def merge_command(
+    recipe: Annotated[Path, typer.Argument(help="A merge recipe, e.g. recipes/merge/spanish_medical_ties.yaml")],
+    base_model: Annotated[str | None, typer.Option(help="Replace the recipe's base_model (hub id or folder)")] = None,
+    model: Annotated[
+        list[str] | None,
+        typer.Option(help="Replace the models' paths, in the recipe's order (repeat once per model)"),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="Replace the recipe's output folder")] = None,
+) -> None:
+    """TIES / DARE merge of fine-tuned models into their base (BioMistral-style), tensor by tensor."""
+    overrides: dict[str, Any] = {"base_model": base_model, "output": output}
+    if model:
+        overrides["models"] = list(model)
+    try:
+        merged = run_merge(recipe, overrides)
+    except (MergeRecipeError, MergeError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"merged checkpoint written to {merged} (manifest: {merged / MANIFEST_NAME})")

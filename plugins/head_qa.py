@@ -1,0 +1,483 @@
+"""HEAD-QA (Vilares & Gómez-Rodríguez, ACL 2019): Spanish healthcare specialisation exams, as
+evaluation sets, an SFT instruction set and a DPO preference set.
+
+The official release holds one folder per language (``es/``; ``en/`` is a machine translation)
+with ``train_HEAD.json``, ``dev_HEAD.json`` and ``test_HEAD.json`` (English: ``*_HEAD_EN.json``)::
+
+    {"version": "1.0", "language": "es", "exams": {"Cuaderno_2013_1_B": {"name": ..., "category": ...,
+     "year": "2013", "data": [{"qid": "1", "qtext": ..., "ra": "3", "image": "",
+     "answers": [{"aid": 1, "atext": ...}, ...]}]}}}
+
+The supervised split is by year: train = 2013-2014 (5 options), dev = 2015 and test = 2016-2017
+(4 options); 6 exams a year: biology, nursery, pharmacology, medicine, psychology, chemistry
+(``Cuaderno_<year>_1_<B|E|F|M|P|Q>``; category and year come from the exam entry, or from that name
+when the entry lacks them). Some qids are missing on purpose (questions annulled after the exam).
+
+``medfactory prepare head_qa --source <folder> --language es`` writes ``data/head_qa_es/``:
+
+- ``train.jsonl``, ``validation.jsonl`` (from dev), ``test.jsonl``: every question in the shared MCQ
+  format (:mod:`medfactory.mcq`); questions that refer to an image keep ``has_image: true``;
+- ``sft_train.json``: the train split as alpaca instructions (question + lettered options ->
+  ``Respuesta: C) <text>``), without image questions (not answerable from text);
+- ``dpo_train.json``: the same questions as preference pairs: chosen = the right answer,
+  rejected = one wrong option drawn with ``random.Random(f"{seed}:{id}")`` (the same pair for a
+  question whatever else changes; options whose text equals the right answer's are never drawn);
+- ``manifest.json``: counts per split, option counts, image questions, answer positions, hashes;
+
+and registers ``head_qa_es_sft`` and ``head_qa_es_dpo`` in ``dataset_info.json``.
+
+The questions are the Ministerio de Sanidad's: the text is kept as published (only trimmed), as
+its reuse terms forbid altering the content.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import medfactory
+from medfactory.atomic import atomic_directory, sha256_file, write_json_atomic
+from medfactory.errors import CorpusError
+from medfactory.manifest import write_manifest
+from medfactory.mcq import LETTERS, McqItem, lettered_options, write_items
+from medfactory.plugins import CorpusPlugin
+from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
+
+CORPUS_NAME = "head_qa"
+LANGUAGE_CHOICES = ("es", "en")
+ON_ERROR_CHOICES = ("fail", "skip")
+DEFAULT_SEED = 42
+# Output split -> the official file prefix.
+SPLITS = {"train": "train", "validation": "dev", "test": "test"}
+OPTION_COUNTS = (4, 5)
+SFT_FILE = "sft_train.json"
+DPO_FILE = "dpo_train.json"
+MANIFEST_FILE = "manifest.json"
+# The exam acronym in "Cuaderno_2013_1_B", as the files spell the categories.
+CATEGORY_CODES = {
+    "B": "biology",
+    "E": "nursery",
+    "F": "pharmacology",
+    "M": "medicine",
+    "P": "psychology",
+    "Q": "chemistry",
+}
+EXAM_NAME = re.compile(r"^Cuaderno_(?P<year>\d{4})_(?P<round>\d+)_(?P<code>[A-Z]+)$")
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """The instruction before each question and the prefix of the answer, in the questions' language."""
+
+    instruction: str
+    answer_prefix: str
+
+
+PROMPTS = {
+    "es": PromptStyle(
+        instruction=(
+            "Responde a la siguiente pregunta de un examen de especialización sanitaria eligiendo una sola "
+            "opción. Indica la letra y el texto de la respuesta correcta."
+        ),
+        answer_prefix="Respuesta",
+    ),
+    "en": PromptStyle(
+        instruction=(
+            "Answer the following question from a Spanish healthcare specialisation exam by choosing one "
+            "option. Give the letter and the text of the right answer."
+        ),
+        answer_prefix="Answer",
+    ),
+}
+
+
+def dataset_dir(language: str) -> Path:
+    return Path("data") / f"{CORPUS_NAME}_{language}"
+
+
+def registry_entries(language: str) -> dict[str, dict[str, Any]]:
+    folder = dataset_dir(language).as_posix()
+    return {
+        f"{CORPUS_NAME}_{language}_sft": {
+            "file_name": f"{folder}/{SFT_FILE}",
+            "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        },
+        f"{CORPUS_NAME}_{language}_dpo": {
+            "file_name": f"{folder}/{DPO_FILE}",
+            "ranking": True,
+            "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},
+        },
+    }
+
+
+def split_file_name(prefix: str, language: str) -> str:
+    """``train_HEAD.json`` (es) or ``train_HEAD_EN.json`` (en)."""
+    return f"{prefix}_HEAD{'_EN' if language == 'en' else ''}.json"
+
+
+def resolve_source(source: Path, language: str) -> Path:
+    """The folder holding the three split files: ``source/<language>`` or ``source`` itself."""
+    source = Path(source)
+    names = [split_file_name(prefix, language) for prefix in SPLITS.values()]
+    if not source.exists():
+        raise CorpusError(
+            f"{source}: not found. Pass --source the HEAD-QA folder (the one holding es/ and en/) or its "
+            f"{language}/ folder, which holds {', '.join(names)}."
+        )
+    if not source.is_dir():
+        raise CorpusError(f"{source}: is a file. Pass --source the HEAD-QA folder (holding es/ and en/).")
+    for folder in (source / language, source):
+        if all((folder / name).is_file() for name in names):
+            return folder
+    folder = source / language if (source / language).is_dir() else source
+    missing = [name for name in names if not (folder / name).is_file()]
+    found = sorted(entry.name + ("/" if entry.is_dir() else "") for entry in folder.iterdir())
+    raise CorpusError(
+        f"{folder}: missing {', '.join(missing)} (the official HEAD-QA split files for --language {language}); "
+        f"found {', '.join(found[:20]) or 'nothing'}{' ...' if len(found) > 20 else ''}."
+    )
+
+
+class QuestionError(ValueError):
+    """One malformed question: the message says what is wrong with it."""
+
+
+def _exam_fields(key: str, exam: dict[str, Any]) -> tuple[str, str | None, int | None]:
+    """(name, category, year) of an exam entry; category and year fall back on the exam name."""
+    name = exam.get("name") or key
+    if not isinstance(name, str):
+        name = key
+    match = EXAM_NAME.match(name) or EXAM_NAME.match(key)
+    category = exam.get("category")
+    if not isinstance(category, str) or not category.strip():
+        category = CATEGORY_CODES.get(match["code"]) if match else None
+    year: Any = exam.get("year")
+    if isinstance(year, str) and year.strip().isdigit():
+        year = int(year)
+    elif isinstance(year, bool) or not isinstance(year, int):
+        year = int(match["year"]) if match else None
+    return name, category.strip() if category else None, year
+
+
+def _as_id(value: Any) -> str | None:
+    """A qid/aid/ra as a string: "3" and 3 are the same id."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def build_item(question: Any, exam: str, category: str | None, year: int | None, language: str) -> McqItem:
+    """One HEAD-QA question as an McqItem; QuestionError says what is malformed."""
+    if not isinstance(question, dict):
+        raise QuestionError(f"expected a JSON object, got {type(question).__name__}")
+    qid = _as_id(question.get("qid"))
+    if qid is None:
+        raise QuestionError("no qid")
+    qtext = question.get("qtext")
+    if not isinstance(qtext, str) or not qtext.strip():
+        raise QuestionError("empty or missing qtext")
+    answers = question.get("answers")
+    if not isinstance(answers, list):
+        raise QuestionError("answers is missing or not a list")
+    if len(answers) not in OPTION_COUNTS:
+        raise QuestionError(f"{len(answers)} answers; HEAD-QA questions have 4 (2015-2017) or 5 (2013-2014)")
+    options: list[tuple[int, str, str]] = []
+    for position, answer in enumerate(answers, start=1):
+        if not isinstance(answer, dict):
+            raise QuestionError(f"answer #{position} is not a JSON object")
+        aid = _as_id(answer.get("aid"))
+        if aid is None or not aid.isdigit():
+            raise QuestionError(f"answer #{position} has no numeric aid")
+        atext = answer.get("atext")
+        if not isinstance(atext, str) or not atext.strip():
+            raise QuestionError(f"answer aid {aid} has an empty or missing atext")
+        options.append((int(aid), aid, atext.strip()))
+    aids = [aid for _, aid, _ in options]
+    repeated = sorted({aid for aid in aids if aids.count(aid) > 1})
+    if repeated:
+        raise QuestionError(f"aid {', '.join(repeated)} appears more than once")
+    options.sort()  # by numeric aid: the order of the printed exam
+    right = _as_id(question.get("ra"))
+    if right is None:
+        raise QuestionError("no ra (right answer id)")
+    numbers = [number for number, _, _ in options]
+    if not right.isdigit() or int(right) not in numbers:
+        raise QuestionError(f"ra {right!r} is none of the aids {', '.join(aids)}")
+    answer_index = numbers.index(int(right))
+    image = question.get("image")
+    if image is not None and not isinstance(image, str):
+        raise QuestionError(f"image must be a path or empty, not {image!r}")
+    return McqItem(
+        id=f"{exam}-{qid}",
+        question=qtext.strip(),
+        options=[text for _, _, text in options],
+        answer=answer_index,
+        letters=list(LETTERS[: len(options)]),
+        category=category,
+        year=year,
+        exam=exam,
+        has_image=bool(image and image.strip()),
+        language=language,
+    )
+
+
+def load_split(path: Path, language: str, on_error: str = "fail") -> tuple[list[McqItem], list[dict[str, str]]]:
+    """The items of one official split file, and the questions dropped (``on_error="skip"``)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg}).") from error
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{path}: not UTF-8 (byte offset {error.start}); the official files are UTF-8 JSON.") from error
+    if not isinstance(payload, dict) or not isinstance(payload.get("exams"), dict):
+        raise CorpusError(f"{path}: expected a JSON object with an 'exams' object (the HEAD-QA layout).")
+    file_language = payload.get("language")
+    if file_language is not None and file_language != language:
+        raise CorpusError(f"{path}: holds language {file_language!r}, but --language is {language!r}.")
+    items: list[McqItem] = []
+    dropped: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for key, exam in payload["exams"].items():
+        if not isinstance(exam, dict) or not isinstance(exam.get("data"), list):
+            raise CorpusError(f"{path}: exam {key}: expected an object with a 'data' list of questions.")
+        name, category, year = _exam_fields(key, exam)
+        for position, question in enumerate(exam["data"], start=1):
+            qid = _as_id(question.get("qid")) if isinstance(question, dict) else None
+            where = f"qid {qid}" if qid else f"question #{position}"
+            try:
+                item = build_item(question, name, category, year, language)
+                if item.id in seen:
+                    raise QuestionError("qid repeated in the exam")
+            except QuestionError as error:
+                if on_error == "fail":
+                    raise CorpusError(
+                        f"{path}: exam {name}, {where}: {error}. Fix the entry, or run with --on-error skip to leave it out."
+                    ) from error
+                dropped.append({"exam": name, "qid": qid or f"#{position}", "reason": str(error)})
+                continue
+            seen.add(item.id)
+            items.append(item)
+    return items, dropped
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.split()).casefold()
+
+
+def duplicates_of_right_answer(item: McqItem) -> list[int]:
+    """Wrong options whose text is the right answer's (lost superscripts: "sp ." twice)."""
+    right = _normalised(item.answer_text)
+    return [index for index, option in enumerate(item.options) if index != item.answer and _normalised(option) == right]
+
+
+def has_duplicate_options(item: McqItem) -> bool:
+    texts = [_normalised(option) for option in item.options]
+    return len(set(texts)) < len(texts)
+
+
+def prompt_of(item: McqItem, style: PromptStyle) -> str:
+    return f"{style.instruction}\n\n{item.question}\n\n{lettered_options(item)}"
+
+
+def answer_of(item: McqItem, index: int, style: PromptStyle) -> str:
+    return f"{style.answer_prefix}: {item.letters[index]}) {item.options[index]}"
+
+
+def rejected_index(item: McqItem, seed: int) -> int | None:
+    """The wrong option of the DPO pair: drawn from the options whose text differs from the right answer's.
+
+    ``random.Random`` seeded with a string is stable across runs and Python processes, and the
+    seed names the question, so a pair never changes when other questions are added or dropped.
+    """
+    right = _normalised(item.answer_text)
+    candidates = [index for index, option in enumerate(item.options) if _normalised(option) != right]
+    if not candidates:
+        return None
+    return random.Random(f"{seed}:{item.id}").choice(candidates)
+
+
+def training_sets(items: list[McqItem], style: PromptStyle, seed: int) -> tuple[list[dict], list[dict], Counter, Counter]:
+    """(SFT rows, DPO rows, SFT skips by reason, DPO skips by reason) from the train items."""
+    sft: list[dict] = []
+    dpo: list[dict] = []
+    sft_skipped: Counter = Counter()
+    dpo_skipped: Counter = Counter()
+    for item in items:
+        if item.has_image:
+            sft_skipped["image_question"] += 1
+            dpo_skipped["image_question"] += 1
+            continue
+        prompt = prompt_of(item, style)
+        chosen = answer_of(item, item.answer, style)
+        if duplicates_of_right_answer(item):
+            sft_skipped["right_answer_text_repeated"] += 1
+        else:
+            sft.append({"instruction": prompt, "input": "", "output": chosen, "id": item.id})
+        wrong = rejected_index(item, seed)
+        if wrong is None:
+            dpo_skipped["no_distinct_wrong_option"] += 1
+            continue
+        dpo.append(
+            {"instruction": prompt, "input": "", "chosen": chosen, "rejected": answer_of(item, wrong, style), "id": item.id}
+        )
+    return sft, dpo, sft_skipped, dpo_skipped
+
+
+def _split_summary(items: list[McqItem], source_name: str) -> dict[str, Any]:
+    return {
+        "source_file": source_name,
+        "items": len(items),
+        "exams": len({item.exam for item in items}),
+        "options": {str(count): number for count, number in sorted(Counter(len(item.options) for item in items).items())},
+        "image_questions": sum(item.has_image for item in items),
+        "answer_positions": {letter: number for letter, number in sorted(Counter(item.answer_letter for item in items).items())},
+        "categories": dict(sorted(Counter(item.category or "unknown" for item in items).items())),
+        "years": {str(year): number for year, number in sorted(Counter(item.year for item in items).items(), key=lambda pair: str(pair[0]))},
+    }
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def prepare_head_qa(
+    source: Path,
+    language: str = "es",
+    output_root: Path = Path("."),
+    seed: int = DEFAULT_SEED,
+    on_error: str = "fail",
+) -> dict[str, Any]:
+    """Prepare HEAD-QA into ``output_root/data/head_qa_<language>`` and register it; return the manifest.
+
+    The dataset folder is replaced in one step: a failed run leaves the previous one as it was.
+    """
+    if language not in LANGUAGE_CHOICES:
+        raise CorpusError(f"--language {language!r}: HEAD-QA ships {', '.join(LANGUAGE_CHOICES)}.")
+    if on_error not in ON_ERROR_CHOICES:
+        raise CorpusError(f"on_error={on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
+    output_root = Path(output_root)
+    folder = resolve_source(Path(source), language)
+    registry = output_root / REGISTRY_NAME
+    if registry.exists():
+        try:
+            load_registry(registry)
+        except ValueError as error:
+            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
+
+    splits: dict[str, list[McqItem]] = {}
+    dropped: list[dict[str, str]] = []
+    source_files: dict[str, dict[str, Any]] = {}
+    exam_split: dict[str, str] = {}
+    for split, prefix in SPLITS.items():
+        path = folder / split_file_name(prefix, language)
+        items, split_dropped = load_split(path, language, on_error)
+        for exam in sorted({item.exam for item in items}):
+            if exam in exam_split:
+                raise CorpusError(f"{path}: exam {exam} is also in the {exam_split[exam]} split; the official splits share no exam.")
+            exam_split[exam] = split
+        if not items:
+            raise CorpusError(f"{path}: no questions (dropped: {len(split_dropped)}).")
+        splits[split] = items
+        dropped.extend({"split": split, **entry} for entry in split_dropped)
+        source_files[path.name] = _file_facts(path)
+
+    style = PROMPTS[language]
+    sft, dpo, sft_skipped, dpo_skipped = training_sets(splits["train"], style, seed)
+    if not sft or not dpo:
+        raise CorpusError(f"{folder}: no train question is usable for SFT/DPO (all image questions or repeated options).")
+
+    with atomic_directory(output_root / dataset_dir(language)) as staging:
+        outputs = []
+        for split, items in splits.items():
+            write_items(staging / f"{split}.jsonl", items)
+            outputs.append(staging / f"{split}.jsonl")
+        write_json_atomic(staging / SFT_FILE, sft)
+        write_json_atomic(staging / DPO_FILE, dpo)
+        outputs += [staging / SFT_FILE, staging / DPO_FILE]
+        rejected_letters = Counter(row["rejected"].split(": ", 1)[1][0] for row in dpo)
+        manifest = {
+            "corpus": CORPUS_NAME,
+            "language": language,
+            "medfactory_version": medfactory.__version__,
+            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "source": str(folder.resolve()),
+            "source_files": source_files,
+            "options": {"seed": seed, "on_error": on_error},
+            "items": sum(len(items) for items in splits.values()),
+            "splits": {split: _split_summary(items, split_file_name(SPLITS[split], language)) for split, items in splits.items()},
+            "questions_with_repeated_option_text": [
+                item.id for items in splits.values() for item in items if has_duplicate_options(item)
+            ],
+            "sft": {
+                "file": SFT_FILE,
+                "from_split": "train",
+                "items": len(sft),
+                "skipped": dict(sorted(sft_skipped.items())),
+                "instruction": style.instruction,
+                "output_format": f"{style.answer_prefix}: <letter>) <option text>",
+            },
+            "dpo": {
+                "file": DPO_FILE,
+                "from_split": "train",
+                "pairs": len(dpo),
+                "skipped": dict(sorted(dpo_skipped.items())),
+                "rejected_rule": (
+                    f"one wrong option per question, random.Random(f'{seed}:<id>').choice(options whose "
+                    "text differs from the right answer's)"
+                ),
+                "rejected_positions": dict(sorted(rejected_letters.items())),
+            },
+            "dropped": dropped,
+            "outputs": {path.name: _file_facts(path) for path in outputs},
+            "registered": sorted(registry_entries(language)),
+        }
+        write_manifest(staging / MANIFEST_FILE, manifest)
+    register_datasets(registry, registry_entries(language))
+    return manifest
+
+
+# --- Command line (mounted as ``medfactory prepare head_qa``) -------------------------------------------
+
+
+def prepare_command(
+    source: Annotated[Path, typer.Option(help="The HEAD-QA folder (holding es/ and en/) or one language folder")],
+    language: Annotated[str, typer.Option(help="es (original) or en (machine translation)")] = "es",
+    output_root: Annotated[Path, typer.Option(help="Repository root: gets data/head_qa_<language>/ and dataset_info.json")] = Path("."),
+    seed: Annotated[int, typer.Option(help="Seed of the wrong option drawn as DPO 'rejected'")] = DEFAULT_SEED,
+    on_error: Annotated[str, typer.Option(help="fail or skip (malformed questions are left out and listed in the manifest)")] = "fail",
+) -> None:
+    """Prepare HEAD-QA: MCQ evaluation sets per split, SFT and DPO sets from train, registered as head_qa_<language>_sft/_dpo."""
+    try:
+        manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error)
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    for split, summary in manifest["splits"].items():
+        options = ", ".join(f"{count} options: {number}" for count, number in summary["options"].items())
+        typer.echo(f"{split}: {summary['items']} questions ({options}; with an image: {summary['image_questions']})")
+    skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["sft"]["skipped"].items())
+    typer.echo(f"sft: {manifest['sft']['items']} instructions (skipped: {skipped or 'none'})")
+    skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["dpo"]["skipped"].items())
+    typer.echo(f"dpo: {manifest['dpo']['pairs']} pairs, seed {manifest['options']['seed']} (skipped: {skipped or 'none'})")
+    typer.echo(f"dropped as malformed: {len(manifest['dropped'])}")
+    folder = Path(output_root) / dataset_dir(language)
+    typer.echo(f"wrote {folder}; registered {', '.join(manifest['registered'])} in {Path(output_root) / REGISTRY_NAME}")
+
+
+PLUGIN = CorpusPlugin(
+    name=CORPUS_NAME,
+    summary="HEAD-QA Spanish healthcare exams (official JSON): MCQ eval sets + SFT + DPO from train",
+    command=prepare_command,
+)

@@ -1,0 +1,277 @@
+"""Brazilian "Teste de Progresso" medical exam questions (pt-BR) as an MCQ evaluation set.
+
+The CSV (github.com/felipe-matsuoka123/A-PORTUGUESE-DATASET-FOR-MEDICAL-AI-Q-A) has the columns
+``Número, Texto, Bloco, Resposta Correta, Arquivo Prova``: one row per question, ``Número``
+counted per exam (so the id is ``<exam file stem>-<Número>``), the options inline at the end of
+``Texto`` as ``(A) … (B) … (C) … (D) …``, the right letter in ``Resposta Correta``, the area in
+``Bloco`` (empty for some exams) and the exam PDF's file name in ``Arquivo Prova`` (its year is
+read from it).
+
+Splitting the stem from the options: an option marker is ``(A)`` .. ``(E)`` (any case, inner
+spaces allowed) that does not follow a letter or digit (``etambutol(E)`` is a drug abbreviation,
+not option E). Options come last, so the chain is taken backwards from the last ``D`` (or ``E``):
+the nearest ``C`` before it, then ``B``, then ``A``. Figure labels such as ``(A)  (B)`` in the
+stem therefore never start the options. A question is dropped, and listed in the manifest by
+exam, Número and reason, when no chain is found, an option or the stem is empty, an option holds
+another option marker (ambiguous), or the answer letter is not one of the options.
+
+``has_image``: the CSV has no images, but some questions show one in the printed exam. A question
+is flagged when its stem points at a figure ("figura", "foto", "gráfico abaixo", "radiografia a
+seguir", "(imagem: ...)", "seguinte traçado" ...); a heuristic, its count is in the manifest.
+
+Output: ``data/pt_exam_mcq/test.jsonl`` (language ``pt``) and ``manifest.json``. It is an
+evaluation-only set: nothing is registered for training.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import itertools
+import re
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+import medfactory
+from medfactory.atomic import atomic_directory, sha256_file
+from medfactory.errors import CorpusError
+from medfactory.manifest import write_manifest
+from medfactory.mcq import LETTERS, McqItem, write_items
+from medfactory.plugins import CorpusPlugin
+
+CORPUS_NAME = "pt_exam_mcq"
+DATASET_DIR = Path("data") / CORPUS_NAME
+TEST_FILE = "test.jsonl"
+MANIFEST_FILE = "manifest.json"
+COLUMNS = ("Número", "Texto", "Bloco", "Resposta Correta", "Arquivo Prova")
+OPTION_COUNTS = (5, 4)  # tried in this order: an E chain wins when there is one
+
+# "(A)", "( b )": not right after a letter or digit ("etambutol(E)", "a(s)").
+MARKER = re.compile(r"(?<![^\W_])\(\s*([A-Ea-e])\s*\)")
+# Page-break notes of the PDF export, inside a question's text.
+PAGE_BREAK = re.compile(r"\(CONTINUA\)\s*\(CONTINUAÇÃO DA QUESTÃO \d+\)", re.IGNORECASE)
+YEAR = re.compile(r"(?<!\d)((?:19|20)\d{2})(?!\d)")
+
+_VISUAL = (
+    r"(?:figuras?|image(?:m|ns)|fotos?|fotografias?|fotomicrografias?|gr[aá]ficos?|radiografias?|radiogramas?|"
+    r"tomografias?|resson[aâ]ncias?|ultrassonografias?|ecografias?|eletrocardiogramas?|ECG|tra[çc]ados?|"
+    r"cardiotocografias?|tromboelastogramas?|esquemas?|heredogramas?|raio[s]?[ -]?x|exame contrastado|monitoriza[çc][aã]o)"
+)
+_POINTER = r"(?:abaixo|a seguir|ao lado|que segue|mostrad[ao]s?|representad[ao]s?|apresentad[ao]s?)"
+IMAGE_REFERENCE = re.compile(
+    rf"\b{_VISUAL}\b[^.?!;]{{0,60}}?\b{_POINTER}\b"  # "radiografia de tórax mostrada abaixo"
+    rf"|\bseguintes?\s+{_VISUAL}\b"  # "o seguinte traçado"
+    r"|\((?:figuras?|fotos?|image(?:m|ns))\b|\((?:a seguir|abaixo)\)"  # "(foto a seguir)", "(Imagem: ...)", "(a seguir)"
+    r"|\b(?:figuras?|fotomicrografias?|heredogramas?)\b",  # always a picture in these exams
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class ParsedQuestion:
+    stem: str
+    options: list[str]
+    lowercase_markers: bool
+
+
+class ParseError(ValueError):
+    """Why a question's options could not be split from its text."""
+
+
+def _clean(text: str) -> str:
+    return " ".join(text.split())
+
+
+def split_options(text: str) -> ParsedQuestion:
+    """The stem and the options of an inline ``... (A) … (B) … (C) … (D) …`` question text."""
+    text = PAGE_BREAK.sub(" ", text)
+    markers = [(match.start(), match.end(), match.group(1).upper(), match.group(1).islower()) for match in MARKER.finditer(text)]
+    for count in OPTION_COUNTS:
+        wanted = LETTERS[:count]
+        chain: list[tuple[int, int, str, bool]] = []
+        limit = len(text) + 1
+        for letter in reversed(wanted):
+            found = next((marker for marker in reversed(markers) if marker[2] == letter and marker[0] < limit), None)
+            if found is None:
+                break
+            chain.insert(0, found)
+            limit = found[0]
+        if len(chain) == count:
+            break
+    else:
+        letters = "".join(marker[2] for marker in markers)
+        raise ParseError(f"no (A)..(D) option markers in order (markers found: {letters or 'none'})")
+    stem = _clean(text[: chain[0][0]])
+    options = [_clean(text[marker[1] : following[0]]) for marker, following in itertools.pairwise(chain)]
+    options.append(_clean(text[chain[-1][1] :]))
+    if not stem:
+        raise ParseError("empty question stem before (A)")
+    for letter, option in zip(LETTERS, options):
+        if not option:
+            raise ParseError(f"empty option ({letter})")
+        inner = MARKER.search(option)
+        if inner:
+            raise ParseError(f"option ({letter}) holds another option marker ({inner.group(1)}): ambiguous")
+    return ParsedQuestion(stem, options, any(marker[3] for marker in chain))
+
+
+def refers_to_image(stem: str) -> bool:
+    """Whether the stem points at a figure the CSV does not have (heuristic, see the module doc)."""
+    return IMAGE_REFERENCE.search(stem) is not None
+
+
+def exam_year(exam: str) -> int | None:
+    """The last plausible year in the exam file name: ``..._teste_do_progresso_2021.pdf`` -> 2021."""
+    years = YEAR.findall(exam)
+    return int(years[-1]) if years else None
+
+
+def _exam_stem(exam: str) -> str:
+    return exam[:-4] if exam.lower().endswith(".pdf") else exam
+
+
+def read_rows(source: Path) -> list[dict[str, str]]:
+    """The CSV rows as dicts; CorpusError names the file and the problem."""
+    source = Path(source)
+    if not source.exists():
+        raise CorpusError(f"{source}: not found. Pass --source the dataset.csv of the Teste de Progresso questions.")
+    if not source.is_file():
+        raise CorpusError(f"{source}: is a folder. Pass --source the CSV file itself (dataset.csv).")
+    try:
+        with open(source, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            header = [name.strip() for name in reader.fieldnames or []]
+            missing = [name for name in COLUMNS if name not in header]
+            if missing:
+                raise CorpusError(
+                    f"{source}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}, found {', '.join(header) or 'no header'}."
+                )
+            reader.fieldnames = header
+            rows = []
+            for row in reader:
+                if None in row:
+                    raise CorpusError(f"{source}, line {reader.line_num}: more fields than the header has (an unquoted comma?).")
+                rows.append({name: (row.get(name) or "") for name in COLUMNS})
+            return rows
+    except UnicodeDecodeError as error:
+        raise CorpusError(f"{source}: not UTF-8 (byte offset {error.start}). Re-save the CSV as UTF-8.") from error
+    except csv.Error as error:
+        raise CorpusError(f"{source}: unreadable CSV ({error}).") from error
+
+
+def build_items(rows: list[dict[str, str]]) -> tuple[list[McqItem], list[dict[str, Any]], list[str]]:
+    """(items, parse failures, ids of items whose option markers were lower case)."""
+    items: list[McqItem] = []
+    failures: list[dict[str, Any]] = []
+    lowercase: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        number = row["Número"].strip()
+        exam = row["Arquivo Prova"].strip()
+
+        def fail(reason: str, number: str = number, exam: str = exam) -> None:
+            failures.append({"numero": number, "exam": exam or None, "reason": reason})
+
+        if not number:
+            fail("empty Número")
+            continue
+        item_id = f"{_exam_stem(exam) or 'exam'}-{number}"
+        if item_id in seen:
+            fail("Número repeated in the exam")
+            continue
+        try:
+            parsed = split_options(row["Texto"])
+        except ParseError as error:
+            fail(str(error))
+            continue
+        letters = list(LETTERS[: len(parsed.options)])
+        answer = row["Resposta Correta"].strip().upper()
+        if answer not in letters:
+            fail(f"answer {row['Resposta Correta'].strip()!r} is not one of the options {', '.join(letters)}")
+            continue
+        seen.add(item_id)
+        if parsed.lowercase_markers:
+            lowercase.append(item_id)
+        items.append(
+            McqItem(
+                id=item_id,
+                question=parsed.stem,
+                options=parsed.options,
+                answer=letters.index(answer),
+                letters=letters,
+                category=_clean(row["Bloco"]) or None,
+                year=exam_year(exam),
+                exam=exam or None,
+                has_image=refers_to_image(parsed.stem),
+                language="pt",
+            )
+        )
+    return items, failures, lowercase
+
+
+def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str, Any]:
+    """Write ``output_root/data/pt_exam_mcq/test.jsonl`` and its manifest; return the manifest.
+
+    Questions that cannot be parsed are left out and listed; none parsing at all is an error.
+    """
+    source, output_root = Path(source), Path(output_root)
+    rows = read_rows(source)
+    items, failures, lowercase = build_items(rows)
+    if not items:
+        raise CorpusError(f"{source}: none of the {len(rows)} questions could be parsed (first problem: {failures[0]['reason'] if failures else 'no rows'}).")
+    with atomic_directory(output_root / DATASET_DIR) as staging:
+        test_path = staging / TEST_FILE
+        write_items(test_path, items)
+        manifest = {
+            "corpus": CORPUS_NAME,
+            "language": "pt",
+            "medfactory_version": medfactory.__version__,
+            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+            "source": str(source.resolve()),
+            "source_sha256": sha256_file(source),
+            "rows": len(rows),
+            "items": len(items),
+            "parse_failures": failures,
+            "options": {str(count): number for count, number in sorted(Counter(len(item.options) for item in items).items())},
+            "answer_positions": dict(sorted(Counter(item.answer_letter for item in items).items())),
+            "exams": dict(sorted(Counter(item.exam or "unknown" for item in items).items())),
+            "categories": dict(sorted(Counter(item.category or "unknown" for item in items).items())),
+            "years": {str(year): count for year, count in sorted(Counter(item.year for item in items).items(), key=lambda pair: str(pair[0]))},
+            "image_questions": sum(item.has_image for item in items),
+            "image_rule": "heuristic: the stem points at a figure (figura, foto, gráfico/radiografia ... abaixo/a seguir, (imagem ...))",
+            "lowercase_option_markers": lowercase,
+            "outputs": {TEST_FILE: {"sha256": sha256_file(test_path), "bytes": test_path.stat().st_size}},
+        }
+        write_manifest(staging / MANIFEST_FILE, manifest)
+    return manifest
+
+
+# --- Command line (mounted as ``medfactory prepare pt_exam_mcq``) ------------------------------------
+
+
+def prepare_command(
+    source: Annotated[Path, typer.Option(help="The questions CSV (Número, Texto, Bloco, Resposta Correta, Arquivo Prova)")],
+    output_root: Annotated[Path, typer.Option(help="Repository root: gets data/pt_exam_mcq/")] = Path("."),
+) -> None:
+    """Prepare the Brazilian Teste de Progresso questions as an MCQ evaluation set (data/pt_exam_mcq/test.jsonl)."""
+    try:
+        manifest = prepare_pt_exam_mcq(source, output_root=output_root)
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(
+        f"{manifest['items']} of {manifest['rows']} questions parsed; {len(manifest['parse_failures'])} dropped "
+        f"(listed in the manifest); {manifest['image_questions']} refer to an image"
+    )
+    typer.echo(f"wrote {Path(output_root) / DATASET_DIR / TEST_FILE}")
+
+
+PLUGIN = CorpusPlugin(
+    name=CORPUS_NAME,
+    summary="Brazilian Teste de Progresso medical MCQs (CSV, options inline) as a pt MCQ evaluation set",
+    command=prepare_command,
+)

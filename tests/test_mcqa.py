@@ -1,0 +1,437 @@
+"""Multiple-choice QA evaluation (``medfactory.eval.mcqa``): log-likelihoods, metrics, outputs, command.
+
+Nothing is downloaded: tiny random Mistral / Llama models with a tokenizer trained on the
+synthetic Spanish and Portuguese exam questions below stand in for the 7B models. The
+evaluator's log-likelihoods are checked against a forward pass written out here, its accuracy
+and macro-F1 against scikit-learn.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pandas as pd
+import pytest
+import torch
+import typer
+from sklearn.metrics import accuracy_score, f1_score
+from typer.testing import CliRunner
+
+from medfactory.eval import mcqa
+from medfactory.tiny import build_tiny_model
+
+
+def _item(id, question, options, answer, category, year, exam, language="es", has_image=False):
+    return {
+        "id": id, "question": question, "options": options, "answer": answer,
+        "letters": list("ABCDE"[: len(options)]), "category": category, "year": year, "exam": exam,
+        "has_image": has_image, "language": language,
+    }  # fmt: skip
+
+
+TEST_ITEMS = [
+    _item("es-1", "¿Cuál es el fármaco de elección en la neumonía adquirida en la comunidad sin comorbilidades?",
+          ["Amoxicilina", "Vancomicina", "Insulina glargina", "Metformina", "Omeprazol"], 0, "medicine", 2013, "Cuaderno_2013_1_M"),
+    _item("es-2", "La hemoglobina glicosilada refleja la glucemia media de los últimos:",
+          ["Dos días", "Dos o tres meses", "Cinco años", "Diez minutos"], 1, "medicine", 2016, "Cuaderno_2016_1_M"),
+    _item("es-3", "¿Qué enzima cataliza la conversión de angiotensina I en angiotensina II?",
+          ["Renina", "Quimotripsina", "Enzima convertidora de angiotensina", "Lipasa", "Amilasa"], 2, "biology", 2013, "Cuaderno_2013_1_B"),
+    _item("es-4", "En la reanimación cardiopulmonar del adulto, la frecuencia de compresiones recomendada es:",
+          ["40 por minuto", "60 por minuto", "80 por minuto", "100 a 120 por minuto"], 3, "nursery", 2016, "Cuaderno_2016_1_E"),
+    _item("es-5", "El antídoto de la intoxicación por paracetamol es:",
+          ["Flumazenilo", "Naloxona", "Atropina", "N-acetilcisteína", "Glucagón"], 3, "pharmacology", 2014, "Cuaderno_2014_1_F"),
+    _item("es-6", "Observe la imagen. ¿Qué estructura señala la flecha?",
+          ["Aorta", "Vena cava", "Tráquea", "Esófago"], 0, "medicine", 2016, "Cuaderno_2016_1_M", has_image=True),
+    _item("es-7", "¿Cuál es el pH normal de la sangre arterial?",
+          ["6,8", "7,0", "7,35 a 7,45", "7,8"], 2, "chemistry", 2016, "Cuaderno_2016_1_Q"),
+    _item("es-8", "La escala de Glasgow valora:",
+          ["Dolor", "Nivel de consciencia", "Riesgo de úlceras", "Estado nutricional", "Ansiedad"], 1, None, None, None),
+    _item("pt-1", "Qual é o principal agente etiológico da pneumonia adquirida na comunidade em adultos?",
+          ["Streptococcus pneumoniae", "Escherichia coli", "Candida albicans", "Giardia lamblia"], 0, "clínica médica", 2020, "Revalida_2020", "pt"),
+    _item("pt-2", "A vacina BCG protege principalmente contra:",
+          ["Formas graves de tuberculose", "Sarampo", "Hepatite B", "Coqueluche", "Tétano"], 0, "pediatria", 2021, "Revalida_2021", "pt"),
+    _item("pt-3", "O sinal de Murphy positivo sugere:",
+          ["Apendicite", "Colecistite aguda", "Pancreatite", "Diverticulite"], 1, "cirurgia", 2020, "Revalida_2020", "pt"),
+    _item("pt-4", "Na insuficiência cardíaca, os inibidores da ECA reduzem:",
+          ["A mortalidade", "A pressão intraocular", "A glicemia em jejum", "A função renal a zero", "O colesterol HDL"], 0, "clínica médica", 2021, "Revalida_2021", "pt"),
+]  # fmt: skip
+
+POOL_ITEMS = [
+    _item("es-1", "¿Cuál es el fármaco de elección en la neumonía adquirida en la comunidad sin comorbilidades?",
+          ["Amoxicilina", "Vancomicina", "Insulina", "Metformina", "Omeprazol"], 0, "medicine", 2013, "Cuaderno_2013_1_M"),
+    _item("pool-dup", "¿Cuál es el pH normal de la sangre arterial?", ["6,8", "7,0", "7,35 a 7,45", "7,8"], 2, "chemistry", 2015, "Cuaderno_2015_1_Q"),
+    _item("pool-img", "Observe la radiografía adjunta:", ["Neumotórax", "Derrame", "Normal", "Atelectasia"], 0, "medicine", 2015, "Cuaderno_2015_1_M", has_image=True),
+    _item("pool-1", "La vitamina K es necesaria para la síntesis de:", ["Factores de coagulación II, VII, IX y X", "Insulina", "Hemoglobina", "Colágeno"], 0, "biology", 2015, "Cuaderno_2015_1_B"),
+    _item("pool-2", "El nervio que inerva el diafragma es:", ["Vago", "Frénico", "Facial", "Hipogloso"], 1, "medicine", 2015, "Cuaderno_2015_1_M"),
+    _item("pool-3", "La unidad funcional del riñón es:", ["Alvéolo", "Nefrona", "Hepatocito", "Sarcómero"], 1, "biology", 2015, "Cuaderno_2015_1_B"),
+    _item("pool-4", "Una taquicardia se define por una frecuencia cardiaca mayor de:", ["40", "60", "100 latidos por minuto", "200"], 2, "nursery", 2015, "Cuaderno_2015_1_E"),
+    _item("pool-5", "O hormônio produzido pelas células beta do pâncreas é:", ["Glucagon", "Insulina", "Somatostatina", "Gastrina"], 1, "clínica médica", 2019, "Revalida_2019", "pt"),
+    _item("pool-6", "A principal via de transmissão da hepatite A é:", ["Fecal-oral", "Sexual", "Vertical", "Transfusional"], 0, "preventiva", 2019, "Revalida_2019", "pt"),
+]  # fmt: skip
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    return path
+
+
+def _corpus(with_letter_answers: bool) -> list[str]:
+    """Prompts of the synthetic items; with ``Respuesta: C``-style answers the BPE learns ' A'..' E'
+    as single tokens, without them ' C' etc. stay split (' ' + 'C'): both tokenizations get tested."""
+    texts = []
+    for record in TEST_ITEMS + POOL_ITEMS:
+        item = mcqa.to_item(record)
+        if with_letter_answers:
+            texts.append(mcqa.letter_prompt(item) + f" {item.letters[item.answer]}")
+        texts.append(mcqa.loglik_context(item) + f" {item.options[item.answer]}")
+    return texts * 3
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("mcq")
+    return {"items": _write_jsonl(folder / "test.jsonl", TEST_ITEMS), "pool": _write_jsonl(folder / "validation.jsonl", POOL_ITEMS)}
+
+
+@pytest.fixture(scope="module")
+def tiny_models() -> dict[str, Path]:
+    return {
+        "mistral": build_tiny_model("mistral", _corpus(with_letter_answers=True), vocab_size=600),
+        "llama": build_tiny_model("llama", _corpus(with_letter_answers=False), vocab_size=600),
+    }
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_models):
+    return mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def items(files) -> list[mcqa.Item]:
+    return mcqa.load_items(files["items"])
+
+
+@pytest.fixture(scope="module")
+def app() -> typer.Typer:
+    application = typer.Typer()
+
+    @application.callback()
+    def main() -> None:
+        """Local test app: `mcqa` is mounted as a subcommand, as in `medfactory eval mcqa`."""
+
+    application.command("mcqa")(mcqa.mcqa_command)
+    return application
+
+
+def _run(app, *args: str):
+    result = CliRunner().invoke(app, ["mcqa", *args])
+    return result
+
+
+def _scores(scored: list[mcqa.ItemScores]) -> list[list[float]]:
+    return [result.loglik for result in scored]
+
+
+# --------------------------------------------------------------------------------------------
+# Log-likelihoods against a direct transformers computation
+# --------------------------------------------------------------------------------------------
+
+
+def _direct_loglik(model, tokenizer, context: str, continuation: str) -> float:
+    """Forward the concatenated prompt + continuation once, log-softmax, sum over the continuation tokens."""
+    context_ids = tokenizer(context)["input_ids"]
+    whole = tokenizer(context + continuation)["input_ids"]
+    assert whole[: len(context_ids)] == context_ids
+    with torch.no_grad():
+        logits = model(torch.tensor([whole])).logits[0]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    return sum(float(logprobs[position - 1, whole[position]]) for position in range(len(context_ids), len(whole)))
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "llama"])
+@pytest.mark.parametrize("protocol", ["letter", "loglik_norm"])
+def test_logliks_match_direct_transformers_computation(tiny_models, items, files, architecture, protocol):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_models[architecture]
+    network, tokenizer = mcqa.load_model(str(path), dtype="fp32", device="cpu")
+    scorer = mcqa.LogLikelihoodScorer(network, tokenizer)
+    chosen = [items[0], items[1], items[8], items[9]]  # es 5 and 4 options, pt 4 and 5 options
+    sampler = mcqa.FewShotSampler(mcqa.load_items(files["pool"]), seed=3)
+    direct_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    direct_tokenizer = AutoTokenizer.from_pretrained(path)
+    for shots in (0, 2):
+        scored = mcqa.score_items(scorer, chosen, protocol, shots=shots, sampler=sampler, batch_size=3)
+        if protocol == "letter":  # mistral's vocabulary has every ' X' as one token, llama's splits some
+            lengths = {len(tokens) for result in scored for tokens in result.tokens}
+            assert lengths == ({1} if architecture == "mistral" else {1, 2})
+
+        for result in scored:
+            item = result.item
+            examples = sampler.sample(item, shots)
+            assert result.prompt == mcqa.build_prompt(item, protocol, examples)
+            if protocol == "letter":
+                texts = [" " + letter for letter in item.letters]
+            else:
+                texts = [" " + option for option in item.options]
+            expected = [_direct_loglik(direct_model, direct_tokenizer, result.prompt, text) for text in texts]
+            assert result.loglik == pytest.approx(expected, abs=1e-4)
+            if protocol == "loglik_norm":
+                assert result.normalised["bytes"] == pytest.approx(
+                    [value / len(option.encode("utf-8")) for value, option in zip(expected, item.options)], abs=1e-4
+                )
+
+
+def test_letter_tokens_scored_are_recorded(loaded, items):
+    """Single-token letters are read from one row per item; that equals one row per option."""
+    network, tokenizer = loaded
+    scorer = mcqa.LogLikelihoodScorer(network, tokenizer)
+    shared = mcqa.score_items(scorer, items, "letter", batch_size=4)
+    assert scorer.stats.sequences == len(items)
+    separate = mcqa.score_items(scorer, items, "letter", batch_size=4, share_single_tokens=False)
+    assert scorer.stats.sequences == len(items) + sum(item.n_options for item in items)
+    for a, b in zip(shared, separate):
+        assert a.loglik == pytest.approx(b.loglik, abs=1e-5)
+    assert mcqa._letter_tokens(shared) == {letter: [["Ġ" + letter]] for letter in "ABCDE"}
+
+
+# --------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["letter", "loglik_norm"])
+def test_batched_equals_unbatched(loaded, items, files, protocol):
+    network, tokenizer = loaded
+    scorer = mcqa.LogLikelihoodScorer(network, tokenizer)
+    sampler = mcqa.FewShotSampler(mcqa.load_items(files["pool"]), seed=0)
+    one = mcqa.score_items(scorer, items, protocol, shots=1, sampler=sampler, batch_size=1)
+    passes_one = scorer.stats.forward_passes
+    many = mcqa.score_items(scorer, items, protocol, shots=1, sampler=sampler, batch_size=5)
+    assert scorer.stats.forward_passes - passes_one < passes_one  # several sequences per pass
+    for a, b in zip(one, many):
+        assert a.loglik == pytest.approx(b.loglik, abs=1e-5)
+        assert a.predictions == b.predictions
+    # the batches really were padded: prompts of different lengths
+    assert len({len(result.prompt) for result in many}) > 1
+
+
+# --------------------------------------------------------------------------------------------
+# Few-shot examples
+# --------------------------------------------------------------------------------------------
+
+
+def test_kshot_prompt_has_k_examples_and_never_the_item(files, items):
+    pool = mcqa.load_items(files["pool"])
+    sampler = mcqa.FewShotSampler(pool, seed=7)
+    assert all(not item.has_image for item in sampler.pool)
+    for k in (1, 3, 6):
+        for item in items:
+            examples = sampler.sample(item, k)
+            assert len(examples) == k
+            assert len({example.id for example in examples}) == k
+            assert all(example.id != item.id and example.question != item.question for example in examples)
+            assert "pool-img" not in {example.id for example in examples}
+            labels = mcqa.LABELS[item.language]
+            prompt = mcqa.letter_prompt(item, examples)
+            assert prompt.count(f"{labels.question}:") == k + 1
+            assert prompt.count(f"{labels.answer}:") == k + 1
+            assert prompt.count(item.question) == 1 and prompt.rstrip().endswith(f"{labels.answer}:")
+            for example in examples:
+                assert f"{labels.answer}: {example.letters[example.answer]}" in prompt
+            context = mcqa.loglik_context(item, examples)
+            assert context.count(f"{labels.question}:") == k + 1 and context.count(item.question) == 1
+            # deterministic: same seed, same draw, whatever the order of the pool file
+            assert mcqa.FewShotSampler(list(reversed(pool)), seed=7).sample(item, k) == examples
+    # 8 text-only pool items; es-1 (same id) and es-7 (same question) each have a twin there
+    es_7 = next(item for item in items if item.id == "es-7")
+    for item in (items[0], es_7):
+        assert len(sampler.sample(item, 7)) == 7
+        with pytest.raises(mcqa.McqaError, match="only 7"):
+            sampler.sample(item, 8)
+    assert len(sampler.sample(items[1], 8)) == 8
+    draws = {tuple(e.id for e in mcqa.FewShotSampler(pool, seed=seed).sample(items[1], 2)) for seed in range(10)}
+    assert len(draws) > 1  # the seed matters
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics
+# --------------------------------------------------------------------------------------------
+
+
+def test_accuracy_and_macro_f1_match_sklearn():
+    rng = random.Random(0)
+    for trial in range(50):
+        n = rng.randint(1, 40)
+        gold = [rng.randrange(5) for _ in range(n)]
+        predicted = [rng.choice([0, 1, 2]) if trial % 3 else rng.randrange(5) for _ in range(n)]
+        assert mcqa.accuracy(gold, predicted) == pytest.approx(accuracy_score(gold, predicted))
+        assert mcqa.macro_f1(gold, predicted) == pytest.approx(f1_score(gold, predicted, average="macro", zero_division=0))
+    assert mcqa.macro_f1([0, 1, 2], [0, 1, 2]) == 1.0
+    assert mcqa.confusion_matrix([0, 0, 1], [0, 1, 1], [0, 1]) == [[1, 1], [0, 1]]
+
+
+def test_exam_points_hand_example():
+    # 3 right, 2 wrong: 3*3 - 2 = 7 out of 15
+    assert mcqa.exam_points([True, False, True, True, False]) == {
+        "points": 7, "max_points": 15, "n": 5, "right": 3, "wrong": 2, "unanswered": 0,
+    }  # fmt: skip
+    records = [
+        _item("a", "q a", ["x", "y", "z", "w"], 0, "medicine", 2016, "M16"),
+        _item("b", "q b", ["x", "y", "z", "w"], 1, "medicine", 2016, "M16"),
+        _item("c", "q c", ["x", "y", "z", "w", "v"], 2, "biology", 2013, "B13"),
+        _item("d", "q d", ["x", "y", "z", "w", "v"], 4, "biology", 2013, "B13"),
+        _item("e", "q e", ["x", "y", "z", "w", "v"], 4, "biology", 2013, "B13"),
+    ]
+    summary = mcqa.summarize([mcqa.to_item(r) for r in records], [0, 0, 2, 4, 1])  # right, wrong, right, right, wrong
+    assert summary["exam_points"]["per_exam"]["M16"]["points"] == 3 - 1
+    assert summary["exam_points"]["per_exam"]["B13"]["points"] == 3 + 3 - 1
+    assert summary["exam_points"]["total"]["points"] == 7
+    assert summary["per_category"]["biology"] == {"n": 3, "correct": 2, "accuracy": pytest.approx(2 / 3), "macro_f1": pytest.approx(
+        f1_score([2, 4, 4], [2, 4, 1], average="macro", zero_division=0))}
+    assert summary["confusion"]["labels"] == ["A", "B", "C", "E"]
+
+
+# --------------------------------------------------------------------------------------------
+# The command, end to end
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("protocol", ["letter", "loglik_norm"])
+def test_command_outputs(app, tiny_models, files, tmp_path, protocol):
+    out = tmp_path / protocol
+    result = _run(app, "--items", str(files["items"]), "--model", str(tiny_models["mistral"]), "--out-dir", str(out),
+                  "--protocol", protocol, "--shots", "2", "--fewshot-from", str(files["pool"]), "--seed", "1",
+                  "--batch-size", "3", "--dtype", "fp32")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "accuracy" in result.stdout
+    per_item = pd.read_csv(out / "per_item.csv")
+    metrics = json.loads((out / "metrics.json").read_text())
+    report = (out / "report.md").read_text()
+
+    # image question left out and counted
+    assert "es-6" not in set(per_item["id"])
+    assert metrics["n"] == len(per_item) == len(TEST_ITEMS) - 1
+    assert metrics["n_image_items_excluded"] == 1 and metrics["settings"]["include_images"] is False
+    # 4- and 5-option items mixed
+    assert set(per_item["n_options"]) == {4, 5}
+    score = "logprob" if protocol == "letter" else "loglik_norm"
+    four = per_item[per_item["n_options"] == 4]
+    assert four[f"{score}_E"].isna().all() and four[f"{score}_D"].notna().all()
+    assert per_item[per_item["n_options"] == 5][f"{score}_E"].notna().all()
+    # prediction = argmax of the per-option scores
+    columns = [f"{score}_{letter}" for letter in "ABCDE"]
+    argmax = per_item[columns].fillna(-math.inf).to_numpy().argmax(axis=1)
+    assert list(per_item["prediction"]) == ["ABCDE"[i] for i in argmax]
+    assert list(per_item["correct"]) == list(per_item["prediction"] == per_item["answer"])
+
+    # accuracy and macro-F1 against sklearn on the same predictions (positions as labels)
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction"]))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(per_item["answer"], per_item["prediction"], average="macro", zero_division=0))
+    # breakdowns add up
+    for breakdown in ("per_category", "per_year", "per_n_options", "per_language"):
+        assert sum(entry["n"] for entry in metrics[breakdown].values()) == metrics["n"]
+        assert sum(entry["correct"] for entry in metrics[breakdown].values()) == metrics["correct"]
+    assert "(none)" in metrics["per_category"] and "(none)" in metrics["per_year"]
+    for category, entry in metrics["per_category"].items():
+        rows = per_item[per_item["category"].fillna("(none)") == category]
+        assert entry["accuracy"] == pytest.approx(accuracy_score(rows["answer"], rows["prediction"]))
+        assert entry["macro_f1"] == pytest.approx(f1_score(rows["answer"], rows["prediction"], average="macro", zero_division=0))
+    for year, entry in metrics["per_year"].items():
+        rows = per_item[per_item["year"].astype("Int64").astype(str).replace("<NA>", "(none)") == year]
+        assert entry["n"] == len(rows) and entry["correct"] == int(rows["correct"].sum())
+    total = metrics["exam_points"]["total"]
+    assert total["points"] == 3 * int(per_item["correct"].sum()) - int((~per_item["correct"]).sum())
+    assert sum(entry["points"] for entry in metrics["exam_points"]["per_exam"].values()) == total["points"]
+    # settings recorded
+    settings = metrics["settings"]
+    assert (settings["protocol"], settings["shots"], settings["seed"], settings["model"]) == (protocol, 2, 1, str(tiny_models["mistral"]))
+    assert settings["adapter"] is None and settings["dtype"] == "float32"
+    assert {"torch", "transformers", "peft"} <= set(metrics["versions"])
+    assert "(primary) |" in report and "## Per category" in report and "## Exam points" in report
+
+    if protocol == "loglik_norm":
+        variants = metrics["variants"]
+        raw_argmax = per_item[[f"loglik_{l}" for l in "ABCDE"]].fillna(-math.inf).to_numpy().argmax(axis=1)
+        assert list(per_item["prediction_unnorm"]) == ["ABCDE"[i] for i in raw_argmax]
+        assert variants["unnormalised"]["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction_unnorm"]))
+        assert variants["char_normalised"]["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction_char_norm"]))
+        for letter in "ABCDE":
+            present = per_item[f"n_bytes_{letter}"].notna()
+            ratio = per_item.loc[present, f"loglik_{letter}"] / per_item.loc[present, f"n_bytes_{letter}"]
+            assert ratio.to_numpy() == pytest.approx(per_item.loc[present, f"loglik_norm_{letter}"].to_numpy())
+        # accents: bytes and characters differ for some options
+        assert (per_item["n_bytes_A"] != per_item["n_chars_A"]).any() or (per_item["n_bytes_C"] != per_item["n_chars_C"]).any()
+    else:
+        assert set(metrics["scoring"]["letter_tokens"]) == set("ABCDE")
+
+
+def test_include_images_and_limit(app, tiny_models, files, tmp_path):
+    out = tmp_path / "images"
+    result = _run(app, "--items", str(files["items"]), "--model", str(tiny_models["llama"]), "--out-dir", str(out), "--include-images")
+    assert result.exit_code == 0, result.output
+    per_item = pd.read_csv(out / "per_item.csv")
+    assert "es-6" in set(per_item["id"]) and len(per_item) == len(TEST_ITEMS)
+    result = _run(app, "--items", str(files["items"]), "--model", str(tiny_models["llama"]), "--out-dir", str(out), "--limit", "3")
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(out / "per_item.csv")["id"]) == ["es-1", "es-2", "es-3"]
+
+
+def test_adapter_changes_scores(app, tiny_models, files, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base_path = tiny_models["mistral"]
+    torch.manual_seed(0)
+    peft_model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(base_path),
+        LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"], lora_dropout=0.0),
+    )
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)  # B starts at zero: make the adapter do something
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    assert (adapter / "adapter_config.json").is_file()
+
+    common = ["--items", str(files["items"]), "--model", str(base_path), "--protocol", "loglik_norm", "--batch-size", "4"]
+    assert _run(app, *common, "--out-dir", str(tmp_path / "base")).exit_code == 0
+    result = _run(app, *common, "--out-dir", str(tmp_path / "lora"), "--adapter", str(adapter))
+    assert result.exit_code == 0, result.output
+    base = pd.read_csv(tmp_path / "base" / "per_item.csv")
+    lora = pd.read_csv(tmp_path / "lora" / "per_item.csv")
+    assert list(base["id"]) == list(lora["id"])
+    difference = (base["loglik_A"] - lora["loglik_A"]).abs()
+    assert difference.min() > 1e-3
+    assert json.loads((tmp_path / "lora" / "metrics.json").read_text())["settings"]["adapter"] == str(adapter)
+
+
+def test_command_errors(app, tiny_models, files, tmp_path):
+    model = str(tiny_models["mistral"])
+    out = str(tmp_path / "out")
+    cases = [
+        (["--items", str(tmp_path / "missing.jsonl"), "--model", model, "--out-dir", out], "does not exist"),
+        (["--items", str(files["items"]), "--model", model, "--out-dir", out, "--protocol", "cloze"], "unknown protocol"),
+        (["--items", str(files["items"]), "--model", model, "--out-dir", out, "--shots", "3"], "--fewshot-from"),
+        (["--items", str(files["items"]), "--model", model, "--out-dir", out, "--shots", "2",
+          "--fewshot-from", str(tmp_path / "nopool.jsonl")], "does not exist"),
+        (["--items", str(files["items"]), "--model", model, "--out-dir", out, "--dtype", "int3"], "unknown dtype"),
+        (["--items", str(files["items"]), "--model", str(tmp_path / "no-model"), "--out-dir", out], "error"),
+        (["--items", str(files["items"]), "--model", model, "--out-dir", out, "--shots", "20",
+          "--fewshot-from", str(files["pool"])], "20-shot"),
+    ]
+    for args, message in cases:
+        result = _run(app, *args)
+        assert result.exit_code == 1, (args, result.output)
+        assert "error:" in result.stderr and message in result.stderr, (args, result.stderr)
+    assert not (tmp_path / "out").exists()
+    bad = _write_jsonl(tmp_path / "bad.jsonl", [{**TEST_ITEMS[0], "answer": 9}])
+    result = _run(app, "--items", str(bad), "--model", model, "--out-dir", out)
+    assert result.exit_code == 1 and "answer" in result.stderr
