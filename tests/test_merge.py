@@ -316,54 +316,6 @@ def test_lora_adapter_is_merged_into_the_base_first(family: dict, tmp_path: Path
     assert not [p for p in tmp_path.iterdir() if ".adapters." in p.name]  # scratch merge removed
 
 
-def test_ties_matches_mergekit_when_installed(family: dict, tmp_path: Path) -> None:
-    """Cross-check against mergekit 0.1.5 (not a dependency: skipped unless importable)."""
-    pytest.importorskip("mergekit")
-    import yaml
-    from mergekit.config import MergeConfiguration
-    from mergekit.merge import MergeOptions
-    from mergekit.merge import run_merge as mergekit_run_merge
-
-    folders = family["folders"]
-    config = {
-        "merge_method": "ties",
-        "base_model": str(folders["base"]),
-        "models": [
-            {"model": str(folders["base"])},
-            {"model": str(folders["ft1"]), "parameters": {"density": 0.5, "weight": 0.3}},
-            {"model": str(folders["ft2"]), "parameters": {"density": 0.7, "weight": 0.5}},
-        ],
-        "parameters": {"normalize": True},
-        "dtype": "float32",
-    }
-    mergekit_run_merge(MergeConfiguration.model_validate(config), out_path=str(tmp_path / "mergekit"), options=MergeOptions())
-    ours = _recipe(
-        tmp_path,
-        "tiny_vs_mergekit",
-        yaml.safe_dump(
-            {
-                "method": "ties",
-                "base_model": str(folders["base"]),
-                "models": [
-                    {"model": str(folders["ft1"]), "weight": 0.3, "density": 0.5},
-                    {"model": str(folders["ft2"]), "weight": 0.5, "density": 0.7},
-                ],
-                "dtype": "float32",
-                "output": str(tmp_path / "ours"),
-            }
-        ),
-    )
-    run_merge(ours)
-    theirs: dict[str, torch.Tensor] = {}
-    for shard in (tmp_path / "mergekit").glob("*.safetensors"):
-        theirs.update(load_file(str(shard)))
-    mine = load_file(str(tmp_path / "ours" / "model.safetensors"))
-    assert set(theirs) == set(mine)
-    for name in mine:
-        torch.testing.assert_close(mine[name], theirs[name], rtol=0, atol=1e-6, msg=name)
-    assert not torch.equal(mine["model.embed_tokens.weight"], family["base"]["model.embed_tokens.weight"])
-
-
 def test_failed_merge_leaves_the_previous_output_and_no_staging(family: dict, tmp_path: Path) -> None:
     folders = family["folders"]
     broken = tmp_path / "broken"
