@@ -50,6 +50,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from medfactory.atomic import atomic_write, write_json_atomic
+from medfactory.jsonl import iter_jsonl
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import pandas as pd
@@ -159,22 +160,10 @@ PRESETS = {BERTIMBAU.name: BERTIMBAU, XLMR.name: XLMR}
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
     """(line number, record) for every non-blank line; a clear error for bad JSON or a missing file."""
-    path = Path(path)
-    if not path.is_file():
-        raise BertScoreError(f"{path} does not exist or is not a file")
-    records = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise BertScoreError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
-            if not isinstance(record, dict):
-                raise BertScoreError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-            records.append((number, record))
-    return records
+    try:
+        return list(iter_jsonl(path))
+    except ValueError as error:
+        raise BertScoreError(str(error)) from error
 
 
 def read_predictions(path: Path) -> list[dict[str, str]]:

@@ -86,3 +86,31 @@ def llamafactory_api(tmp_path: Path):
     for process in processes:
         process.terminate()
         process.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def llamafactory_train():
+    """Run `llamafactory-cli train RECIPE key=value ...` offline on CPU; return the output_dir."""
+
+    def run(cwd: Path, recipe: str, **overrides: object) -> Path:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+        result = subprocess.run(
+            ["llamafactory-cli", "train", recipe, *(f"{key}={value}" for key, value in overrides.items())],
+            cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return Path(str(overrides["output_dir"]))
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def medfactory_cli():
+    """Run `medfactory ARGS...` in a folder; assert success and return its standard output."""
+
+    def run(cwd: Path, *args: str) -> str:
+        result = subprocess.run([sys.executable, "-m", "medfactory.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        return result.stdout
+
+    return run

@@ -6,9 +6,6 @@ scenarios -> BERTScore, chrF, BLEU, ROUGE-L and the box plots."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,28 +27,12 @@ PORTUGUESE_REPORT = (
 )
 
 
-def llamafactory(cwd: Path, recipe: str, **overrides: object) -> Path:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["llamafactory-cli", "train", recipe, *(f"{key}={value}" for key, value in overrides.items())],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return Path(str(overrides["output_dir"]))
-
-
-def medfactory(cwd: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "medfactory.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
-
 @pytest.mark.slow
-def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_none: Path | None) -> None:
+def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_none: Path | None, llamafactory_train, medfactory_cli) -> None:
     root = repo_copy
     indiana = shared_data_or_none / "iu_xray_reports" if shared_data_or_none else None
     source = build_mimic_layout_from_indiana(indiana, root / "physionet", {"train": 8, "validate": 4, "test": 4}, seed=3)
-    medfactory(root, "prepare", "mimic_cxr", "--source", str(source), "--train", "6", "--validation", "3", "--test", "4")
+    medfactory_cli(root, "prepare", "mimic_cxr", "--source", str(source), "--train", "6", "--validation", "3", "--test", "4")
     studies = [json.loads(line) for line in (root / "data" / "mimic_cxr" / "studies.jsonl").read_text().splitlines()]
     assert [s["split"] for s in studies].count("test") == 4
     assert all(1 <= len(s["images"]) <= 2 for s in studies)
@@ -59,19 +40,19 @@ def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_non
     cpu = {"bf16": "false", "preprocessing_num_workers": 1}
     texts = [*generate_notes(200, seed=2), PORTUGUESE_REPORT, *(s["report_en"] for s in studies)]
     # The translation recipe as written runs with a tiny text-only Gemma 3 (template `gemma`) ...
-    llamafactory(root, "recipes/mimic_cxr_translate_medgemma27b.yaml", model_name_or_path=build_tiny_gemma3_text(texts),
+    llamafactory_train(root, "recipes/mimic_cxr_translate_medgemma27b.yaml", model_name_or_path=build_tiny_gemma3_text(texts),
                  max_new_tokens=8, output_dir=root / "saves" / "translate_gemma3", **cpu)  # fmt: skip
     # ... and a tiny model that can only answer one Portuguese report gives translations to keep.
     translator = build_constant_answer_model(root / "translator", PORTUGUESE_REPORT, eos_token="<end_of_turn>")
-    translations = llamafactory(root, "recipes/mimic_cxr_translate_medgemma27b.yaml", model_name_or_path=translator,
+    translations = llamafactory_train(root, "recipes/mimic_cxr_translate_medgemma27b.yaml", model_name_or_path=translator,
                                 do_sample="false", max_new_tokens=8, output_dir=root / "saves" / "translate", **cpu)  # fmt: skip
-    medfactory(root, "prepare", "mimic-cxr-ptbr", "--translations", str(translations / "generated_predictions.jsonl"))
+    medfactory_cli(root, "prepare", "mimic-cxr-ptbr", "--translations", str(translations / "generated_predictions.jsonl"))
     train = json.loads((root / "data" / "mimic_cxr_ptbr" / "train.json").read_text())
     assert train and all(item["messages"][0]["content"].count("<image>") == len(item["images"]) for item in train)
     assert all(item["messages"][1]["content"] == PORTUGUESE_REPORT for item in train)
 
     vlm = build_tiny_gemma3_vlm(texts)
-    adapter = llamafactory(root, "recipes/medgemma_cxr_ptbr_lora.yaml", model_name_or_path=vlm, max_steps=2,
+    adapter = llamafactory_train(root, "recipes/medgemma_cxr_ptbr_lora.yaml", model_name_or_path=vlm, max_steps=2,
                            output_dir=root / "saves" / "lora", tokenized_path=root / "saves" / "tokenized", **cpu)  # fmt: skip
     adapter_config = json.loads((adapter / "adapter_config.json").read_text())
     assert (adapter_config["r"], adapter_config["lora_alpha"], adapter_config["lora_dropout"]) == (16, 16, 0.05)
@@ -79,7 +60,7 @@ def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_non
 
     scenarios = {}
     for scenario, extra in (("zeroshot", {}), ("fewshot", {}), ("lora", {"adapter_name_or_path": adapter})):
-        run = llamafactory(root, f"recipes/medgemma_cxr_ptbr_predict_{scenario}.yaml", model_name_or_path=vlm,
+        run = llamafactory_train(root, f"recipes/medgemma_cxr_ptbr_predict_{scenario}.yaml", model_name_or_path=vlm,
                            max_new_tokens=12, output_dir=root / "saves" / f"predict_{scenario}", **extra, **cpu)  # fmt: skip
         predictions = (run / "generated_predictions.jsonl").read_text().splitlines()
         assert len(predictions) == len(json.loads((root / "data" / "mimic_cxr_ptbr" / "test_ids.json").read_text()))
@@ -89,7 +70,7 @@ def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_non
 
     bert, xlmr = build_tiny_bert(texts), build_tiny_xlmr(texts)
     out = root / "reports" / "bertscore"
-    medfactory(root, "eval", "bertscore", "--references", "data/mimic_cxr_ptbr/test_references.jsonl", "--out-dir", str(out),
+    medfactory_cli(root, "eval", "bertscore", "--references", "data/mimic_cxr_ptbr/test_references.jsonl", "--out-dir", str(out),
                *(arg for name, path in scenarios.items() for arg in ("--scenario", f"{name}={path}")),
                "--pt-model", str(bert), "--pt-layers", "2", "--xlmr-model", str(xlmr), "--xlmr-layers", "2")  # fmt: skip
     per_item = (out / "per_item.csv").read_text().splitlines()

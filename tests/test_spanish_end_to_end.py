@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -33,50 +30,34 @@ def synthetic_head_qa(folder: Path) -> Path:
     return folder
 
 
-def llamafactory(cwd: Path, recipe: str, **overrides: object) -> Path:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["llamafactory-cli", "train", recipe, *(f"{key}={value}" for key, value in overrides.items())],
-        cwd=cwd, env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return Path(str(overrides["output_dir"]))
-
-
-def medfactory(cwd: Path, *args: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "medfactory.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
-
-
 @pytest.mark.slow
-def test_qlora_sft_dpo_merge_and_mcqa(repo_copy: Path, shared_data_or_none: Path | None) -> None:
+def test_qlora_sft_dpo_merge_and_mcqa(repo_copy: Path, shared_data_or_none: Path | None, llamafactory_train, medfactory_cli) -> None:
     root = repo_copy
     head_qa = shared_data_or_none / "head_qa" if shared_data_or_none else synthetic_head_qa(root / "head_qa_release")
-    medfactory(root, "prepare", "head_qa", "--source", str(head_qa), "--language", "es")
+    medfactory_cli(root, "prepare", "head_qa", "--source", str(head_qa), "--language", "es")
     sft_items = json.loads((root / "data" / "head_qa_es" / "sft_train.json").read_text())
     model = build_tiny_model("mistral", [*generate_notes(100, seed=6), *(item["instruction"] for item in sft_items[:400])])
     cpu = {"bf16": "false", "preprocessing_num_workers": 1}
 
-    sft = llamafactory(root, "recipes/spanish_medical_qlora_sft.yaml", model_name_or_path=model, max_steps=4, eval_steps=4,
+    sft = llamafactory_train(root, "recipes/spanish_medical_qlora_sft.yaml", model_name_or_path=model, max_steps=4, eval_steps=4,
                        tokenized_path=root / "saves" / "tok_sft", output_dir=root / "saves" / "sft", **cpu)  # fmt: skip
     assert json.loads((sft / "adapter_config.json").read_text())["r"] == 64
 
     # DPO from the SFT adapter with the SFT model as reference: the loss starts at ln 2 and moves.
     # The learning rate is raised for the tiny run only: at the recipe's 5e-6 six steps move nothing measurable.
-    dpo = llamafactory(root, "recipes/spanish_medical_dpo.yaml", model_name_or_path=model, adapter_name_or_path=sft, ref_model=model,
+    dpo = llamafactory_train(root, "recipes/spanish_medical_dpo.yaml", model_name_or_path=model, adapter_name_or_path=sft, ref_model=model,
                        ref_model_adapters=sft, max_steps=8, logging_steps=1, learning_rate=5e-3, output_dir=root / "saves" / "dpo", **cpu)  # fmt: skip
     losses = [r["loss"] for r in map(json.loads, (dpo / "trainer_log.jsonl").read_text().splitlines()) if "loss" in r]
     assert abs(losses[0] - math.log(2)) < 0.01, losses  # the reference is the SFT model itself
     assert max(abs(loss - losses[0]) for loss in losses[1:]) > 0.005, losses
 
     merged = root / "saves" / "ties"
-    medfactory(root, "merge", "recipes/merge/spanish_medical_ties.yaml", "--base-model", str(model), "--model", str(dpo), "--output", str(merged))
+    medfactory_cli(root, "merge", "recipes/merge/spanish_medical_ties.yaml", "--base-model", str(model), "--model", str(dpo), "--output", str(merged))
     manifest = json.loads((merged / "merge_manifest.json").read_text())
     assert manifest["method"] == "ties"
 
     out = root / "reports" / "mcqa"
-    medfactory(root, "eval", "mcqa", "--items", "data/head_qa_es/test.jsonl", "--model", str(merged), "--out-dir", str(out), "--limit", "24")
+    medfactory_cli(root, "eval", "mcqa", "--items", "data/head_qa_es/test.jsonl", "--model", str(merged), "--out-dir", str(out), "--limit", "24")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n"] == 24 and 0 <= metrics["accuracy"] <= 1 and 0 <= metrics["macro_f1"] <= 1
     per_item = (out / "per_item.csv").read_text().splitlines()

@@ -28,6 +28,7 @@ from tqdm import tqdm
 
 from medfactory.atomic import atomic_write, write_json_atomic
 from medfactory.eval.likert import COMPLETIONS_FILE
+from medfactory.jsonl import iter_jsonl
 from medfactory.registry import REGISTRY_NAME, register_datasets
 
 COMPLETE_RECIPE = Path("recipes/clinical_br_complete.yaml")
@@ -97,15 +98,10 @@ def load_models(path: Path) -> list[ModelSpec]:
 def read_heldout(path: Path) -> list[dict[str, str]]:
     """Held-out notes as prepared by a corpus plugin (``likert_heldout.jsonl``: text and id)."""
     notes = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                notes.append({"id": str(record.get("id") or f"{Path(path).name}:{number}"), "text": record["text"]})
-            except (ValueError, KeyError) as error:
-                raise ValueError(f"{path}:{number}: not a prepared note ({error}); expected {{\"text\", \"id\"}}.") from error
+    for number, record in iter_jsonl(path):
+        if not isinstance(record.get("text"), str):
+            raise ValueError(f"{path}, line {number}: not a prepared note; expected {{\"text\", \"id\"}}.")
+        notes.append({"id": str(record.get("id") or f"{Path(path).name}:{number}"), "text": record["text"]})
     if not notes:
         raise ValueError(f"{path}: no notes. Prepare the corpus first (medfactory prepare ... --likert-notes 100).")
     return notes
