@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from medfactory.card import card_command
 from medfactory.contamination import contamination_command
 from medfactory.eval.bertscore import bertscore_command
 from medfactory.eval.mcqa import mcqa_command
@@ -65,6 +66,9 @@ app.command("contamination", help="Exact and near-duplicate overlap between two 
 
 eval_app.command("mcqa", help="Multiple-choice accuracy, macro-F1 and exam points (HEAD-QA, Portuguese exams); letter or log-likelihood protocol.")(
     mcqa_command
+)
+app.command("card", help="Provenance (recipe version and hashes, data manifests, versions, git) and a model card for saves/<run>; --push uploads.")(
+    card_command
 )
 app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
 eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(

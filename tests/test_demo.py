@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import pytest
 
 from medfactory.demo import DEMO_RECIPE, demo_overrides
 from medfactory.paper_values import PAPER_VALUES
-from medfactory.recipes import load_recipe
+from medfactory.recipes import load_recipe, values_hash
 
 
 def test_demo_overrides_leave_the_training_values_of_the_recipe_alone(tmp_path: Path) -> None:
@@ -56,6 +57,20 @@ def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path) -> 
     assert len(eval_losses) >= 3 and eval_losses[-1] < eval_losses[0]
     assert sum(train_losses[-4:]) / 4 < sum(train_losses[:4]) / 4
     assert "eval loss:" in result.stdout and "train loss:" in result.stdout
+
+    # The demo run's provenance and model card carry the recipe's version, values and hashes.
+    card = subprocess.run(
+        [sys.executable, "-m", "medfactory.cli", "card", "saves/demo/clinical_br_mistral", "--recipe", str(DEMO_RECIPE)],
+        cwd=repo_copy, capture_output=True, text=True,
+    )  # fmt: skip
+    assert card.returncode == 0, card.stderr
+    provenance = json.loads((output_dir / "provenance.json").read_text())
+    recipe_file = repo_copy / DEMO_RECIPE
+    assert provenance["recipe"]["version"] == "1.0.0"
+    assert provenance["recipe"]["sha256"] == hashlib.sha256(recipe_file.read_bytes()).hexdigest()
+    assert provenance["recipe"]["values_hash"] == values_hash(load_recipe(recipe_file))
+    model_card = (output_dir / "README.md").read_text()
+    assert "clinical_br_mistral" in model_card and "1.0.0" in model_card and "2e-05" in model_card
 
 
 def test_demo_outside_the_repository_says_where_to_run_it(tmp_path: Path) -> None:

@@ -1,0 +1,289 @@
+"""`medfactory card`: provenance.json and the Hugging Face model card of a LLaMA-Factory run folder."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import typer
+from huggingface_hub import HfApi, ModelCard
+from typer.testing import CliRunner
+
+from medfactory.card import card_command
+from medfactory.recipes import load_recipe, read_header, values_hash
+
+REPO = Path(__file__).resolve().parents[1]
+RUN = "saves/clinical_br_mistral"
+
+app = typer.Typer()
+app.command()(card_command)
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of recipes/ and dataset_info.json, a prepared lopes2019 manifest, a finished run folder."""
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    shutil.copy(REPO / "dataset_info.json", tmp_path / "dataset_info.json")
+
+    data = tmp_path / "data" / "lopes2019"
+    data.mkdir(parents=True)
+    (data / "train.jsonl").write_text('{"text": "nota sintética"}\n', encoding="utf-8")
+    manifest = {
+        "corpus": "lopes2019",
+        "documents": 1,
+        "characters": 14,
+        "estimated_tokens": 4,
+        "outputs": {
+            "train.jsonl": {
+                "sha256": hashlib.sha256(
+                    (data / "train.jsonl").read_bytes()
+                ).hexdigest(),
+                "bytes": 29,
+            }
+        },
+    }
+    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+
+    run = tmp_path / RUN
+    run.mkdir(parents=True)
+    log_history = [
+        {"epoch": 0.5, "step": 10, "loss": 2.31, "learning_rate": 1.9e-5},
+        {"epoch": 1.0, "step": 20, "loss": 1.87, "learning_rate": 1.0e-5},
+        {"epoch": 1.0, "step": 20, "eval_loss": 1.95, "eval_runtime": 3.2},
+        {"epoch": 2.0, "step": 40, "loss": 1.62, "learning_rate": 0.0},
+        {
+            "epoch": 2.0,
+            "step": 40,
+            "train_loss": 1.93,
+            "train_runtime": 812.5,
+            "total_flos": 1.0e15,
+        },
+    ]
+    (run / "trainer_state.json").write_text(
+        json.dumps(
+            {
+                "epoch": 2.0,
+                "global_step": 40,
+                "max_steps": 40,
+                "log_history": log_history,
+            }
+        ),
+        encoding="utf-8",
+    )
+    (run / "all_results.json").write_text(
+        json.dumps(
+            {
+                "epoch": 2.0,
+                "eval_loss": 1.95,
+                "perplexity": 7.03,
+                "train_loss": 1.93,
+                "train_runtime": 812.5,
+            }
+        ),
+        encoding="utf-8",
+    )
+    (run / "trainer_log.jsonl").write_text(
+        "\n".join(
+            json.dumps(
+                {"current_steps": e["step"], "total_steps": 40, "loss": e["loss"]}
+            )
+            for e in log_history
+            if "loss" in e
+        )
+        + "\n",
+        encoding="utf-8",
+    )
+    (run / "adapter_config.json").write_text(
+        json.dumps(
+            {
+                "base_model_name_or_path": "mistralai/Mistral-7B-v0.2",
+                "peft_type": "LORA",
+                "task_type": "CAUSAL_LM",
+                "r": 8,
+                "lora_alpha": 16,
+                "lora_dropout": 0.1,
+                "target_modules": ["v_proj", "q_proj"],
+            }
+        ),
+        encoding="utf-8",
+    )
+    (run / "adapter_model.safetensors").write_bytes(b"\0" * 16)
+    (run / "training_args.bin").write_bytes(b"not a pickle: must never be loaded")
+    (run / "README.md").write_text(
+        "---\nlibrary_name: peft\n---\n# clinical_br_mistral\nLLaMA-Factory auto card\n",
+        encoding="utf-8",
+    )
+
+    reports = tmp_path / "reports" / "mcqa" / "clinical_br_mistral"
+    reports.mkdir(parents=True)
+    (reports / "metrics.json").write_text(
+        json.dumps({"n": 120, "correct": 54, "accuracy": 0.45, "macro_f1": 0.4321}),
+        encoding="utf-8",
+    )
+
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_card_writes_provenance_and_model_card(workspace: Path) -> None:
+    result = CliRunner().invoke(app, [RUN, "--reports", "reports/mcqa"])
+    assert result.exit_code == 0, result.output
+    run = workspace / RUN
+    assert (
+        str(Path(RUN) / "provenance.json") in result.output
+        and str(Path(RUN) / "README.md") in result.output
+    )
+
+    recipe = Path("recipes/clinical_br_mistral.yaml")
+    provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
+    assert provenance["recipe"]["path"] == str(recipe)
+    assert provenance["recipe"]["version"] == read_header(recipe)["version"] == "1.0.0"
+    assert (
+        provenance["recipe"]["sha256"]
+        == hashlib.sha256(recipe.read_bytes()).hexdigest()
+    )
+    assert provenance["recipe"]["values_hash"] == values_hash(load_recipe(recipe))
+    assert provenance["recipe"]["values"]["lora_rank"] == 8
+    lopes = provenance["datasets"]["lopes2019"]
+    assert (
+        lopes["sha256"]
+        == hashlib.sha256(
+            (workspace / "data/lopes2019/manifest.json").read_bytes()
+        ).hexdigest()
+    )
+    assert (
+        lopes["outputs"]["train.jsonl"]
+        == hashlib.sha256(
+            (workspace / "data/lopes2019/train.jsonl").read_bytes()
+        ).hexdigest()
+    )
+    assert provenance["datasets"]["semclinbr"]["status"] == "not prepared"
+    assert provenance["git"] == {
+        "commit": "unknown",
+        "dirty": None,
+    }  # the tmp copy is not a git checkout
+    assert provenance["packages"]["medfactory"]
+    assert (
+        provenance["training"]["eval_loss"] == 1.95
+        and provenance["training"]["global_step"] == 40
+    )
+    assert (
+        provenance["training"]["final_logged_train_loss"] == 1.62
+        and provenance["training"]["epoch"] == 2.0
+    )
+    assert provenance["adapter_config"]["r"] == 8 and provenance["adapter_config"][
+        "target_modules"
+    ] == ["q_proj", "v_proj"]
+    assert provenance["created_utc"]
+
+    card = ModelCard.load(run / "README.md")
+    assert card.data.base_model == "mistralai/Mistral-7B-v0.2"
+    assert card.data.language == ["pt"]
+    assert card.data.license == "other" and card.data.library_name == "peft"
+    assert {"medfactory", "llama-factory", "lora", "medical", "clinical", "pt"} <= set(
+        card.data.tags
+    )
+    assert card.data.datasets == ["semclinbr", "brateca", "lopes2019"]
+
+    body = card.text
+    assert "| LoRA r | 8 | paper |" in body and "| LoRA alpha | 16 | paper |" in body
+    assert "| learning rate | 2e-05 | paper |" in body
+    assert "| batch × accumulation | 1 × 2 | ours |" in body
+    assert "Pinto et al." in body and "version 1.0.0" in body
+    assert "| 120 | 0.45 | 0.4321 |" in body and "| eval_loss | 1.95 |" in body
+    assert "| lopes2019 | prepared | 1 | 14 | 4 |" in body
+    assert (
+        "not for clinical decisions" in body.lower() and "plausible but false" in body
+    )
+    assert "Apache-2.0" in body
+    assert provenance["recipe"]["sha256"] in body and lopes["sha256"] in body
+    assert "nota sintética" not in body  # numbers only, never text
+
+    kept = run / "README.llamafactory.md"
+    assert kept.read_text(encoding="utf-8").endswith("LLaMA-Factory auto card\n")
+
+    # Writing the card again keeps LLaMA-Factory's card, not ours, in README.llamafactory.md.
+    assert CliRunner().invoke(app, [RUN]).exit_code == 0
+    assert "LLaMA-Factory auto card" in kept.read_text(encoding="utf-8")
+
+
+def test_unknown_run_needs_recipe(workspace: Path) -> None:
+    shutil.copytree(workspace / RUN, workspace / "saves" / "my_own_run")
+    result = CliRunner().invoke(app, ["saves/my_own_run"])
+    assert result.exit_code == 1
+    assert "--recipe" in result.output and "saves/my_own_run" in result.output
+    assert not (workspace / "saves/my_own_run/provenance.json").exists()
+
+    result = CliRunner().invoke(
+        app,
+        [
+            "saves/my_own_run",
+            "--recipe",
+            "recipes/clinical_br_mistral.yaml",
+            "--license",
+            "apache-2.0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert (
+        ModelCard.load(workspace / "saves/my_own_run/README.md").data.license
+        == "apache-2.0"
+    )
+
+
+def test_push_uploads_the_run_folder_only_when_asked(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[str, dict]] = []
+    monkeypatch.setattr(
+        HfApi,
+        "create_repo",
+        lambda self, **kwargs: calls.append(("create_repo", kwargs)),
+    )
+    monkeypatch.setattr(
+        HfApi,
+        "upload_folder",
+        lambda self, **kwargs: calls.append(("upload_folder", kwargs)),
+    )
+
+    assert CliRunner().invoke(app, [RUN]).exit_code == 0
+    assert calls == []  # no --push, no upload
+
+    result = CliRunner().invoke(
+        app, [RUN, "--push", "someone/clinical-br-mistral-lora"]
+    )
+    assert result.exit_code == 0, result.output
+    assert calls[0] == (
+        "create_repo",
+        {
+            "repo_id": "someone/clinical-br-mistral-lora",
+            "private": True,
+            "exist_ok": True,
+            "repo_type": "model",
+        },
+    )
+    name, upload = calls[1]
+    assert (
+        name == "upload_folder"
+        and upload["repo_id"] == "someone/clinical-br-mistral-lora"
+    )
+    assert Path(upload["folder_path"]).resolve() == (workspace / RUN).resolve()
+    assert (
+        "data" not in Path(upload["folder_path"]).resolve().relative_to(workspace).parts
+    )
+    assert {
+        "README.md",
+        "provenance.json",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    } <= set(upload["allow_patterns"])
+    assert not any(
+        "data" in pattern.split("/")[0] for pattern in upload["allow_patterns"]
+    )
+    assert (
+        "data/**" in upload["ignore_patterns"]
+        and "training_args.bin" in upload["ignore_patterns"]
+    )
