@@ -37,9 +37,7 @@ Two bert-score 0.3.13 pitfalls are handled here rather than by patching bert-sco
 from __future__ import annotations
 
 import io
-import json
 import math
-import platform
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -51,6 +49,7 @@ import typer
 
 from medfactory.atomic import atomic_write, write_json_atomic
 from medfactory.jsonl import iter_jsonl
+from medfactory.versions import package_versions
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import pandas as pd
@@ -615,16 +614,8 @@ def write_boxplots(
     return paths
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("medfactory", "bert-score", "transformers", "tokenizers", "torch", "sacrebleu", "pandas"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+def _versions() -> dict[str, str | None]:
+    return package_versions(("medfactory", "bert-score", "transformers", "tokenizers", "torch", "sacrebleu", "pandas"), python=True)
 
 
 def _format(value: float, digits: int) -> str:

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import platform
 import random
 import unicodedata
 from collections import defaultdict
@@ -72,6 +71,7 @@ import typer
 
 from medfactory.atomic import atomic_write, write_json_atomic
 from medfactory.mcq import read_items
+from medfactory.versions import package_versions
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import torch
@@ -715,16 +715,8 @@ def per_item_frame(scored: Sequence[ItemScores], protocol: str):
     return frame
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("medfactory", "torch", "transformers", "tokenizers", "peft", "numpy", "pandas"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+def _versions() -> dict[str, str | None]:
+    return package_versions(("medfactory", "torch", "transformers", "tokenizers", "peft", "numpy", "pandas"), python=True)
 
 
 def _json_safe(value: Any) -> Any:

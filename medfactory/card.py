@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import hashlib
-import importlib.metadata
 import json
 import re
 import subprocess
@@ -33,6 +32,7 @@ import typer
 from medfactory.atomic import atomic_write, sha256_file, write_json_atomic
 from medfactory.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
 from medfactory.recipes import RECIPES_DIR, load_recipe, read_header, values_hash
+from medfactory.versions import package_versions
 
 PROVENANCE_NAME = "provenance.json"
 CARD_NAME = "README.md"
@@ -178,14 +178,8 @@ def dataset_manifests(values: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
-def package_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
+def package_versions_record() -> dict[str, str | None]:
+    return package_versions(PACKAGES, missing=None)
 
 
 def git_state(where: Path | None = None) -> dict[str, Any]:
@@ -349,7 +343,7 @@ def build_provenance(run_dir: Path, recipe: Path) -> dict[str, Any]:
             "values": values,
         },
         "datasets": dataset_manifests(values),
-        "packages": package_versions(),
+        "packages": package_versions_record(),
         "git": git_state(),
         "training": training_results(run_dir),
         "adapter_config": adapter_config(run_dir),

@@ -20,13 +20,11 @@ import logging
 import os
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-import medfactory
 from medfactory.atomic import atomic_directory, sha256_file, write_json_atomic
 from medfactory.errors import CorpusError
 from medfactory.manifest import CHARS_PER_TOKEN_ESTIMATE, estimate_tokens
@@ -34,6 +32,7 @@ from medfactory.readers import ColumnMapping, ReadOptions, SourceFile, list_sour
 from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
 from medfactory.splits import SPLITS, HeldOutSampler, SplitPlan, group_of
 from medfactory.text import AUTO_ENCODING, normalise_note
+from medfactory.versions import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +137,8 @@ class _TokenCounter:
             self.pending[split] = []
 
 
-def _package_versions() -> dict[str, str]:
-    versions = {"medfactory": medfactory.__version__}
-    for package in ("llamafactory", "transformers", "datasketch", "pyarrow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = "not installed"
-    return versions
+def _package_versions() -> dict[str, str | None]:
+    return package_versions(("medfactory", "llamafactory", "transformers", "datasketch", "pyarrow"))
 
 
 def _sources_summary(files: list[SourceFile]) -> dict[str, Any]:

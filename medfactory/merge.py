@@ -84,6 +84,8 @@ from typing import Annotated, Any, Self
 
 import typer
 
+from medfactory.versions import package_versions
+
 logger = logging.getLogger(__name__)
 
 METHODS = ("ties", "dare_ties", "dare_linear")
@@ -781,16 +783,8 @@ def _copy_base_files(base_dir: Path, staging: Path, dtype: str) -> list[str]:
     return copied
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {}
-    for package in ("medfactory", "torch", "safetensors", "transformers", "peft"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "not installed"
-    return found
+def _versions() -> dict[str, str | None]:
+    return package_versions(("medfactory", "torch", "safetensors", "transformers", "peft"))
 
 
 def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
