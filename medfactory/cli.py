@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from medfactory.bench import bench_command
 from medfactory.card import card_command
 from medfactory.contamination import contamination_command
 from medfactory.eval.bertscore import bertscore_command
@@ -69,6 +70,9 @@ eval_app.command("mcqa", help="Multiple-choice accuracy, macro-F1 and exam point
 )
 app.command("card", help="Provenance (recipe version and hashes, data manifests, versions, git) and a model card for saves/<run>; --push uploads.")(
     card_command
+)
+app.command("bench", help="Tokens/s, step time, peak memory, MFU and projected cost of a training recipe (tiny on CPU); --sweep for speed settings.")(
+    bench_command
 )
 app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
 eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(

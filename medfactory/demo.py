@@ -98,9 +98,9 @@ def _llamafactory_cli() -> str:
     return str(candidate) if candidate.exists() else shutil.which("llamafactory-cli") or "llamafactory-cli"
 
 
-def _run_with_progress(command: list[str], env: dict[str, str], console_log: Path, trainer_log: Path, total: int) -> int:
+def run_with_progress(command: list[str], env: dict[str, str], console_log: Path, trainer_log: Path, total: int, desc: str = "train") -> int:
     """Run LLaMA-Factory with its output in ``console_log`` and a step progress bar on screen."""
-    with open(console_log, "w", encoding="utf-8") as log, tqdm(total=total, unit="step", desc="train") as bar:
+    with open(console_log, "w", encoding="utf-8") as log, tqdm(total=total, unit="step", desc=desc) as bar:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
         while process.poll() is None:
             time.sleep(0.5)
@@ -144,7 +144,7 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     console_log = root / DEMO_SAVES / "llamafactory.log"
     trainer_log = output_dir / "trainer_log.jsonl"
     print(f"[3/4] llamafactory-cli train {DEMO_RECIPE} with overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "model_name_or_path"))
-    returncode = _run_with_progress(command, env, console_log, trainer_log, max_steps)
+    returncode = run_with_progress(command, env, console_log, trainer_log, max_steps)
     if returncode != 0:
         tail = "\n".join(console_log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
         raise SystemExit(f"llamafactory-cli train failed (exit {returncode}); last lines of {console_log}:\n{tail}")
