@@ -78,6 +78,7 @@ class BenchResult:
     device: str = "cpu"
     tiny: bool = False
     context: int = 0
+    sequence_length: int = 0  # tokens per trained sequence (LLaMA-Factory packs `packing: true` data in cutoff_len - 1 blocks)
     warmup_steps: int = 0
     measured_steps: int = 0
     step_seconds: list[float] = field(default_factory=list)
@@ -344,7 +345,7 @@ def run_variant(
     raw = json.loads(result_path.read_text(encoding="utf-8"))
     result = BenchResult(
         recipe=str(setup.recipe_path), variant=name, settings=variant, ok=bool(raw["ok"]), error=raw.get("error"),
-        device=str(raw["device"]), tiny=setup.tiny, context=setup.context, warmup_steps=setup.warmup,
+        device=str(raw["device"]), tiny=setup.tiny, context=setup.context, sequence_length=trained_length(args), warmup_steps=setup.warmup,
         trainable_params=int(raw["trainable_params"]), peak_rss_gib=raw.get("peak_rss_gib"),
         peak_memory_gib=raw.get("peak_reserved_gib"), peak_allocated_gib=raw.get("peak_allocated_gib"),
         price_per_gpu_hour=price_per_gpu_hour, workload_tokens=workload_tokens,
@@ -363,7 +364,7 @@ def run_variant(
     stage = str(recipe["stage"])
     sequences = sequences_per_step * (2 if stage == "dpo" else 1)  # DPO trains chosen and rejected together
     result.images_per_second = (sequences / result.mean_step_seconds) if vision is not None else 0.0
-    flops = _flops(setup, args, result.trainable_params)
+    flops = _flops(setup.model_dir, args, result.trainable_params)
     result.flops_per_token, result.flops_per_image = flops.total, flops.per_image
     result.peak_tflops = peak_tflops or peak_bf16_tflops(result.device)
     if result.peak_tflops:
@@ -374,12 +375,18 @@ def run_variant(
     return result
 
 
-def _flops(setup: BenchSetup, args: dict[str, Any], trainable: int) -> FlopsPerToken:
-    shape = model_shape(load_config(setup.model_dir))
+def trained_length(args: dict[str, Any]) -> int:
+    """Tokens per trained sequence: ``cutoff_len``, less one when the recipe sets ``packing: true`` or
+    ``neat_packing``, which LLaMA-Factory 0.9.5 subtracts (DataArguments.__post_init__)."""
+    return int(args["cutoff_len"]) - (1 if args.get("packing") or args.get("neat_packing") else 0)
+
+
+def _flops(model_dir: Path, args: dict[str, Any], trainable: int) -> FlopsPerToken:
+    shape = model_shape(load_config(model_dir))
     lora = args.get("finetuning_type", "lora") != "full"
     return training_flops_per_token(
         shape,
-        setup.context,
+        trained_length(args),
         "lora" if lora else "full",
         trainable,
         with_reference_model=args.get("stage") == "dpo",
@@ -393,7 +400,7 @@ def _memory_estimate(setup: BenchSetup, args: dict[str, Any], trainable: int) ->
     text = config.get_text_config()
     sequences = int(args.get("per_device_train_batch_size", 1)) * (2 if args.get("stage") == "dpo" else 1)
     estimate = estimate_memory(
-        model_shape(config), sequences, setup.context, trainable, args.get("quantization_bit"), text.intermediate_size,
+        model_shape(config), sequences, trained_length(args), trainable, args.get("quantization_bit"), text.intermediate_size,
         gradient_checkpointing=not args.get("disable_gradient_checkpointing", False), reference_model=bool(args.get("ref_model")),
     )  # fmt: skip
     return estimate.total
@@ -430,7 +437,7 @@ def format_result(result: BenchResult, setup: BenchSetup) -> str:
     quant = f", {recipe['quantization_bit']}-bit {recipe.get('quantization_type', '')}" if recipe.get("quantization_bit") else ""
     effective = {**recipe, **result.settings}
     lines.append(
-        f"  settings     stage {recipe['stage']}, context {result.context}, micro-batch {effective.get('per_device_train_batch_size', 1)} x "
+        f"  settings     stage {recipe['stage']}, context {result.context} ({result.sequence_length} trained tokens per sequence), micro-batch {effective.get('per_device_train_batch_size', 1)} x "
         f"accumulation {effective.get('gradient_accumulation_steps', 1)}, {lora}{quant}, attention {effective.get('flash_attn', 'auto')}, "
         f"gradient checkpointing {'off' if effective.get('disable_gradient_checkpointing') else 'on'}"
     )

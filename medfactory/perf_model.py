@@ -61,9 +61,7 @@ class ModelShape:
     attention_widths: tuple[int, ...]  # per language layer: query heads x head dim
     attention_windows: tuple[int | None, ...]  # per language layer: sliding window, None for full causal attention
     vision_linear_params: int = 0
-    vision_layers: int = 0
-    vision_width: int = 0
-    vision_patches_per_image: int = 0
+    vision_forward_flops_per_image: float = 0.0  # patch embedding, tower (linear and attention) and projector
     total_params: int = 0
     embedding_params: int = 0  # input embedding (a gather, no FLOPs); counted once when tied to the output layer
     hidden_size: int = 0
@@ -99,13 +97,19 @@ def model_shape(config) -> ModelShape:
 
     with torch.device("meta"):
         model = model_class(config)(config)
-    language = vision = 0
+    language = vision = vision_conv = projector = 0
     for name, module in model.named_modules():
+        is_vision = "vision_tower" in name or "multi_modal_projector" in name
         if isinstance(module, torch.nn.Linear):
-            if "vision_tower" in name or "multi_modal_projector" in name:
+            if is_vision:
                 vision += module.weight.numel()
             else:
                 language += module.weight.numel()
+        elif isinstance(module, torch.nn.Conv2d) and is_vision:
+            vision_conv += module.weight.numel()  # the patch embedding: one application per patch
+    for name, parameter in model.named_parameters():
+        if name.endswith("mm_input_projection_weight"):  # Gemma 3's projector: a bare matrix, one product per image token
+            projector += parameter.numel()
     text = config.get_text_config()
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     window = getattr(text, "sliding_window", None)
@@ -115,16 +119,18 @@ def model_shape(config) -> ModelShape:
     else:  # Mistral / LLaMA: a set sliding_window applies to every layer
         windows = (window,) * text.num_hidden_layers
     vision_config = getattr(config, "vision_config", None)
-    patches = (vision_config.image_size // vision_config.patch_size) ** 2 if vision_config is not None else 0
+    vision_flops = 0.0
+    if vision_config is not None:
+        patches = (vision_config.image_size // vision_config.patch_size) ** 2
+        attention = vision_config.num_hidden_layers * 4 * vision_config.hidden_size * patches * patches  # bidirectional
+        vision_flops = 2 * patches * (vision + vision_conv) + attention + 2 * config.mm_tokens_per_image * projector
     embedding = model.get_input_embeddings().weight.numel()
     return ModelShape(
         language_linear_params=language,
         attention_widths=(text.num_attention_heads * head_dim,) * text.num_hidden_layers,
         attention_windows=windows,
         vision_linear_params=vision,
-        vision_layers=vision_config.num_hidden_layers if vision_config is not None else 0,
-        vision_width=vision_config.hidden_size if vision_config is not None else 0,
-        vision_patches_per_image=patches,
+        vision_forward_flops_per_image=vision_flops,
         total_params=sum(p.numel() for p in model.parameters()),
         embedding_params=embedding,
         hidden_size=text.hidden_size,
@@ -133,9 +139,10 @@ def model_shape(config) -> ModelShape:
 
 
 def mean_attended_keys(sequence_length: int, window: int | None, causal: bool = True) -> float:
-    """Keys each query attends to, averaged over the positions of one sequence."""
+    """Keys each query attends to, averaged over the positions of one sequence. ``causal=False`` counts the
+    dense T x T products an eager kernel computes whatever the mask (the PaLM convention)."""
     if not causal:
-        return float(min(sequence_length, window) if window else sequence_length)
+        return float(sequence_length)
     if window is None or window >= sequence_length:
         return (sequence_length + 1) / 2
     # positions 1..window see 1..window keys; the rest see exactly `window`.
@@ -191,11 +198,7 @@ def training_flops_per_token(
         forward = 2 * n + 2 * trainable_params
         backward = 2 * n + 4 * trainable_params
     reference = 2 * n + 2 * reference_adapter_params + attention if with_reference_model else 0.0
-    vision_forward = 0.0
-    if shape.vision_patches_per_image:
-        patches = shape.vision_patches_per_image
-        vision_forward = patches * 2 * shape.vision_linear_params + shape.vision_layers * 4 * shape.vision_width * patches * patches
-    per_image = vision_forward * (3 if vision_trainable else 1)
+    per_image = shape.vision_forward_flops_per_image * (3 if vision_trainable else 1)
     return FlopsPerToken(forward, backward, 3 * attention, reference, per_image)
 
 
