@@ -33,7 +33,9 @@ from medfactory.demo_corpus import generate_notes
 from medfactory.perf_model import (
     FlopsPerToken,
     estimate_memory,
+    PEAK_BF16_TFLOPS,
     load_config,
+    lora_params,
     mfu,
     model_shape,
     peak_bf16_tflops,
@@ -419,6 +421,78 @@ def _fresh_scratch(workdir: Path) -> Path:
     return workdir
 
 
+@dataclass(frozen=True)
+class RecipeEstimate:
+    """What a recipe costs per token and needs in memory at its real size, computed without a GPU."""
+
+    recipe: str
+    base: str
+    sequence_length: int
+    micro_batch: int
+    trainable_params: int
+    flops: FlopsPerToken
+    flops_per_token_with_images: float  # one image per sequence for an image-text recipe
+    memory_gib: float
+    stage: str = "sft"
+    paper_tokens_per_second: float = PAPER_TOKENS * PAPER_EPOCHS / PAPER_SECONDS
+
+    def tokens_per_second_for_mfu(self, target: float, peak_tflops: float) -> float:
+        return target * peak_tflops * 1e12 / self.flops_per_token_with_images
+
+
+def estimate_recipe(recipe_path: Path, model_config: Path | None = None) -> RecipeEstimate:
+    """FLOPs per token and a memory estimate of ``recipe_path`` on its real base-model shapes (meta device)."""
+    recipe = load_recipe(recipe_path)
+    if not recipe.get("do_train"):
+        raise SystemExit(f"{recipe_path}: not a training recipe (no do_train: true). `medfactory bench` measures training recipes.")
+    config = load_config(model_config or base_config_path(str(recipe["model_name_or_path"])))
+    lora = {key: recipe[key] for key in ("lora_rank", "lora_target") if key in recipe}
+    if recipe.get("adapter_name_or_path"):
+        lora = _producer_lora(recipe_path, str(recipe["adapter_name_or_path"]))
+    shape = model_shape(config)
+    full = recipe.get("finetuning_type", "lora") == "full"
+    trainable = shape.total_params if full else lora_params(config, int(lora.get("lora_rank", 8)), str(lora.get("lora_target", "all")))
+    length = trained_length(recipe)
+    flops = training_flops_per_token(
+        shape, length, "full" if full else "lora", trainable, with_reference_model=recipe.get("stage") == "dpo",
+        reference_adapter_params=trainable if recipe.get("ref_model_adapters") else 0,
+        vision_trainable=not recipe.get("freeze_vision_tower", True),
+    )  # fmt: skip
+    sequences = int(recipe.get("per_device_train_batch_size", 1)) * (2 if recipe.get("stage") == "dpo" else 1)
+    memory = estimate_memory(
+        shape, sequences, length, trainable, recipe.get("quantization_bit"), config.get_text_config().intermediate_size,
+        gradient_checkpointing=not recipe.get("disable_gradient_checkpointing", False), reference_model=bool(recipe.get("ref_model")),
+    )  # fmt: skip
+    return RecipeEstimate(
+        str(recipe_path), str(recipe["model_name_or_path"]), length, int(recipe.get("per_device_train_batch_size", 1)), trainable,
+        flops, flops.total + flops.per_image / length, memory.total, str(recipe.get("stage")),
+    )  # fmt: skip
+
+
+def format_estimate(estimate: RecipeEstimate) -> str:
+    """One recipe's FLOPs, the throughput that 50 % MFU means on an H100 and an A100, and its memory."""
+    f = estimate.flops
+    h100, a100 = PEAK_BF16_TFLOPS["H100"], PEAK_BF16_TFLOPS["A100"]
+    lines = [
+        f"{estimate.recipe}: {estimate.base}, {estimate.sequence_length} tokens per sequence, micro-batch {estimate.micro_batch}, "
+        f"{estimate.trainable_params:,} trainable parameters",
+        f"  model FLOPs per token  {f.total / 1e9:.1f} G (weights forward {f.weights_forward / 1e9:.1f}, backward {f.weights_backward / 1e9:.1f}, "
+        f"attention {f.attention / 1e9:.1f}, reference model {f.reference_forward / 1e9:.1f})"
+        + (f"; {f.per_image / 1e12:.2f} TFLOP per image" if f.per_image else ""),
+        f"  50 % MFU means         {estimate.tokens_per_second_for_mfu(0.5, h100):,.0f} tokens/s on an H100 SXM, "
+        f"{estimate.tokens_per_second_for_mfu(0.5, a100):,.0f} on an A100",
+        f"  memory (estimate)      {estimate.memory_gib:.1f} GiB: {fits(estimate.memory_gib)}",
+    ]
+    if estimate.stage == "pt":  # the Clinical-BR continued pretraining: the paper's run is its baseline
+        hours = PAPER_TOKENS * PAPER_EPOCHS / estimate.tokens_per_second_for_mfu(0.5, h100) / 3600
+        lines.append(
+            f"  the paper's run        {estimate.paper_tokens_per_second:,.0f} tokens/s on one A100 = "
+            f"{estimate.paper_tokens_per_second * estimate.flops_per_token_with_images / (a100 * 1e12):.1%} MFU with these FLOPs; "
+            f"50 % MFU on an H100 would take {hours:.1f} h (paper: {PAPER_SECONDS / 3600:.1f} h)"
+        )
+    return "\n".join(lines)
+
+
 def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "run"
 
@@ -496,10 +570,14 @@ def bench_command(
     peak_tflops: Annotated[float | None, typer.Option(help="Dense bf16 peak of the GPU, when it is not in the table")] = None,
     price_per_gpu_hour: Annotated[float, typer.Option(help="Price of one GPU-hour (default: the paper's A100 rate, R$ 26.08)")] = PAPER_PRICE_PER_GPU_HOUR,
     workload_tokens: Annotated[int, typer.Option(help="Tokens to project (default: Clinical-BR, 309,151,121 x 2 epochs)")] = PAPER_TOKENS * PAPER_EPOCHS,
+    estimate: Annotated[bool, typer.Option(help="Only compute FLOPs per token and memory at the real size; run nothing")] = False,
     workdir: Annotated[Path | None, typer.Option(help="Scratch folder (default: saves/bench/<recipe>)")] = None,
     output: Annotated[Path | None, typer.Option(help="Results JSON (default: reports/bench/<recipe>.json)")] = None,
 ) -> None:
     """Tokens/s per GPU, step time, peak memory, MFU and projected cost of a training recipe, through LLaMA-Factory."""
+    if estimate:
+        print(format_estimate(estimate_recipe(recipe, model_config)))
+        return
     variants: list[tuple[str, dict[str, Any], str | None]]
     user = dict(_parse_set(item) for item in set_ or [])
     setup = prepare_bench(recipe, workdir or Path("saves/bench") / recipe.stem, warmup, steps, tiny, context, model_config)

@@ -138,6 +138,26 @@ def model_shape(config) -> ModelShape:
     )
 
 
+LORA_ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def lora_params(config, rank: int, target: str) -> int:
+    """Trainable weights of a LoRA of ``rank`` on ``target`` (LLaMA-Factory's ``lora_target``: a comma list of
+    module names, or ``all``: every linear layer of the language model except the output layer; the
+    vision tower and projector stay frozen). r x (in + out) per adapted layer."""
+    import torch
+
+    names = LORA_ALL_LINEAR if target == "all" else tuple(t.strip() for t in target.split(","))
+    with torch.device("meta"):
+        model = model_class(config)(config)
+    total = 0
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names:
+            if "vision_tower" not in name and "multi_modal_projector" not in name:
+                total += rank * (module.in_features + module.out_features)
+    return total
+
+
 def mean_attended_keys(sequence_length: int, window: int | None, causal: bool = True) -> float:
     """Keys each query attends to, averaged over the positions of one sequence. ``causal=False`` counts the
     dense T x T products an eager kernel computes whatever the mask (the PaLM convention)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from medfactory.bench import SCRATCH_MARKER, training_differences
-from medfactory.perf_model import load_config, model_shape, training_flops_per_token
+from medfactory.perf_model import load_config, lora_params, model_shape, training_flops_per_token
 
 pytestmark = pytest.mark.slow
 
@@ -53,6 +53,7 @@ def test_clinical_br_pt_recipe_tokens_flops_and_mfu(repo_root: Path, tmp_path: P
     config = load_config(model_dir)
     assert config.model_type == "mistral" and config.sliding_window is None  # the Mistral-7B-v0.2 layout, shrunk
     assert result["trainable_params"] == _lora_params(config, 8, {"q_proj", "v_proj"})  # the recipe's LoRA: r 8 on q, v
+    assert result["trainable_params"] == lora_params(config, 8, "q_proj,v_proj")  # what --estimate uses at 7B
     expected = training_flops_per_token(model_shape(config), 255, "lora", result["trainable_params"])
     assert result["flops_per_token"] == pytest.approx(expected.total)
     assert result["mfu"] == pytest.approx(result["tokens_per_second"] * expected.total / 1e12)
@@ -69,7 +70,7 @@ def test_qlora_sft_recipe_runs_4bit_with_its_lora(repo_root: Path, tmp_path: Pat
     assert result["tokens"] == 1 * 4 * 4 * 256  # micro-batch 4 x accumulation 4, every example filling the context
     config = load_config(json.loads((tmp_path / "scratch" / "as_written" / "args.json").read_text())["model_name_or_path"])
     all_linear = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
-    assert result["trainable_params"] == _lora_params(config, 64, all_linear)
+    assert result["trainable_params"] == _lora_params(config, 64, all_linear) == lora_params(config, 64, "all")
     log = (tmp_path / "scratch" / "as_written" / "llamafactory.log").read_text()
     assert "Quantizing model to 4 bit with bitsandbytes" in log
 
@@ -137,3 +138,12 @@ def test_foreign_workdir_is_never_emptied(repo_root: Path, tmp_path: Path) -> No
 def test_bad_set_option_is_explained(repo_root: Path, tmp_path: Path) -> None:
     _, out = _bench(repo_root, tmp_path, "clinical_br_mistral", "--set", "flash_attn", expect_ok=False)
     assert "expected KEY=VALUE" in out
+
+
+def test_estimate_needs_no_gpu_and_reports_the_real_size(medfactory_cli, repo_root: Path) -> None:
+    out = medfactory_cli(repo_root, "bench", "recipes/clinical_br_mistral.yaml", "--estimate")
+    assert "32767 tokens per sequence" in out and "3,407,872 trainable parameters" in out  # r 8 on q, v of Mistral-7B
+    assert "A100 40 GB: does not fit, A100 80 GB: fits" in out
+    assert "the paper's run        3,583 tokens/s on one A100" in out
+    dpo = medfactory_cli(repo_root, "bench", "recipes/spanish_medical_dpo.yaml", "--estimate")
+    assert "167,772,160 trainable parameters" in dpo  # the SFT recipe's r 64 on all linear layers, continued
