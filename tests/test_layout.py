@@ -20,6 +20,8 @@ def test_wheel_installs_only_the_medfactory_package(repo_root: Path, tmp_path: P
     assert top_level == {"medfactory"}
     assert "medfactory/plugins/__init__.py" in names and "medfactory/eval/__init__.py" in names
     assert "medfactory/cli.py" in names
+    # the base-model configurations `medfactory bench` builds from travel with the package
+    assert {f"medfactory/model_configs/{n}.json" for n in ("llama2_7b", "mistral_7b_v02", "biomistral_7b", "medgemma_4b")} <= set(names)
     entry_points = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith("entry_points.txt")).decode()
     assert "medfactory = medfactory.cli:app" in entry_points
     assert "[medfactory.plugins]" in entry_points
@@ -41,5 +43,5 @@ def test_bare_plugins_and_eval_are_not_importable_outside_the_repository(tmp_pat
 
 def test_console_command_lists_the_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "medfactory.cli", "--help"], capture_output=True, text=True, check=True)
-    for command in ("recipes", "prepare", "demo", "contamination"):
+    for command in ("recipes", "prepare", "demo", "contamination", "bench"):
         assert command in result.stdout
