@@ -337,7 +337,10 @@ def run_variant(
     run_dir.mkdir(parents=True, exist_ok=True)
     args_path, result_path = run_dir / "args.json", run_dir / "result.json"
     args_path.write_text(json.dumps(args, indent=2), encoding="utf-8")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "DISABLE_VERSION_CHECK": os.environ.get("DISABLE_VERSION_CHECK", "0")}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    if setup.on_gpu:
+        # One process on one GPU: with several visible, the HF Trainer would wrap the model in DataParallel.
+        env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     console_log = run_dir / "llamafactory.log"
     command = [sys.executable, "-m", "medfactory.bench_worker", str(args_path), str(result_path)]
     run_with_progress(command, env, console_log, Path(args["output_dir"]) / "trainer_log.jsonl", setup.warmup + setup.steps, desc=name)
