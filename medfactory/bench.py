@@ -13,12 +13,12 @@ the same. See docs/benchmarks.md.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +27,20 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.atomic import atomic_write
-from medfactory.bench_models import BASE_MODELS, base_config_path, build_adapter, build_bench_model, shrink
+from medfactory.bench_models import (
+    BASE_MODELS,
+    base_config_path,
+    build_adapter,
+    build_bench_model,
+    shrink,
+)
 from medfactory.demo import run_with_progress
 from medfactory.demo_corpus import generate_notes
 from medfactory.perf_model import (
-    FlopsPerToken,
-    estimate_memory,
     PEAK_BF16_TFLOPS,
+    FlopsPerToken,
+    MemoryEstimate,
+    estimate_memory,
     load_config,
     lora_params,
     mfu,
@@ -186,7 +193,7 @@ def write_synthetic_dataset(
     """
     rng = random.Random(seed)
     words = sorted({word for note in generate_notes(200, seed=seed) for word in note.split()})
-    words_for = lambda tokens: int(tokens / tokens_per_word * 1.2) + 8  # noqa: E731 (margin for the tokenizer's variance)
+    words_for = lambda tokens: int(tokens / tokens_per_word * 1.2) + 8  # 20 % margin for the tokenizer's variance
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.jsonl"
     with atomic_write(path) as handle:
@@ -362,21 +369,21 @@ def run_variant(
     measured = steps[setup.warmup - 1 :]
     seconds = measured[-1]["time"] - measured[0]["time"]
     result.measured_steps = len(measured) - 1
-    result.step_seconds = [later["time"] - earlier["time"] for earlier, later in zip(measured, measured[1:])]
+    result.step_seconds = [later["time"] - earlier["time"] for earlier, later in itertools.pairwise(measured)]
     result.tokens = int(measured[-1]["tokens"] - measured[0]["tokens"])
     gpus = 1  # one worker process: tokens/s is per GPU
     result.tokens_per_second = result.tokens / seconds / gpus
     stage = str(recipe["stage"])
     sequences = sequences_per_step * (2 if stage == "dpo" else 1)  # DPO trains chosen and rejected together
     result.images_per_second = (sequences / result.mean_step_seconds) if vision is not None else 0.0
-    flops = _flops(setup.model_dir, args, result.trainable_params)
+    flops, memory = recipe_costs(args, config, result.trainable_params)
     result.flops_per_token, result.flops_per_image = flops.total, flops.per_image
     result.peak_tflops = peak_tflops or peak_bf16_tflops(result.device)
     if result.peak_tflops:
         result.mfu = mfu(result.tokens_per_second, result.images_per_second, flops, result.peak_tflops)
     result.workload_hours = workload_tokens / result.tokens_per_second / 3600
     result.workload_cost = result.workload_hours * price_per_gpu_hour
-    result.estimated_memory_gib = _memory_estimate(setup, args, result.trainable_params)
+    result.estimated_memory_gib = memory.total
     return result
 
 
@@ -386,29 +393,23 @@ def trained_length(args: dict[str, Any]) -> int:
     return int(args["cutoff_len"]) - (1 if args.get("packing") or args.get("neat_packing") else 0)
 
 
-def _flops(model_dir: Path, args: dict[str, Any], trainable: int) -> FlopsPerToken:
-    shape = model_shape(load_config(model_dir))
-    lora = args.get("finetuning_type", "lora") != "full"
-    return training_flops_per_token(
-        shape,
-        trained_length(args),
-        "lora" if lora else "full",
-        trainable,
-        with_reference_model=args.get("stage") == "dpo",
+def recipe_costs(args: dict[str, Any], config, trainable: int) -> tuple[FlopsPerToken, MemoryEstimate]:
+    """Model FLOPs per token and the memory estimate of one training run with ``args`` on ``config``'s model:
+    the one place both the measured run and ``--estimate`` take them from."""
+    shape = model_shape(config)
+    length = trained_length(args)
+    dpo = args.get("stage") == "dpo"
+    flops = training_flops_per_token(
+        shape, length, "full" if args.get("finetuning_type", "lora") == "full" else "lora", trainable, with_reference_model=dpo,
         reference_adapter_params=trainable if args.get("ref_model_adapters") else 0,
         vision_trainable=not args.get("freeze_vision_tower", True),
-    )
-
-
-def _memory_estimate(setup: BenchSetup, args: dict[str, Any], trainable: int) -> float:
-    config = load_config(setup.model_dir)
-    text = config.get_text_config()
-    sequences = int(args.get("per_device_train_batch_size", 1)) * (2 if args.get("stage") == "dpo" else 1)
-    estimate = estimate_memory(
-        model_shape(config), sequences, trained_length(args), trainable, args.get("quantization_bit"), text.intermediate_size,
+    )  # fmt: skip
+    sequences = int(args.get("per_device_train_batch_size", 1)) * (2 if dpo else 1)  # DPO: chosen and rejected
+    memory = estimate_memory(
+        shape, sequences, length, trainable, args.get("quantization_bit"), config.get_text_config().intermediate_size,
         gradient_checkpointing=not args.get("disable_gradient_checkpointing", False), reference_model=bool(args.get("ref_model")),
     )  # fmt: skip
-    return estimate.total
+    return flops, memory
 
 
 SCRATCH_MARKER = ".medfactory-bench"
@@ -452,20 +453,10 @@ def estimate_recipe(recipe_path: Path, model_config: Path | None = None) -> Reci
     lora = {key: recipe[key] for key in ("lora_rank", "lora_target") if key in recipe}
     if recipe.get("adapter_name_or_path"):
         lora = _producer_lora(recipe_path, str(recipe["adapter_name_or_path"]))
-    shape = model_shape(config)
     full = recipe.get("finetuning_type", "lora") == "full"
-    trainable = shape.total_params if full else lora_params(config, int(lora.get("lora_rank", 8)), str(lora.get("lora_target", "all")))
+    trainable = model_shape(config).total_params if full else lora_params(config, int(lora.get("lora_rank", 8)), str(lora.get("lora_target", "all")))
     length = trained_length(recipe)
-    flops = training_flops_per_token(
-        shape, length, "full" if full else "lora", trainable, with_reference_model=recipe.get("stage") == "dpo",
-        reference_adapter_params=trainable if recipe.get("ref_model_adapters") else 0,
-        vision_trainable=not recipe.get("freeze_vision_tower", True),
-    )  # fmt: skip
-    sequences = int(recipe.get("per_device_train_batch_size", 1)) * (2 if recipe.get("stage") == "dpo" else 1)
-    memory = estimate_memory(
-        shape, sequences, length, trainable, recipe.get("quantization_bit"), config.get_text_config().intermediate_size,
-        gradient_checkpointing=not recipe.get("disable_gradient_checkpointing", False), reference_model=bool(recipe.get("ref_model")),
-    )  # fmt: skip
+    flops, memory = recipe_costs(recipe, config, trainable)
     return RecipeEstimate(
         str(recipe_path), str(recipe["model_name_or_path"]), length, int(recipe.get("per_device_train_batch_size", 1)), trainable,
         flops, flops.total + flops.per_image / length, memory.total, str(recipe.get("stage")),
@@ -477,13 +468,17 @@ def format_estimate(estimate: RecipeEstimate) -> str:
     f = estimate.flops
     h100, a100 = PEAK_BF16_TFLOPS["H100"], PEAK_BF16_TFLOPS["A100"]
     lines = [
-        f"{estimate.recipe}: {estimate.base}, {estimate.sequence_length} tokens per sequence, micro-batch {estimate.micro_batch}, "
-        f"{estimate.trainable_params:,} trainable parameters",
+        (
+            f"{estimate.recipe}: {estimate.base}, {estimate.sequence_length} tokens per sequence, micro-batch {estimate.micro_batch}, "
+            f"{estimate.trainable_params:,} trainable parameters"
+        ),
         f"  model FLOPs per token  {f.total / 1e9:.1f} G (weights forward {f.weights_forward / 1e9:.1f}, backward {f.weights_backward / 1e9:.1f}, "
         f"attention {f.attention / 1e9:.1f}, reference model {f.reference_forward / 1e9:.1f})"
         + (f"; {f.per_image / 1e12:.2f} TFLOP per image" if f.per_image else ""),
-        f"  50 % MFU means         {estimate.tokens_per_second_for_mfu(0.5, h100):,.0f} tokens/s on an H100 SXM, "
-        f"{estimate.tokens_per_second_for_mfu(0.5, a100):,.0f} on an A100",
+        (
+            f"  50 % MFU means         {estimate.tokens_per_second_for_mfu(0.5, h100):,.0f} tokens/s on an H100 SXM, "
+            f"{estimate.tokens_per_second_for_mfu(0.5, a100):,.0f} on an A100"
+        ),
         f"  memory (estimate)      {estimate.memory_gib:.1f} GiB: {fits(estimate.memory_gib)}",
     ]
     if estimate.stage == "pt":  # the Clinical-BR continued pretraining: the paper's run is its baseline

@@ -18,7 +18,13 @@ from importlib import resources
 from pathlib import Path
 
 from medfactory.atomic import atomic_directory
-from medfactory.tiny import GEMMA_SPECIAL_TOKENS, _gemma_tokenizer, _padded, cache_root, train_tokenizer
+from medfactory.tiny import (
+    GEMMA_SPECIAL_TOKENS,
+    _gemma_tokenizer,
+    _padded,
+    cache_root,
+    train_tokenizer,
+)
 
 logger = logging.getLogger(__name__)
 

@@ -34,14 +34,14 @@ class StepTimer(TrainerCallback):
         self.total_params = 0
         self.started = 0.0
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001 (transformers' signature)
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         if model is not None:
             self.trainable_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
             self.total_params = sum(p.numel() for p in model.parameters())
         _synchronize()
         self.started = time.perf_counter()
 
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
+    def on_step_end(self, args, state, control, **kwargs):
         _synchronize()
         self.steps.append({"step": state.global_step, "time": time.perf_counter() - self.started, "tokens": state.num_input_tokens_seen})
 
@@ -73,7 +73,7 @@ def main(args_path: str, result_path: str) -> int:
     try:
         run_exp(args, callbacks=[timer])
         result["ok"] = True
-    except Exception as error:  # reported to the parent: a variant that fails (OOM, missing kernel) is a result too
+    except Exception as error:  # noqa: BLE001 reported to the parent: a variant that fails (OOM, missing kernel) is a result too
         import torch
 
         out_of_memory = isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()

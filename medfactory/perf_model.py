@@ -152,9 +152,9 @@ def lora_params(config, rank: int, target: str) -> int:
         model = model_class(config)(config)
     total = 0
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names:
-            if "vision_tower" not in name and "multi_modal_projector" not in name:
-                total += rank * (module.in_features + module.out_features)
+        frozen_tower = "vision_tower" in name or "multi_modal_projector" in name
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in names and not frozen_tower:
+            total += rank * (module.in_features + module.out_features)
     return total
 
 
