@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from medfactory.demo_corpus import generate_notes
+from medfactory.corpus.synthetic_notes import generate_notes
 
 POOL_SIZE = 20_000
 VALID_CPF = "529.982.247-25"  # a well-known valid test CPF
@@ -35,7 +35,7 @@ def write_corpus(path: Path, notes: int, seed: int = 7) -> int:
     rng = random.Random(seed)
     pool = list(generate_notes(POOL_SIZE, seed=seed))
     with open(path, "wb") as handle:
-        handle.write("id,id_paciente,data,texto\n".encode())
+        handle.write(b"id,id_paciente,data,texto\n")
         buffer = io.StringIO()
         writer = csv.writer(buffer, lineterminator="\n")
         previous = ""

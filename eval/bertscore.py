@@ -1,37 +1,9 @@
 """BERTScore (BERTimbau and XLM-R large) plus chrF, BLEU and ROUGE-L for generated reports.
 
-Reproduces the evaluation of the MIMIC-CXR-PT-BR report: three inference scenarios of a chest
-X-ray report generator (zero-shot, few-shot, LoRA) scored with BERTScore in two configurations,
-
-* ``bertimbau``: the Portuguese reference report vs the Portuguese output
-  (``neuralmind/bert-base-portuguese-cased``);
-* ``xlmr``: the original English report vs the Portuguese output, cross-lingual
-  (``xlm-roberta-large``, layer 17, bert-score's own default for that model);
-
-with precision / recall / F1 box plots per scenario (the report's Figures 4-9). It adds
-text-overlap metrics computed properly for Portuguese (LLaMA-Factory's own predict metrics
-segment text with jieba, a Chinese word segmenter, so their BLEU/ROUGE are meaningless here):
-chrF and BLEU with sacrebleu, ROUGE-L with a Unicode-aware word tokenizer and an exact LCS.
-
-Inputs:
-
-* per scenario, LLaMA-Factory's ``generated_predictions.jsonl`` (``{"prompt", "predict",
-  "label"}`` per line, in the row order of the test set);
-* ``test_references.jsonl`` (``{"id", "report_pt", "report_en"}`` per line) in the SAME row
-  order: the row order is the join, so the line counts must agree.
-
-Outputs (``out_dir``): ``per_item.csv``, ``summary.csv``, ``corpus.csv``, ``settings.json``,
-``figures/<config>_{precision,recall,f1}.png`` and ``report.md`` (tables and figure links only).
-
-Two bert-score 0.3.13 pitfalls are handled here rather than by patching bert-score globally:
-
-* BERTimbau is not in bert-score's ``model2layers`` table, so ``num_layers`` is always passed;
-* BERTimbau's tokenizer has no real ``model_max_length`` (transformers' 1e30 sentinel), and
-  bert-score truncates with ``tokenizer.model_max_length`` (``bert_score.utils.sent_encode``:
-  ``tokenizer.encode(sent, max_length=tokenizer.model_max_length, truncation=True)``), so any
-  input longer than 512 word pieces overflows the position embeddings. The tokenizer object of
-  each ``BERTScorer`` instance gets ``model_max_length = max_length`` after construction, before
-  the idf weights are computed, and a probe checks that truncation really happens.
+Scores the MIMIC-CXR-PT-BR inference scenarios (zero-shot, few-shot, LoRA) against
+``test_references.jsonl``, joined by row order, and writes per-item and summary tables, box
+plots and ``report.md``. docs/mimic_cxr_ptbr.md gives the inputs, outputs, the two
+configurations and the two bert-score 0.3.13 pitfalls handled here.
 """
 
 from __future__ import annotations
@@ -47,9 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medfactory.atomic import atomic_write, write_json_atomic
-from medfactory.jsonl import iter_jsonl
-from medfactory.versions import package_versions
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.jsonl import iter_jsonl
+from medfactory.base.tables import markdown_table
+from medfactory.base.versions import package_versions
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import pandas as pd
@@ -339,11 +312,8 @@ def _restore_empty_encoding(tokenizer: Any) -> None:
     itself encodes for an empty text (``[CLS] [SEP]``, ``<s> </s>``), as transformers 4 did;
     bert-score then scores the empty prediction as it always has (raw P = R = 0, with a warning).
     """
-    try:
-        tokenizer.build_inputs_with_special_tokens
+    if hasattr(tokenizer, "build_inputs_with_special_tokens"):
         return
-    except AttributeError:
-        pass
     empty = list(tokenizer("", add_special_tokens=True)["input_ids"])
 
     def build_inputs_with_special_tokens(token_ids_0: list[int], token_ids_1: list[int] | None = None) -> list[int]:
@@ -622,10 +592,9 @@ def _format(value: float, digits: int) -> str:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def _markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A markdown table of formatted cells, newline-terminated: a blank line follows it in the report."""
+    return markdown_table(header, rows) + "\n"
 
 
 def render_report(
@@ -642,7 +611,7 @@ def render_report(
     lines += [
         "## Inputs\n",
         f"References: `{settings['references']}` ({settings['n_items']} items)\n",
-        _markdown_table(["scenario", "predictions", "n"], scenario_rows),
+        _table(["scenario", "predictions", "n"], scenario_rows),
     ]
     config_rows = [
         [
@@ -657,7 +626,7 @@ def render_report(
         for entry in settings["bertscore"]
     ]
     header = ["config", "model", "layer", "reference", "max length", "idf", "rescaled"]
-    lines += ["## BERTScore configurations\n", _markdown_table(header, config_rows)]
+    lines += ["## BERTScore configurations\n", _table(header, config_rows)]
     units = {"chrf": "0-100", "bleu": "0-100", "rouge_l": "0-1"}
     for metric in summary["metric"].drop_duplicates():
         part = summary[summary["metric"] == metric]
@@ -667,10 +636,10 @@ def render_report(
             for row in part.itertuples()
         ]
         unit = f" ({units[metric]})" if metric in units else ""
-        lines += [f"## {metric}{unit}\n", _markdown_table(["scenario", *SUMMARY_STATS], rows)]
+        lines += [f"## {metric}{unit}\n", _table(["scenario", *SUMMARY_STATS], rows)]
     if not corpus.empty:
         rows = [[row.scenario, _format(row.chrf, 2), _format(row.bleu, 2), str(row.n)] for row in corpus.itertuples()]
-        lines += ["## Corpus-level chrF and BLEU (0-100)\n", _markdown_table(["scenario", "chrf", "bleu", "n"], rows)]
+        lines += ["## Corpus-level chrF and BLEU (0-100)\n", _table(["scenario", "chrf", "bleu", "n"], rows)]
         signatures = settings["text_metrics"]["signatures"].items()
         lines += ["\n".join(f"- {name}: `{signature}`" for name, signature in signatures) + "\n"]
     if figures:
@@ -679,6 +648,116 @@ def render_report(
             relative = Path(figure).relative_to(out_dir).as_posix()
             lines.append(f"![{Path(figure).stem}]({relative})\n")
     return "\n".join(lines)
+
+
+def _check_configs(configs: Sequence[BertScoreConfig]) -> None:
+    names = [config.name for config in configs]
+    if len(set(names)) != len(names):
+        raise BertScoreError(f"configuration names repeat: {names}")
+    for config in configs:
+        _check_config(config)
+
+
+def _text_metric_frames(
+    references: list[dict[str, str]], predictions: dict[str, list[dict[str, str]]]
+) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Per scenario, its per-item frame (scenario, id, chrf, bleu, rouge_l) and its corpus-level row."""
+    import pandas as pd
+
+    ids = [reference["id"] for reference in references]
+    targets = [reference[TEXT_REFERENCE_FIELD] for reference in references]
+    frames, corpus_rows = [], []
+    for scenario, rows in predictions.items():
+        texts = [row["predict"] for row in rows]
+        frame = pd.DataFrame({"scenario": scenario, "id": ids})
+        frames.append(pd.concat([frame, text_metrics(texts, targets)], axis=1))
+        corpus_rows.append({"scenario": scenario, **corpus_text_metrics(texts, targets), "n": len(texts)})
+    return frames, corpus_rows
+
+
+def _config_settings(config: BertScoreConfig, scorer: BERTScorer, baseline: Path | None) -> dict[str, Any]:
+    """What ``settings.json`` records of one configuration: its options, the model and tokenizer loaded, the baseline."""
+    original = scorer._medfactory_original_max_length
+    return {
+        **{key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()},
+        "layer": config.num_layers,
+        "model_layers": getattr(scorer._model.config, "num_hidden_layers", None),
+        "tokenizer_class": type(scorer._tokenizer).__name__,
+        "tokenizer_model_max_length_original": original if original < 10**9 else f"unset ({original:.0e} sentinel)",
+        "baseline_path": str(baseline) if baseline is not None else None,
+        "baseline_values": read_baseline(baseline, config.num_layers) if baseline is not None else None,
+        "device": str(scorer.device),
+        "bert_score_hash": scorer.hash,
+    }
+
+
+def _add_bertscore(
+    frames: list[pd.DataFrame],
+    references: list[dict[str, str]],
+    predictions: dict[str, list[dict[str, str]]],
+    config: BertScoreConfig,
+    baseline: Path | None,
+) -> dict[str, Any]:
+    """Add one configuration's P/R/F1 columns to every scenario's frame (its model loaded once); return its settings."""
+    import gc
+
+    targets = [reference[config.reference] for reference in references]
+    scorer = load_scorer(config, targets if config.idf else None)
+    for frame, rows in zip(frames, predictions.values()):
+        scores = score_scenario([row["predict"] for row in rows], targets, config, scorer)
+        for part, _ in SCORE_PARTS:
+            frame[f"{config.name}_{part}"] = scores[part].to_numpy()
+    settings = _config_settings(config, scorer, baseline)
+    del scorer  # free the model before the next configuration loads its own
+    gc.collect()
+    return settings
+
+
+def _scenario_settings(
+    scenarios: dict[str, Path], references: list[dict[str, str]], predictions: dict[str, list[dict[str, str]]]
+) -> dict[str, Any]:
+    return {
+        name: {
+            "predictions": str(scenarios[name]),
+            "n": len(rows),
+            # informational alignment check: how many LLaMA-Factory labels equal report_pt
+            "labels_equal_report_pt": sum(
+                row["label"].strip() == reference[TEXT_REFERENCE_FIELD].strip() for row, reference in zip(rows, references)
+            ),
+        }
+        for name, rows in predictions.items()
+    }
+
+
+def _text_metric_settings() -> dict[str, Any]:
+    return {
+        "reference": TEXT_REFERENCE_FIELD,
+        "unicode_normalization": UNICODE_NORMALIZATION,
+        "chrf": "sacrebleu CHRF() sentence_score / corpus_score, 0-100",
+        "bleu": f"sacrebleu BLEU(tokenize={BLEU_TOKENIZE!r}); sentence level with effective_order=True, 0-100",
+        "rouge_l": "F1 of LCS on lower-cased \\w+ words (re.UNICODE), no stemming, 0-1",
+        "signatures": text_metric_signatures(),
+    }
+
+
+def write_outputs(
+    out_dir: Path,
+    tables: dict[str, pd.DataFrame],
+    settings: dict[str, Any],
+    configs: Sequence[BertScoreConfig],
+    scenarios: Sequence[str],
+) -> Path:
+    """The CSV tables (``per_item``, ``summary``, ``corpus``), the figures, ``settings.json``, then ``report.md``; its path."""
+    out_dir = Path(out_dir)
+    _write_csv(tables["per_item"], out_dir / PER_ITEM_CSV)
+    _write_csv(tables["summary"], out_dir / SUMMARY_CSV)
+    _write_csv(tables["corpus"], out_dir / CORPUS_CSV)
+    figures = write_boxplots(tables["per_item"], configs, scenarios, out_dir / FIGURES_DIR)
+    write_json_atomic(out_dir / SETTINGS_JSON, settings)
+    report = out_dir / REPORT_MD
+    with atomic_write(report) as handle:
+        handle.write(render_report(tables["summary"], tables["corpus"], settings, configs, figures, out_dir))
+    return report
 
 
 def evaluate(
@@ -694,100 +773,61 @@ def evaluate(
     configuration's references (the whole test set), as ``bert_score.score`` computes them.
     Returns the path of ``report.md`` (written last).
     """
-    import gc
-
     import pandas as pd
 
-    out_dir = Path(out_dir)
-    names = [config.name for config in configs]
-    if len(set(names)) != len(names):
-        raise BertScoreError(f"configuration names repeat: {names}")
-    for config in configs:
-        _check_config(config)
+    _check_configs(configs)
     fields = sorted({TEXT_REFERENCE_FIELD, *(config.reference for config in configs)})
     references, predictions = load_inputs(scenarios, references_path, fields)
     baselines = {config.name: resolve_baseline(config) for config in configs}  # fail before loading
 
-    frames = []
-    corpus_rows = []
-    for scenario, rows in predictions.items():
-        texts = [row["predict"] for row in rows]
-        targets = [reference[TEXT_REFERENCE_FIELD] for reference in references]
-        frame = pd.DataFrame({"scenario": scenario, "id": [reference["id"] for reference in references]})
-        frames.append(pd.concat([frame, text_metrics(texts, targets)], axis=1))
-        corpus_rows.append({"scenario": scenario, **corpus_text_metrics(texts, targets), "n": len(texts)})
+    frames, corpus_rows = _text_metric_frames(references, predictions)
+    config_settings = [_add_bertscore(frames, references, predictions, config, baselines[config.name]) for config in configs]
 
-    config_settings = []
-    for config in configs:
-        targets = [reference[config.reference] for reference in references]
-        scorer = load_scorer(config, targets if config.idf else None)
-        for index, scenario in enumerate(predictions):
-            scores = score_scenario([row["predict"] for row in predictions[scenario]], targets, config, scorer)
-            for part, _ in SCORE_PARTS:
-                frames[index][f"{config.name}_{part}"] = scores[part].to_numpy()
-        original = scorer._medfactory_original_max_length
-        baseline = baselines[config.name]
-        config_settings.append(
-            {
-                **{key: (str(value) if isinstance(value, Path) else value) for key, value in asdict(config).items()},
-                "layer": config.num_layers,
-                "model_layers": getattr(scorer._model.config, "num_hidden_layers", None),
-                "tokenizer_class": type(scorer._tokenizer).__name__,
-                "tokenizer_model_max_length_original": original if original < 10**9 else f"unset ({original:.0e} sentinel)",
-                "baseline_path": str(baseline) if baseline is not None else None,
-                "baseline_values": read_baseline(baseline, config.num_layers) if baseline is not None else None,
-                "device": str(scorer.device),
-                "bert_score_hash": scorer.hash,
-            }
-        )
-        del scorer
-        gc.collect()
-
-    per_item = pd.concat(frames, ignore_index=True)
-    per_item = per_item[["scenario", "id", *metric_columns(configs)]]
-    summary = summarize(per_item, metric_columns(configs), list(predictions))
-    corpus = pd.DataFrame(corpus_rows, columns=["scenario", "chrf", "bleu", "n"])
+    columns = metric_columns(configs)
+    per_item = pd.concat(frames, ignore_index=True)[["scenario", "id", *columns]]
+    tables = {
+        "per_item": per_item,
+        "summary": summarize(per_item, columns, list(predictions)),
+        "corpus": pd.DataFrame(corpus_rows, columns=["scenario", "chrf", "bleu", "n"]),
+    }
     settings = {
         "references": str(references_path),
         "n_items": len(references),
-        "scenarios": {
-            name: {
-                "predictions": str(scenarios[name]),
-                "n": len(rows),
-                # informational alignment check: how many LLaMA-Factory labels equal report_pt
-                "labels_equal_report_pt": sum(
-                    row["label"].strip() == reference[TEXT_REFERENCE_FIELD].strip()
-                    for row, reference in zip(rows, references)
-                ),
-            }
-            for name, rows in predictions.items()
-        },
+        "scenarios": _scenario_settings(scenarios, references, predictions),
         "bertscore": config_settings,
-        "text_metrics": {
-            "reference": TEXT_REFERENCE_FIELD,
-            "unicode_normalization": UNICODE_NORMALIZATION,
-            "chrf": "sacrebleu CHRF() sentence_score / corpus_score, 0-100",
-            "bleu": f"sacrebleu BLEU(tokenize={BLEU_TOKENIZE!r}); sentence level with effective_order=True, 0-100",
-            "rouge_l": "F1 of LCS on lower-cased \\w+ words (re.UNICODE), no stemming, 0-1",
-            "signatures": text_metric_signatures(),
-        },
+        "text_metrics": _text_metric_settings(),
         "versions": _versions(),
     }
-
-    _write_csv(per_item, out_dir / PER_ITEM_CSV)
-    _write_csv(summary, out_dir / SUMMARY_CSV)
-    _write_csv(corpus, out_dir / CORPUS_CSV)
-    figures = write_boxplots(per_item, configs, list(predictions), out_dir / FIGURES_DIR)
-    write_json_atomic(out_dir / SETTINGS_JSON, settings)
-    report = out_dir / REPORT_MD
-    with atomic_write(report) as handle:
-        handle.write(render_report(summary, corpus, settings, configs, figures, out_dir))
-    return report
+    return write_outputs(out_dir, tables, settings, configs, list(predictions))
 
 
 # --------------------------------------------------------------------------------------------
 # Command
 # --------------------------------------------------------------------------------------------
+
+
+def _check_baseline_options(
+    rescale: bool, baseline_path: Path | None, xlmr_baseline_path: Path | None, skip_bertimbau: bool, skip_xlmr: bool
+) -> None:
+    """A baseline path only with --rescale, and only for a configuration that runs."""
+    if not rescale and (baseline_path is not None or xlmr_baseline_path is not None):
+        raise BertScoreError("a baseline path was given without --rescale; add --rescale or drop the baseline path")
+    if skip_bertimbau and baseline_path is not None:
+        raise BertScoreError("--baseline-path is the Portuguese model's baseline, but --skip-bertimbau leaves it out")
+    if skip_xlmr and xlmr_baseline_path is not None:
+        raise BertScoreError("--xlmr-baseline-path was given with --skip-xlmr")
+
+
+def _echo_means(summary_csv: Path, configs: Sequence[BertScoreConfig], scenarios: list[str]) -> None:
+    """Print each scenario's mean BERTScore F1 and text metrics, read back from ``summary.csv``."""
+    import pandas as pd
+
+    summary = pd.read_csv(summary_csv)
+    means = summary.pivot(index="scenario", columns="metric", values="mean")
+    shown = [column for column in metric_columns(configs) if column.endswith("_F1")] + list(TEXT_METRICS)
+    means = means.loc[scenarios, shown]
+    typer.echo(f"{len(means)} scenario(s) x {int(summary['n'].max())} items; means:")
+    typer.echo(means.to_string(float_format=lambda value: f"{value:.4f}"))
 
 
 def bertscore_command(
@@ -828,12 +868,7 @@ def bertscore_command(
 ) -> None:
     """BERTScore (BERTimbau vs report_pt, XLM-R large vs report_en), chrF, BLEU and ROUGE-L per scenario."""
     try:
-        if not rescale and (baseline_path is not None or xlmr_baseline_path is not None):
-            raise BertScoreError("a baseline path was given without --rescale; add --rescale or drop the baseline path")
-        if skip_bertimbau and baseline_path is not None:
-            raise BertScoreError("--baseline-path is the Portuguese model's baseline, but --skip-bertimbau leaves it out")
-        if skip_xlmr and xlmr_baseline_path is not None:
-            raise BertScoreError("--xlmr-baseline-path was given with --skip-xlmr")
+        _check_baseline_options(rescale, baseline_path, xlmr_baseline_path, skip_bertimbau, skip_xlmr)
         common = {
             "idf": idf,
             "rescale_with_baseline": rescale,
@@ -853,12 +888,5 @@ def bertscore_command(
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
 
-    import pandas as pd
-
-    summary = pd.read_csv(Path(out_dir) / SUMMARY_CSV)
-    means = summary.pivot(index="scenario", columns="metric", values="mean")
-    shown = [column for column in metric_columns(configs) if column.endswith("_F1")] + list(TEXT_METRICS)
-    means = means.loc[list(parse_scenarios(scenario)), shown]
-    typer.echo(f"{len(means)} scenario(s) x {int(summary['n'].max())} items; means:")
-    typer.echo(means.to_string(float_format=lambda value: f"{value:.4f}"))
+    _echo_means(Path(out_dir) / SUMMARY_CSV, configs, list(parse_scenarios(scenario)))
     typer.echo(f"report written to {report}")

@@ -1,58 +1,9 @@
 """Multiple-choice QA: HEAD-QA (Spanish specialist exams) and Portuguese exam questions.
 
-Accuracy and macro-F1, as in the SpanishMedicalLLM proposal, plus HEAD-QA exam points, for a
-causal LM with an optional PEFT LoRA adapter. Two scoring protocols:
-
-``letter`` (as BioMistral evaluated its models)
-    The prompt is a header, ``k`` solved examples, then the question, its options as ``A) text``
-    lines (as the project's SFT prompts show them) and an answer cue in the item's language (``Respuesta:`` / ``Resposta:`` / ``Answer:``). Each option is
-    scored by the log-probability of the continuation ``" " + letter`` (a space, then the item's
-    letter: ``" A"``, ``" B"``...) after the cue; the prediction is the argmax.
-
-    Which tokens: the continuation's tokens are ``encode(prompt + " A")[len(encode(prompt)):]``
-    (lm-eval's pair encoding). For Llama / Mistral SentencePiece vocabularies that is the single
-    token ``"▁A"``, for byte-level BPE vocabularies (GPT-2, Llama 3, Qwen) the single token
-    ``"ĠA"``: in both cases the score is exactly the next-token log-probability of the letter with
-    its leading space, read from ONE forward pass of the prompt. Where a vocabulary splits
-    ``" A"`` (``"Ġ"`` + ``"A"``), the score is the sum over those tokens, i.e. still exactly
-    ``log P(" A" | prompt)``; every letter then shares the same first token, so the ranking is that
-    of the letter token after the space. ``metrics.json`` records, per letter, the token strings
-    actually scored (``scoring.letter_tokens``).
-
-``loglik_norm`` (as lm-evaluation-harness's ``headqa_es`` / ``headqa_en``)
-    The context is ``k`` solved examples then ``<Pregunta>: question\\n<Respuesta>:`` (no options
-    listed); for each option the log-likelihood of ``" " + option text`` as continuation is summed
-    over its tokens. The primary prediction is the argmax of that log-likelihood divided by the
-    UTF-8 byte length of the option text (without the leading space). Also reported: the
-    unnormalised argmax (lm-eval's ``acc``) and the argmax divided by the option's length in
-    characters (Python ``len(choice)``: what lm-eval's ``acc_norm`` code computes,
-    ``completion_len = np.array([float(len(i)) for i in choices])``). For ASCII text bytes and
-    characters coincide; Spanish and Portuguese accents (``á``, ``ñ``, ``ç``, ``ã``) take two
-    bytes, so the two normalisations can rank options differently. NB: lm-eval's headqa prompts
-    use English ``Question:`` / ``Answer:`` even for ``headqa_es``; here the labels follow the
-    item's language.
-
-Common details:
-
-* Tokenisation follows lm-eval's ``_encode_pair``: trailing whitespace of the context moves to
-  the continuation; the continuation's tokens are those of ``context + continuation`` after the
-  context's. The tokenizer's BOS is prepended when its own ``add_special_tokens=True`` encoding
-  adds one (Llama, Mistral, Gemma; not Qwen); lm-eval's default for HF causal models is no BOS,
-  so absolute log-likelihoods can differ from lm-eval's. Contexts longer than the model's window
-  are cut from the left (counted in ``metrics.json``).
-* Batching: sequences (sorted by length) are right-padded, with an attention mask, several per
-  forward pass; only each row's own positions are read, so batched and unbatched runs agree to
-  floating-point noise. Log-softmax is taken in float32.
-* Few-shot: for each item, ``k`` examples drawn from the ``--fewshot-from`` pool (sorted by id)
-  with a generator seeded by ``(seed, item id)`` (stable across runs, processes, item order and
-  pool file order); they appear in the order drawn, and are rendered like the item. Pool
-  items with the same id or the same question text as the item, and pool items with images,
-  are never drawn.
-* Macro-F1 is over answer POSITIONS (A–E, whatever the options say): the unweighted mean of the
-  per-position F1 over the positions that occur as gold or prediction (sklearn's default label
-  set), from a confusion matrix over positions.
-* HEAD-QA exam points: +3 per right answer, −1 per wrong one, 0 unanswered (the model always
-  answers), total and per ``exam``.
+Accuracy, macro-F1 over answer positions and HEAD-QA exam points of a causal LM (with an
+optional PEFT LoRA adapter), scored by log-likelihood under two protocols: ``letter`` (as
+BioMistral) and ``loglik_norm`` (as lm-evaluation-harness's headqa). docs/mcqa.md says exactly
+what is scored, how it is tokenised and batched, and how few-shot examples are drawn.
 """
 
 from __future__ import annotations
@@ -63,17 +14,19 @@ import random
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from medfactory.atomic import atomic_write, write_json_atomic
-from medfactory.mcq import read_items
-from medfactory.versions import package_versions
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.tables import markdown_table
+from medfactory.base.versions import package_versions
+from medfactory.corpus.mcq import McqItem, lettered_options, read_items
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
+    import pandas as pd
     import torch
 
 PROTOCOLS = ("letter", "loglik_norm")
@@ -133,89 +86,36 @@ class McqaError(ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Item:
-    """One multiple-choice question (the fields of ``data/<name>/<split>.jsonl``)."""
+def to_item(source: McqItem | dict[str, Any], where: str = "item") -> McqItem:
+    """The item as scored: question and options stripped; a JSON record is validated as an McqItem first.
 
-    id: str
-    question: str
-    options: tuple[str, ...]
-    answer: int
-    letters: tuple[str, ...]
-    category: str | None = None
-    year: int | None = None
-    exam: str | None = None
-    has_image: bool = False
-    language: str = "es"
-
-    @property
-    def n_options(self) -> int:
-        return len(self.options)
-
-
-def _field(source: Any, name: str, default: Any = None) -> Any:
+    Beyond the format's own checks, scoring needs at most 5 options (answer positions A-E) and a
+    language with prompt labels.
+    """
     if isinstance(source, dict):
-        return source.get(name, default)
-    return getattr(source, name, default)
+        try:
+            source = McqItem.from_dict(source)
+        except (TypeError, ValueError) as error:
+            raise McqaError(f"{where}: not an MCQ item: {error}") from error
+    if not 2 <= source.n_options <= len(POSITIONS):
+        raise McqaError(f"{where} ({source.id}): {source.n_options} options; between 2 and {len(POSITIONS)} are supported")
+    if source.language not in LABELS:
+        raise McqaError(f"{where} ({source.id}): language {source.language!r}; supported: {', '.join(sorted(LABELS))}")
+    return replace(source, question=source.question.strip(), options=[option.strip() for option in source.options])
 
 
-def to_item(source: Any, where: str = "item") -> Item:
-    """An :class:`Item` from a JSON record or from any object with the same attributes
-    (``medfactory.mcq.McqItem``); checks what scoring relies on."""
-    item_id = _field(source, "id")
-    if item_id is None or str(item_id) == "":
-        raise McqaError(f"{where}: no 'id'")
-    question = _field(source, "question")
-    if not isinstance(question, str) or not question.strip():
-        raise McqaError(f"{where} ({item_id}): no question text")
-    options = _field(source, "options")
-    if not isinstance(options, (list, tuple)) or not all(isinstance(option, str) for option in options):
-        raise McqaError(f"{where} ({item_id}): 'options' must be a list of strings")
-    if not 2 <= len(options) <= len(POSITIONS):
-        raise McqaError(f"{where} ({item_id}): {len(options)} options; between 2 and {len(POSITIONS)} are supported")
-    if any(not option.strip() for option in options):
-        raise McqaError(f"{where} ({item_id}): an option is empty")
-    answer = _field(source, "answer")
-    if isinstance(answer, bool) or not isinstance(answer, int) or not 0 <= answer < len(options):
-        raise McqaError(f"{where} ({item_id}): 'answer' must be a 0-based index below {len(options)}, got {answer!r}")
-    letters = _field(source, "letters") or list(POSITIONS[: len(options)])
-    if len(letters) != len(options) or len(set(letters)) != len(letters):
-        raise McqaError(f"{where} ({item_id}): {len(letters)} distinct letters are needed for {len(options)} options")
-    language = _field(source, "language") or "es"
-    if language not in LABELS:
-        raise McqaError(f"{where} ({item_id}): language {language!r}; supported: {', '.join(sorted(LABELS))}")
-    year = _field(source, "year")
-    return Item(
-        id=str(item_id),
-        question=question.strip(),
-        options=tuple(option.strip() for option in options),
-        answer=answer,
-        letters=tuple(str(letter) for letter in letters),
-        category=_field(source, "category"),
-        year=int(year) if year is not None else None,
-        exam=_field(source, "exam"),
-        has_image=bool(_field(source, "has_image", False)),
-        language=language,
-    )
-
-
-def load_items(path: Path) -> list[Item]:
-    """Items of an MCQ JSONL file (read and validated by ``medfactory.mcq.read_items``), at most 5 options each."""
+def load_items(path: Path) -> list[McqItem]:
+    """Items of an MCQ JSONL file (read and validated by ``medfactory.corpus.mcq.read_items``), at most 5 options each."""
     path = Path(path)
     if not path.is_file():
         raise McqaError(f"{path} does not exist or is not a file")
-    items = [to_item(record, f"{path}, item {index + 1}") for index, record in enumerate(read_items(path))]
+    items = [to_item(item, f"{path}, item {index + 1}") for index, item in enumerate(read_items(path))]
     if not items:
         raise McqaError(f"{path} has no items")
-    seen: dict[str, int] = {}
-    for index, item in enumerate(items):
-        if item.id in seen:
-            raise McqaError(f"{path}: id {item.id!r} occurs twice (items {seen[item.id] + 1} and {index + 1})")
-        seen[item.id] = index
     return items
 
 
-def select_items(items: Sequence[Item], include_images: bool, limit: int | None) -> tuple[list[Item], int]:
+def select_items(items: Sequence[McqItem], include_images: bool, limit: int | None) -> tuple[list[McqItem], int]:
     """(items to evaluate, how many image questions were left out); ``limit`` applies after that."""
     kept = [item for item in items if include_images or not item.has_image]
     excluded = len(items) - len(kept)
@@ -241,7 +141,7 @@ def _rng(seed: int, item_id: str) -> random.Random:
 class FewShotSampler:
     """Draws ``k`` solved examples per item from a pool, deterministically, never the item itself."""
 
-    def __init__(self, pool: Sequence[Item], seed: int = 0):
+    def __init__(self, pool: Sequence[McqItem], seed: int = 0):
         # sorted by id: the draw depends on the pool's content, not on its file order
         self.pool = sorted((item for item in pool if not item.has_image), key=lambda item: item.id)
         self.seed = seed
@@ -251,7 +151,7 @@ class FewShotSampler:
             self._by_id[item.id].append(index)
             self._by_question[_question_key(item.question)].append(index)
 
-    def sample(self, item: Item, k: int) -> list[Item]:
+    def sample(self, item: McqItem, k: int) -> list[McqItem]:
         if k <= 0:
             return []
         excluded = set(self._by_id.get(item.id, ())) | set(self._by_question.get(_question_key(item.question), ()))
@@ -265,32 +165,25 @@ class FewShotSampler:
         return [self.pool[index] for index in drawn if index not in excluded][:k]
 
 
-def _lettered(item: Item) -> str:
-    """``A) text`` lines, as the project's SFT prompts (``medfactory.mcq.lettered_options``) show options."""
-    return "".join(f"{letter}) {option}\n" for letter, option in zip(item.letters, item.options))
-
-
-def letter_prompt(item: Item, shots: Sequence[Item] = ()) -> str:
+def letter_prompt(item: McqItem, shots: Sequence[McqItem] = ()) -> str:
     """Header, solved examples, the question with lettered options and the answer cue (no trailing space)."""
     labels = LABELS[item.language]
     blocks = [labels.header]
     for shot in shots:
-        blocks.append(
-            f"{labels.question}: {shot.question}\n{_lettered(shot)}{labels.answer}: {shot.letters[shot.answer]}"
-        )
-    blocks.append(f"{labels.question}: {item.question}\n{_lettered(item)}{labels.answer}:")
+        blocks.append(f"{labels.question}: {shot.question}\n{lettered_options(shot)}\n{labels.answer}: {shot.answer_letter}")
+    blocks.append(f"{labels.question}: {item.question}\n{lettered_options(item)}\n{labels.answer}:")
     return "\n\n".join(blocks)
 
 
-def loglik_context(item: Item, shots: Sequence[Item] = ()) -> str:
+def loglik_context(item: McqItem, shots: Sequence[McqItem] = ()) -> str:
     """lm-eval headqa layout: solved examples, then ``<Question>: text\\n<Answer>:`` (options not listed)."""
     labels = LABELS[item.language]
-    blocks = [f"{labels.question}: {shot.question}\n{labels.answer}: {shot.options[shot.answer]}" for shot in shots]
+    blocks = [f"{labels.question}: {shot.question}\n{labels.answer}: {shot.answer_text}" for shot in shots]
     blocks.append(f"{labels.question}: {item.question}\n{labels.answer}:")
     return "\n\n".join(blocks)
 
 
-def build_prompt(item: Item, protocol: str, shots: Sequence[Item] = ()) -> str:
+def build_prompt(item: McqItem, protocol: str, shots: Sequence[McqItem] = ()) -> str:
     """The context string the model reads before every option's continuation."""
     if protocol == "letter":
         return letter_prompt(item, shots)
@@ -299,7 +192,7 @@ def build_prompt(item: Item, protocol: str, shots: Sequence[Item] = ()) -> str:
     raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
 
 
-def continuations(item: Item, protocol: str) -> list[str]:
+def continuations(item: McqItem, protocol: str) -> list[str]:
     """The strings scored after the context, one per option: ``" A"``... or ``" " + option text``."""
     if protocol == "letter":
         return [f" {letter}" for letter in item.letters]
@@ -490,7 +383,7 @@ class LogLikelihoodScorer:
 class ItemScores:
     """Per-option scores of one item and the predictions they give (0-based positions)."""
 
-    item: Item
+    item: McqItem
     prompt: str
     loglik: list[float]
     tokens: list[list[str]]
@@ -508,7 +401,7 @@ def _argmax(values: Sequence[float]) -> int:
 
 def score_items(
     scorer: LogLikelihoodScorer,
-    items: Sequence[Item],
+    items: Sequence[McqItem],
     protocol: str,
     shots: int = 0,
     sampler: FewShotSampler | None = None,
@@ -620,7 +513,7 @@ def _group_sort(key: str) -> tuple[int, str]:
     return (1, key) if key == NONE_KEY else (0, key)
 
 
-def summarize(items: Sequence[Item], predicted: Sequence[int]) -> dict[str, Any]:
+def summarize(items: Sequence[McqItem], predicted: Sequence[int]) -> dict[str, Any]:
     """Accuracy, macro-F1, confusion, exam points and the per-category / year / exam breakdowns."""
     gold = [item.answer for item in items]
     correct = [g == p for g, p in zip(gold, predicted, strict=True)]
@@ -631,7 +524,7 @@ def summarize(items: Sequence[Item], predicted: Sequence[int]) -> dict[str, Any]
         p = [predicted[i] for i in indices]
         return {"n": len(indices), "correct": sum(correct[i] for i in indices), "accuracy": accuracy(g, p), "macro_f1": macro_f1(g, p)}
 
-    def grouped(attribute: Callable[[Item], Any]) -> dict[str, Any]:
+    def grouped(attribute: Callable[[McqItem], Any]) -> dict[str, Any]:
         groups: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
             groups[_key(attribute(item))].append(index)
@@ -665,50 +558,52 @@ def summarize(items: Sequence[Item], predicted: Sequence[int]) -> dict[str, Any]
 # --------------------------------------------------------------------------------------------
 
 
-def per_item_frame(scored: Sequence[ItemScores], protocol: str):
+def _item_columns(result: ItemScores, protocol: str) -> dict[str, Any]:
+    """Metadata, gold and predicted letters of one item (and lm-eval's two variants for ``loglik_norm``)."""
+    item = result.item
+    prediction = result.predictions[PRIMARY[protocol]]
+    record: dict[str, Any] = {
+        "id": item.id,
+        "category": item.category,
+        "year": item.year,
+        "exam": item.exam,
+        "language": item.language,
+        "has_image": item.has_image,
+        "n_options": item.n_options,
+        "answer": POSITIONS[item.answer],
+        "prediction": POSITIONS[prediction],
+        "correct": prediction == item.answer,
+    }
+    if protocol == "loglik_norm":
+        for variant, column in (("raw", "unnorm"), ("chars", "char_norm")):
+            record[f"prediction_{column}"] = POSITIONS[result.predictions[variant]]
+            record[f"correct_{column}"] = result.predictions[variant] == item.answer
+    return record
+
+
+def _per_position(name: str, values: Sequence[Any], missing: Any) -> dict[str, Any]:
+    """``<name>_A`` ... ``<name>_E``: one column per answer position, ``missing`` past the item's last option."""
+    return {f"{name}_{letter}": values[position] if position < len(values) else missing for position, letter in enumerate(POSITIONS)}
+
+
+def _option_columns(result: ItemScores, protocol: str) -> dict[str, Any]:
+    """Every option's score; for ``loglik_norm`` also the per-byte score and the two lengths it divides by."""
+    if protocol == "letter":
+        return _per_position("logprob", result.loglik, math.nan)
+    options = result.item.options
+    return {
+        **_per_position("loglik", result.loglik, math.nan),
+        **_per_position("loglik_norm", result.normalised["bytes"], math.nan),
+        **_per_position("n_bytes", [len(option.encode("utf-8")) for option in options], None),
+        **_per_position("n_chars", [len(option) for option in options], None),
+    }
+
+
+def per_item_frame(scored: Sequence[ItemScores], protocol: str) -> pd.DataFrame:
     """One row per item: metadata, gold and predicted letters (positions A–E), per-option scores."""
     import pandas as pd
 
-    primary = PRIMARY[protocol]
-    records = []
-    for result in scored:
-        item = result.item
-        prediction = result.predictions[primary]
-        record: dict[str, Any] = {
-            "id": item.id,
-            "category": item.category,
-            "year": item.year,
-            "exam": item.exam,
-            "language": item.language,
-            "has_image": item.has_image,
-            "n_options": item.n_options,
-            "answer": POSITIONS[item.answer],
-            "prediction": POSITIONS[prediction],
-            "correct": prediction == item.answer,
-        }
-        if protocol == "loglik_norm":
-            for variant, column in (("raw", "unnorm"), ("chars", "char_norm")):
-                record[f"prediction_{column}"] = POSITIONS[result.predictions[variant]]
-                record[f"correct_{column}"] = result.predictions[variant] == item.answer
-        for position in range(len(POSITIONS)):
-            letter = POSITIONS[position]
-            present = position < item.n_options
-            if protocol == "letter":
-                record[f"logprob_{letter}"] = result.loglik[position] if present else math.nan
-            else:
-                record[f"loglik_{letter}"] = result.loglik[position] if present else math.nan
-        if protocol == "loglik_norm":
-            for position, letter in enumerate(POSITIONS):
-                present = position < item.n_options
-                record[f"loglik_norm_{letter}"] = result.normalised["bytes"][position] if present else math.nan
-            for position, letter in enumerate(POSITIONS):
-                present = position < item.n_options
-                record[f"n_bytes_{letter}"] = len(item.options[position].encode("utf-8")) if present else None
-            for position, letter in enumerate(POSITIONS):
-                present = position < item.n_options
-                record[f"n_chars_{letter}"] = len(item.options[position]) if present else None
-        records.append(record)
-    frame = pd.DataFrame.from_records(records)
+    frame = pd.DataFrame.from_records([{**_item_columns(result, protocol), **_option_columns(result, protocol)} for result in scored])
     for column in ("year", *[c for c in frame.columns if c.startswith(("n_bytes_", "n_chars_"))]):
         if column in frame:
             frame[column] = frame[column].astype("Int64")
@@ -729,7 +624,7 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _letter_tokens(scored: Sequence[ItemScores]) -> dict[str, list[list[str]]]:
+def letter_tokens(scored: Sequence[ItemScores]) -> dict[str, list[list[str]]]:
     seen: dict[str, list[list[str]]] = {}
     for result in scored:
         for letter, tokens in zip(result.item.letters, result.tokens):
@@ -752,7 +647,7 @@ def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: Sco
         return {
             "score": "log P(' ' + letter | prompt ending in the answer cue), summed over the continuation's tokens",
             "continuation": "' ' + letter, e.g. ' A'; tokens = encode(prompt + ' A')[len(encode(prompt)):]",
-            "letter_tokens": _letter_tokens(scored),
+            "letter_tokens": letter_tokens(scored),
             "single_token_items": sum(all(len(tokens) == 1 for tokens in result.tokens) for result in scored),
             "prediction": "argmax over options",
             **common,
@@ -766,67 +661,82 @@ def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: Sco
     }
 
 
+def _cell(value: Any, digits: int = 4) -> str:
+    """A report cell: floats to ``digits`` places, missing values (None, NaN) left blank."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A markdown table of formatted cells, newline-terminated: a blank line follows it in the report."""
+    return markdown_table(header, [[_cell(value) for value in row] for row in rows]) + "\n"
+
+
+def _settings_table(metrics: dict[str, Any]) -> str:
+    settings = metrics["settings"]
+    images = f"{'included' if settings['include_images'] else 'excluded'} ({metrics['n_image_items']} in file)"
+    rows = [
+        ("model", settings["model"]),
+        ("adapter", settings["adapter"] or "none"),
+        ("protocol", settings["protocol"]),
+        ("shots", settings["shots"]),
+        ("few-shot pool", settings["fewshot_from"] or "none"),
+        ("seed", settings["seed"]),
+        ("dtype / device", f"{settings['dtype']} / {settings['device']}"),
+        ("image questions", images),
+    ]
+    return _table(["setting", "value"], rows)
+
+
+VARIANT_NAMES = {"unnormalised": "loglik, unnormalised (lm-eval acc)", "char_normalised": "loglik / characters (lm-eval acc_norm code)"}
+
+
+def _overall_table(metrics: dict[str, Any]) -> str:
+    """The primary prediction's scores, then each variant's (``loglik_norm`` only)."""
+    exam = metrics["exam_points"]["total"]
+    primary = "letter log-prob (primary)" if metrics["settings"]["protocol"] == "letter" else "loglik / bytes (primary)"
+    rows = [(primary, metrics["n"], metrics["accuracy"], metrics["macro_f1"], exam["points"], exam["max_points"])]
+    for key, variant in metrics.get("variants", {}).items():
+        points = variant["exam_points"]["total"]
+        rows.append((VARIANT_NAMES.get(key, key), variant["n"], variant["accuracy"], variant["macro_f1"], points["points"], points["max_points"]))
+    return _table(["prediction", "n", "accuracy", "macro-F1", "exam points", "max points"], rows)
+
+
+def _exam_table(per_exam: dict[str, Any]) -> str:
+    rows = [(key, e["n"], e["right"], e["wrong"], e["points"], e["max_points"]) for key, e in per_exam.items()]
+    return _table(["exam", "n", "right", "wrong", "points", "max points"], rows)
+
+
+def _breakdown_table(name: str, groups: dict[str, Any]) -> str:
+    rows = [(key, entry["n"], entry["correct"], entry["accuracy"], entry["macro_f1"]) for key, entry in groups.items()]
+    return _table([name, "n", "correct", "accuracy", "macro-F1"], rows)
+
+
+def _confusion_table(confusion: dict[str, Any]) -> str:
+    rows = [(label, *row) for label, row in zip(confusion["labels"], confusion["matrix"])]
+    return _table(["gold \\ pred", *confusion["labels"]], rows)
+
+
 def render_report(metrics: dict[str, Any]) -> str:
     """``report.md``: settings and tables, no prose."""
-
-    def fmt(value: Any, digits: int = 4) -> str:
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            return ""
-        return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
-
-    def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-        lines += ["| " + " | ".join(fmt(cell) for cell in row) + " |" for row in rows]
-        return "\n".join(lines) + "\n"
-
-    def breakdown(name: str, groups: dict[str, Any]) -> str:
-        rows = [(key, entry["n"], entry["correct"], entry["accuracy"], entry["macro_f1"]) for key, entry in groups.items()]
-        return table([name, "n", "correct", "accuracy", "macro-F1"], rows)
-
-    settings = metrics["settings"]
-    lines = [f"# Multiple-choice QA: {Path(settings['items']).name}\n"]
-    lines.append(
-        table(
-            ["setting", "value"],
-            [
-                ("model", settings["model"]),
-                ("adapter", settings["adapter"] or "none"),
-                ("protocol", settings["protocol"]),
-                ("shots", settings["shots"]),
-                ("few-shot pool", settings["fewshot_from"] or "none"),
-                ("seed", settings["seed"]),
-                ("dtype / device", f"{settings['dtype']} / {settings['device']}"),
-                ("image questions", f"{'included' if settings['include_images'] else 'excluded'} ({metrics['n_image_items']} in file)"),
-            ],
-        )
-    )
-    exam = metrics["exam_points"]["total"]
-    primary = "letter log-prob (primary)" if settings["protocol"] == "letter" else "loglik / bytes (primary)"
-    overall = [(primary, metrics["n"], metrics["accuracy"], metrics["macro_f1"], exam["points"], exam["max_points"])]
-    names = {"unnormalised": "loglik, unnormalised (lm-eval acc)", "char_normalised": "loglik / characters (lm-eval acc_norm code)"}
-    for key, variant in metrics.get("variants", {}).items():
-        name = names.get(key, key)
-        points = variant["exam_points"]["total"]
-        overall.append((name, variant["n"], variant["accuracy"], variant["macro_f1"], points["points"], points["max_points"]))
-    lines.append("## Overall\n")
-    lines.append(table(["prediction", "n", "accuracy", "macro-F1", "exam points", "max points"], overall))
-    lines.append("## Exam points (+3 right, −1 wrong)\n")
-    lines.append(
-        table(
-            ["exam", "n", "right", "wrong", "points", "max points"],
-            [(key, e["n"], e["right"], e["wrong"], e["points"], e["max_points"]) for key, e in metrics["exam_points"]["per_exam"].items()],
-        )
-    )
-    lines.append("## Per category\n")
-    lines.append(breakdown("category", metrics["per_category"]))
-    lines.append("## Per year\n")
-    lines.append(breakdown("year", metrics["per_year"]))
-    lines.append("## Per number of options\n")
-    lines.append(breakdown("options", metrics["per_n_options"]))
-    confusion = metrics["confusion"]
-    lines.append("## Confusion over answer positions (rows gold, columns predicted)\n")
-    lines.append(table(["gold \\ pred", *confusion["labels"]], [(label, *row) for label, row in zip(confusion["labels"], confusion["matrix"])]))
-    return "\n".join(lines)
+    sections = [
+        f"# Multiple-choice QA: {Path(metrics['settings']['items']).name}\n",
+        _settings_table(metrics),
+        "## Overall\n",
+        _overall_table(metrics),
+        "## Exam points (+3 right, −1 wrong)\n",
+        _exam_table(metrics["exam_points"]["per_exam"]),
+        "## Per category\n",
+        _breakdown_table("category", metrics["per_category"]),
+        "## Per year\n",
+        _breakdown_table("year", metrics["per_year"]),
+        "## Per number of options\n",
+        _breakdown_table("options", metrics["per_n_options"]),
+        "## Confusion over answer positions (rows gold, columns predicted)\n",
+        _confusion_table(metrics["confusion"]),
+    ]
+    return "\n".join(sections)
 
 
 # --------------------------------------------------------------------------------------------
@@ -842,6 +752,60 @@ def _tqdm_progress(description: str) -> Callable[[Iterable], Iterable]:
         return tqdm(batches, total=len(batches), desc=description, unit="batch")
 
     return wrap
+
+
+def _check_options(protocol: str, shots: int, batch_size: int, limit: int | None, fewshot_from: Path | None, dtype: str) -> None:
+    """Refuse a bad setting before any file is read or model loaded; the message names the option."""
+    if protocol not in PROTOCOLS:
+        raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
+    if shots < 0:
+        raise McqaError("--shots must be 0 or more")
+    if batch_size < 1:
+        raise McqaError("--batch-size must be at least 1")
+    if limit is not None and limit < 1:
+        raise McqaError("--limit must be at least 1")
+    if shots and fewshot_from is None:
+        raise McqaError(f"--shots {shots} needs a pool of examples: give --fewshot-from (a validation or train file)")
+    if dtype.lower() not in DTYPES:
+        raise McqaError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+
+
+def _fewshot_sampler(fewshot_from: Path | None, shots: int, seed: int) -> FewShotSampler | None:
+    """The sampler over the ``--fewshot-from`` pool (None at 0 shots); the pool must hold ``shots`` text-only items."""
+    if not shots or fewshot_from is None:
+        return None
+    sampler = FewShotSampler(load_items(fewshot_from), seed)
+    if len(sampler.pool) < shots:
+        raise McqaError(f"{fewshot_from} has {len(sampler.pool)} text-only examples; {shots}-shot needs at least {shots}")
+    return sampler
+
+
+def prediction_metrics(items: Sequence[McqItem], scored: Sequence[ItemScores], protocol: str) -> dict[str, Any]:
+    """:func:`summarize` of the protocol's primary prediction; for ``loglik_norm`` also of lm-eval's two variants."""
+    predictions = {variant: [result.predictions[variant] for result in scored] for variant in scored[0].predictions}
+    primary = PRIMARY[protocol]
+    metrics: dict[str, Any] = {
+        "protocol": protocol,
+        "prediction": primary if protocol == "loglik_norm" else "letter",
+        **summarize(items, predictions[primary]),
+    }
+    if protocol == "loglik_norm":
+        metrics["variants"] = {
+            "unnormalised": summarize(items, predictions["raw"]),
+            "char_normalised": summarize(items, predictions["chars"]),
+        }
+    return metrics
+
+
+def write_outputs(out_dir: Path, scored: Sequence[ItemScores], protocol: str, metrics: dict[str, Any]) -> None:
+    """``per_item.csv``, ``metrics.json`` and ``report.md``, each written atomically."""
+    out_dir = Path(out_dir)
+    frame = per_item_frame(scored, protocol)
+    with atomic_write(out_dir / PER_ITEM_CSV) as handle:
+        frame.to_csv(handle, index=False)
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
+    with atomic_write(out_dir / REPORT_MD) as handle:
+        handle.write(render_report(metrics))
 
 
 def evaluate(
@@ -866,79 +830,46 @@ def evaluate(
     ``loaded`` = (model, tokenizer) already in memory (tests); ``model`` / ``adapter`` are then
     only recorded.
     """
-    if protocol not in PROTOCOLS:
-        raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
-    if shots < 0:
-        raise McqaError("--shots must be 0 or more")
-    if batch_size < 1:
-        raise McqaError("--batch-size must be at least 1")
-    if limit is not None and limit < 1:
-        raise McqaError("--limit must be at least 1")
-    if shots and fewshot_from is None:
-        raise McqaError(f"--shots {shots} needs a pool of examples: give --fewshot-from (a validation or train file)")
-    if dtype.lower() not in DTYPES:
-        raise McqaError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    _check_options(protocol, shots, batch_size, limit, fewshot_from, dtype)
     all_items = load_items(items_path)
     items, n_images = select_items(all_items, include_images, limit)
     if not items:
         raise McqaError(f"{items_path}: no items left to evaluate (image questions excluded: {n_images})")
-    sampler = FewShotSampler(load_items(fewshot_from), seed) if shots else None
-    if sampler is not None and len(sampler.pool) < shots:
-        raise McqaError(f"{fewshot_from} has {len(sampler.pool)} text-only examples; {shots}-shot needs at least {shots}")
+    sampler = _fewshot_sampler(fewshot_from, shots, seed)
 
     network, tokenizer = loaded if loaded is not None else load_model(model, adapter, dtype, device)
     scorer = LogLikelihoodScorer(network, tokenizer)
-    scored = score_items(
-        scorer, items, protocol, shots, sampler, batch_size, _tqdm_progress(f"mcqa {protocol}") if progress else None
-    )
+    bar = _tqdm_progress(f"mcqa {protocol}") if progress else None
+    scored = score_items(scorer, items, protocol, shots, sampler, batch_size, bar)
 
-    predictions = {variant: [result.predictions[variant] for result in scored] for variant in scored[0].predictions}
-    primary = PRIMARY[protocol]
-    metrics: dict[str, Any] = {
-        "protocol": protocol,
-        "prediction": primary if protocol == "loglik_norm" else "letter",
-        **summarize(items, predictions[primary]),
-    }
-    if protocol == "loglik_norm":
-        metrics["variants"] = {
-            "unnormalised": summarize(items, predictions["raw"]),
-            "char_normalised": summarize(items, predictions["chars"]),
-        }
     parameter = next(network.parameters())
-    metrics.update(
-        {
-            "n_items_in_file": len(all_items),
-            "n_image_items": sum(item.has_image for item in all_items),
-            "n_image_items_excluded": n_images,
-            "settings": {
-                "items": str(items_path),
-                "model": model,
-                "adapter": adapter,
-                "protocol": protocol,
-                "shots": shots,
-                "fewshot_from": str(fewshot_from) if fewshot_from else None,
-                "fewshot_pool_size": len(sampler.pool) if sampler else None,
-                "seed": seed,
-                "batch_size": batch_size,
-                "include_images": include_images,
-                "limit": limit,
-                "dtype": str(parameter.dtype).removeprefix("torch."),
-                "device": str(parameter.device),
-                "max_length": scorer.max_length,
-            },
-            "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix)),
-            "versions": _versions(),
-        }
-    )
+    settings = {
+        "items": str(items_path),
+        "model": model,
+        "adapter": adapter,
+        "protocol": protocol,
+        "shots": shots,
+        "fewshot_from": str(fewshot_from) if fewshot_from else None,
+        "fewshot_pool_size": len(sampler.pool) if sampler else None,
+        "seed": seed,
+        "batch_size": batch_size,
+        "include_images": include_images,
+        "limit": limit,
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "device": str(parameter.device),
+        "max_length": scorer.max_length,
+    }
+    metrics = {
+        **prediction_metrics(items, scored, protocol),
+        "n_items_in_file": len(all_items),
+        "n_image_items": sum(item.has_image for item in all_items),
+        "n_image_items_excluded": n_images,
+        "settings": settings,
+        "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix)),
+        "versions": _versions(),
+    }
     metrics = _json_safe(metrics)
-
-    out_dir = Path(out_dir)
-    frame = per_item_frame(scored, protocol)
-    with atomic_write(out_dir / PER_ITEM_CSV) as handle:
-        frame.to_csv(handle, index=False)
-    write_json_atomic(out_dir / METRICS_JSON, metrics)
-    with atomic_write(out_dir / REPORT_MD) as handle:
-        handle.write(render_report(metrics))
+    write_outputs(out_dir, scored, protocol, metrics)
     return metrics
 
 

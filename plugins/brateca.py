@@ -19,9 +19,9 @@ admission where a table has no patient column, so no patient of an evaluation sp
 
 from __future__ import annotations
 
+from medfactory.corpus.readers import ColumnMapping
 from medfactory.plugins import CorpusPlugin
 from medfactory.plugins.notes import make_prepare_command
-from medfactory.readers import ColumnMapping
 
 BRATECA_MAPPING = ColumnMapping(
     text=("texto", "text", "evolucao", "nota"),

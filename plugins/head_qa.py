@@ -16,7 +16,7 @@ when the entry lacks them). Some qids are missing on purpose (questions annulled
 ``medfactory prepare head_qa --source <folder> --language es`` writes ``data/head_qa_es/``:
 
 - ``train.jsonl``, ``validation.jsonl`` (from dev), ``test.jsonl``: every question in the shared MCQ
-  format (:mod:`medfactory.mcq`); questions that refer to an image keep ``has_image: true``;
+  format (:mod:`medfactory.corpus.mcq`); questions that refer to an image keep ``has_image: true``;
 - ``sft_train.json``: the train split as alpaca instructions (question + lettered options ->
   ``Respuesta: C) <text>``), without image questions (not answerable from text);
 - ``dpo_train.json``: the same questions as preference pairs: chosen = the right answer,
@@ -32,7 +32,6 @@ its reuse terms forbid altering the content.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import random
 import re
@@ -43,13 +42,12 @@ from typing import Annotated, Any
 
 import typer
 
-import medfactory
-from medfactory.atomic import atomic_directory, sha256_file, write_json_atomic
-from medfactory.errors import CorpusError
-from medfactory.manifest import write_manifest
-from medfactory.mcq import LETTERS, McqItem, lettered_options, write_items
+from medfactory.base.atomic import atomic_directory, sha256_file, write_json_atomic
+from medfactory.base.errors import CorpusError
+from medfactory.base.manifest import MANIFEST_FILE, dataset_records, manifest_header, output_facts, write_manifest
+from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.corpus.mcq import LETTERS, McqItem, lettered_options, write_items
 from medfactory.plugins import CorpusPlugin
-from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
 
 CORPUS_NAME = "head_qa"
 LANGUAGE_CHOICES = ("es", "en")
@@ -60,7 +58,6 @@ SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 OPTION_COUNTS = (4, 5)
 SFT_FILE = "sft_train.json"
 DPO_FILE = "dpo_train.json"
-MANIFEST_FILE = "manifest.json"
 # The exam acronym in "Cuaderno_2013_1_B", as the files spell the categories.
 CATEGORY_CODES = {
     "B": "biology",
@@ -352,6 +349,56 @@ def _file_facts(path: Path) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def _load_splits(folder: Path, language: str, on_error: str) -> tuple[dict[str, list[McqItem]], list[dict[str, str]], dict[str, dict[str, Any]]]:
+    """The items of every official split, the questions dropped, and the facts of each source file.
+
+    The official splits share no exam; an exam found in two splits means the files were mixed up.
+    """
+    splits: dict[str, list[McqItem]] = {}
+    dropped: list[dict[str, str]] = []
+    source_files: dict[str, dict[str, Any]] = {}
+    exam_split: dict[str, str] = {}
+    for split, prefix in SPLITS.items():
+        path = folder / split_file_name(prefix, language)
+        items, split_dropped = load_split(path, language, on_error)
+        for exam in sorted({item.exam for item in items}):
+            if exam in exam_split:
+                raise CorpusError(f"{path}: exam {exam} is also in the {exam_split[exam]} split; the official splits share no exam.")
+            exam_split[exam] = split
+        if not items:
+            raise CorpusError(f"{path}: no questions (dropped: {len(split_dropped)}).")
+        splits[split] = items
+        dropped.extend({"split": split, **entry} for entry in split_dropped)
+        source_files[path.name] = _file_facts(path)
+    return splits, dropped, source_files
+
+
+def _sft_summary(sft: list[dict[str, Any]], skipped: Counter, style: Any) -> dict[str, Any]:
+    return {
+        "file": SFT_FILE,
+        "from_split": "train",
+        "items": len(sft),
+        "skipped": dict(sorted(skipped.items())),
+        "instruction": style.instruction,
+        "output_format": f"{style.answer_prefix}: <letter>) <option text>",
+    }
+
+
+def _dpo_summary(dpo: list[dict[str, Any]], skipped: Counter, seed: int) -> dict[str, Any]:
+    rejected_letters = Counter(row["rejected"].split(": ", 1)[1][0] for row in dpo)
+    return {
+        "file": DPO_FILE,
+        "from_split": "train",
+        "pairs": len(dpo),
+        "skipped": dict(sorted(skipped.items())),
+        "rejected_rule": (
+            f"one wrong option per question, random.Random(f'{seed}:<id>').choice(options whose "
+            "text differs from the right answer's)"
+        ),
+        "rejected_positions": dict(sorted(rejected_letters.items())),
+    }
+
+
 def prepare_head_qa(
     source: Path,
     language: str = "es",
@@ -370,29 +417,8 @@ def prepare_head_qa(
     output_root = Path(output_root)
     folder = resolve_source(Path(source), language)
     registry = output_root / REGISTRY_NAME
-    if registry.exists():
-        try:
-            load_registry(registry)
-        except ValueError as error:
-            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
-
-    splits: dict[str, list[McqItem]] = {}
-    dropped: list[dict[str, str]] = []
-    source_files: dict[str, dict[str, Any]] = {}
-    exam_split: dict[str, str] = {}
-    for split, prefix in SPLITS.items():
-        path = folder / split_file_name(prefix, language)
-        items, split_dropped = load_split(path, language, on_error)
-        for exam in sorted({item.exam for item in items}):
-            if exam in exam_split:
-                raise CorpusError(f"{path}: exam {exam} is also in the {exam_split[exam]} split; the official splits share no exam.")
-            exam_split[exam] = split
-        if not items:
-            raise CorpusError(f"{path}: no questions (dropped: {len(split_dropped)}).")
-        splits[split] = items
-        dropped.extend({"split": split, **entry} for entry in split_dropped)
-        source_files[path.name] = _file_facts(path)
-
+    load_registry_before_writing(registry)
+    splits, dropped, source_files = _load_splits(folder, language, on_error)
     style = PROMPTS[language]
     sft, dpo, sft_skipped, dpo_skipped = training_sets(splits["train"], style, seed)
     if not sft or not dpo:
@@ -406,41 +432,21 @@ def prepare_head_qa(
         write_json_atomic(staging / SFT_FILE, sft)
         write_json_atomic(staging / DPO_FILE, dpo)
         outputs += [staging / SFT_FILE, staging / DPO_FILE]
-        rejected_letters = Counter(row["rejected"].split(": ", 1)[1][0] for row in dpo)
         manifest = {
-            "corpus": CORPUS_NAME,
+            **manifest_header(CORPUS_NAME, folder, {"seed": seed, "on_error": on_error}),
             "language": language,
-            "medfactory_version": medfactory.__version__,
-            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "source": str(folder.resolve()),
             "source_files": source_files,
-            "options": {"seed": seed, "on_error": on_error},
             "items": sum(len(items) for items in splits.values()),
             "splits": {split: _split_summary(items, split_file_name(SPLITS[split], language)) for split, items in splits.items()},
             "questions_with_repeated_option_text": [
                 item.id for items in splits.values() for item in items if has_duplicate_options(item)
             ],
-            "sft": {
-                "file": SFT_FILE,
-                "from_split": "train",
-                "items": len(sft),
-                "skipped": dict(sorted(sft_skipped.items())),
-                "instruction": style.instruction,
-                "output_format": f"{style.answer_prefix}: <letter>) <option text>",
-            },
-            "dpo": {
-                "file": DPO_FILE,
-                "from_split": "train",
-                "pairs": len(dpo),
-                "skipped": dict(sorted(dpo_skipped.items())),
-                "rejected_rule": (
-                    f"one wrong option per question, random.Random(f'{seed}:<id>').choice(options whose "
-                    "text differs from the right answer's)"
-                ),
-                "rejected_positions": dict(sorted(rejected_letters.items())),
-            },
-            "dropped": dropped,
-            "outputs": {path.name: _file_facts(path) for path in outputs},
+            "sft": _sft_summary(sft, sft_skipped, style),
+            "dpo": _dpo_summary(dpo, dpo_skipped, seed),
+            "dropped": dict(sorted(Counter(entry["split"] for entry in dropped).items())),
+            "dropped_questions": dropped,
+            "datasets": dataset_records(staging, registry_entries(language), dataset_dir(language)),
+            "outputs": output_facts(outputs),
             "registered": sorted(registry_entries(language)),
         }
         write_manifest(staging / MANIFEST_FILE, manifest)
@@ -471,7 +477,7 @@ def prepare_command(
     typer.echo(f"sft: {manifest['sft']['items']} instructions (skipped: {skipped or 'none'})")
     skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["dpo"]["skipped"].items())
     typer.echo(f"dpo: {manifest['dpo']['pairs']} pairs, seed {manifest['options']['seed']} (skipped: {skipped or 'none'})")
-    typer.echo(f"dropped as malformed: {len(manifest['dropped'])}")
+    typer.echo(f"dropped as malformed: {sum(manifest['dropped'].values())}")
     folder = Path(output_root) / dataset_dir(language)
     typer.echo(f"wrote {folder}; registered {', '.join(manifest['registered'])} in {Path(output_root) / REGISTRY_NAME}")
 

@@ -35,12 +35,12 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from medfactory.atomic import atomic_directory
-from medfactory.errors import CorpusError
-from medfactory.manifest import PreparationStats, build_manifest, write_manifest
+from medfactory.base.atomic import atomic_directory
+from medfactory.base.errors import CorpusError
+from medfactory.base.manifest import MANIFEST_FILE, PreparationStats, build_manifest, dataset_records, write_manifest
+from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.corpus.text import UndecodableBytes, decode
 from medfactory.plugins import CorpusPlugin
-from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
-from medfactory.text import UndecodableBytes, decode
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ TAGGED_FOLDER = "Texts Word Embeddings Training"
 EXPECTED_FOLDERS = (*RAW_FOLDERS, TAGGED_FOLDER)
 DATASET_DIR = Path("data") / CORPUS_NAME
 TRAIN_FILE = "train.jsonl"
-MANIFEST_FILE = "manifest.json"
 # Shorter than this after cleaning is a fragment (a lone heading or a number), not a clinical case.
 MIN_CHARACTERS = 20
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -99,10 +98,12 @@ _STRESSED_VOWEL = {"a": "á", "e": "ê", "i": "i", "o": "ô", "u": "u"}
 
 # A clitic "se" after these words goes before the verb ("que se verificou"), never after it.
 _PROCLISIS_WORDS = frozenset(
-    """a ao após até com contra de desde em entre para perante por sem sob sobre durante
-    que qual quais quem onde quando como porque pois se embora enquanto caso conforme
-    não nunca nem jamais já também só sempre ainda bem mal talvez apenas assim logo
-    e ou mas o os todos tudo ambos ambas algo alguém ninguém nada cada""".split()
+    [
+        "a", "ao", "após", "até", "com", "contra", "de", "desde", "em", "entre", "para", "perante", "por", "sem", "sob", "sobre", "durante", "que",
+        "qual", "quais", "quem", "onde", "quando", "como", "porque", "pois", "se", "embora", "enquanto", "caso", "conforme", "não", "nunca", "nem",
+        "jamais", "já", "também", "só", "sempre", "ainda", "bem", "mal", "talvez", "apenas", "assim", "logo", "e", "ou", "mas", "o", "os", "todos",
+        "tudo", "ambos", "ambas", "algo", "alguém", "ninguém", "nada", "cada",
+    ]
 )
 # Endings of verb forms only (preterite, imperfect, gerund): "Objetivou/adv se" is still a verb.
 _VERB_ENDINGS = ("ou", "iu", "ava", "avam", "aram", "eram", "iram", "ando", "endo", "indo")
@@ -498,12 +499,7 @@ def prepare_lopes2019(source: Path, output_root: Path = Path("."), on_error: str
     source, output_root = Path(source), Path(output_root)
     check_layout(source)
     registry = output_root / REGISTRY_NAME
-    if registry.exists():
-        # Checked before the dataset is replaced, so a broken registry cannot leave the two out of step.
-        try:
-            load_registry(registry)
-        except ValueError as error:
-            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
+    load_registry_before_writing(registry)
     stats = PreparationStats()
     files_by_folder: Counter = Counter()
     with atomic_directory(output_root / DATASET_DIR) as staging:
@@ -525,6 +521,7 @@ def prepare_lopes2019(source: Path, output_root: Path = Path("."), on_error: str
         )
         # Every file is counted here, kept or not; documents_by_source counts the kept ones.
         manifest["files_read_by_source"] = {folder: files_by_folder[folder] for folder in EXPECTED_FOLDERS}
+        manifest["datasets"] = dataset_records(staging, REGISTRY_ENTRIES, DATASET_DIR)
         write_manifest(staging / MANIFEST_FILE, manifest)
     register_datasets(registry, REGISTRY_ENTRIES)
     log.info(

@@ -107,12 +107,13 @@ import typer
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from medfactory.atomic import atomic_directory, atomic_write, sha256_file
-from medfactory.errors import CorpusError
-from medfactory.manifest import PreparationStats, build_manifest, write_manifest
+from medfactory.base.atomic import atomic_directory, atomic_write, sha256_file
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import iter_jsonl, read_jsonl, write_jsonl
+from medfactory.base.manifest import MANIFEST_FILE, PreparationStats, build_manifest, dataset_records, write_manifest
+from medfactory.base.registry import REGISTRY_NAME, load_registry, register_datasets
+from medfactory.corpus.splits import unit_hash
 from medfactory.plugins import CorpusPlugin
-from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
-from medfactory.splits import unit_hash
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,6 @@ CHEXPERT_ID_COLUMNS = ("subject_id", "study_id")
 STUDIES_FILE = "studies.jsonl"
 TRANSLATE_FILE = "translate.jsonl"
 TRANSLATE_IDS_FILE = "translate_ids.json"
-MANIFEST_FILE = "manifest.json"
 TEST_IDS_FILE = "test_ids.json"
 TEST_REFERENCES_FILE = "test_references.jsonl"
 FEWSHOT_FILE = "test_fewshot.json"
@@ -438,25 +438,38 @@ def _chexpert(path: Path | None) -> tuple[dict[str, dict[str, Any]], list[str]]:
     return by_study, labels
 
 
-def prepare_mimic_cxr(
-    source: Path,
-    jpg_root: Path | None = None,
-    output_root: Path = Path("."),
-    counts: dict[str, int] | None = None,
-    seed: int = DEFAULT_SEED,
-    max_images: int = DEFAULT_MAX_IMAGES,
-    workers: int | None = None,
-) -> dict[str, Any]:
-    """Draw the subset, cache its images, write ``data/mimic_cxr/`` and register the translation set."""
-    source = Path(source)
-    jpg_root = Path(jpg_root) if jpg_root is not None else source
-    output_root = Path(output_root)
-    counts = {**DEFAULT_COUNTS, **(counts or {})}
-    if set(counts) != set(SPLITS) or any(value < 0 for value in counts.values()):
-        raise CorpusError(f"counts {counts}: give train, validation and test, each 0 or more.")
-    if max_images < 1:
-        raise CorpusError(f"--max-images {max_images}: use 1 or more.")
-    workers = workers or min(8, os.cpu_count() or 1)
+@dataclass
+class _Inputs:
+    """The checked inputs of ``prepare mimic_cxr``: folders, tables and options."""
+
+    source: Path
+    jpg_root: Path
+    output_root: Path
+    counts: dict[str, int]
+    seed: int
+    max_images: int
+    workers: int
+    split_path: Path
+    metadata_path: Path
+    chexpert_path: Path | None
+
+    @property
+    def registry(self) -> Path:
+        return self.output_root / REGISTRY_NAME
+
+
+@dataclass
+class _Draw:
+    """The studies drawn from each split, and what the draw walked past to find them."""
+
+    selected: list[dict[str, Any]] = field(default_factory=list)  # {"study", "findings", "impression", "chosen"}
+    inspected: Counter = field(default_factory=Counter)
+    available: Counter = field(default_factory=Counter)
+    warnings: list[str] = field(default_factory=list)
+    image_files_missing: int = 0
+
+
+def _check_folders(source: Path, jpg_root: Path) -> None:
     if not source.is_dir():
         raise CorpusError(f"{source}: MIMIC-CXR folder not found. Pass the folder holding files/p10/... as --source.")
     if not (source / "files").is_dir():
@@ -466,97 +479,125 @@ def prepare_mimic_cxr(
         )
     if not jpg_root.is_dir():
         raise CorpusError(f"{jpg_root}: MIMIC-CXR-JPG folder not found. Pass it as --jpg-root.")
-    split_path = _require_table(jpg_root, SPLIT_TABLE)
-    metadata_path = _require_table(jpg_root, METADATA_TABLE)
-    chexpert_path = find_table(jpg_root, CHEXPERT_TABLE)
-    registry = output_root / REGISTRY_NAME
-    _check_registry(registry)
 
-    stats = PreparationStats()
-    studies = _load_studies(split_path, metadata_path, stats)
-    chexpert, chexpert_labels = _chexpert(chexpert_path)
 
-    selected: list[dict[str, Any]] = []
-    sections_missing: Counter = Counter()
-    inspected: Counter = Counter()
-    available: Counter = Counter(study.split for study in studies.values())
-    warnings: list[str] = []
-    image_files_missing = 0
-    for split in SPLITS:
-        wanted = counts[split]
-        candidates = sorted(
-            (study for study in studies.values() if study.split == split),
-            key=lambda study: (unit_hash(seed, study.study_id), study.study_id),
+def _check_inputs(
+    source: Path,
+    jpg_root: Path | None,
+    output_root: Path,
+    counts: dict[str, int] | None,
+    seed: int,
+    max_images: int,
+    workers: int | None,
+) -> _Inputs:
+    """Resolve the options and find the folders, tables and registry, before anything is read."""
+    source = Path(source)
+    jpg_root = Path(jpg_root) if jpg_root is not None else source
+    counts = {**DEFAULT_COUNTS, **(counts or {})}
+    if set(counts) != set(SPLITS) or any(value < 0 for value in counts.values()):
+        raise CorpusError(f"counts {counts}: give train, validation and test, each 0 or more.")
+    if max_images < 1:
+        raise CorpusError(f"--max-images {max_images}: use 1 or more.")
+    workers = workers or min(8, os.cpu_count() or 1)
+    _check_folders(source, jpg_root)
+    inputs = _Inputs(
+        source=source,
+        jpg_root=jpg_root,
+        output_root=Path(output_root),
+        counts=counts,
+        seed=seed,
+        max_images=max_images,
+        workers=workers,
+        split_path=_require_table(jpg_root, SPLIT_TABLE),
+        metadata_path=_require_table(jpg_root, METADATA_TABLE),
+        chexpert_path=find_table(jpg_root, CHEXPERT_TABLE),
+    )
+    _check_registry(inputs.registry)
+    return inputs
+
+
+def _eligible(inputs: _Inputs, study: _Study, stats: PreparationStats, draw: _Draw) -> dict[str, Any] | None:
+    """The study's sections and chosen images when it has a report with FINDINGS or IMPRESSION and an image, else None."""
+    path = report_path(inputs.source, study.subject_id, study.study_id)
+    if not path.is_file():
+        stats.drop("report_missing")
+        return None
+    stats.files_read += 1
+    sections = extract_sections(path.read_text(encoding="utf-8", errors="replace"))
+    if not sections["findings"] and not sections["impression"]:
+        stats.drop("no_findings_or_impression")
+        return None
+    present = [image for image in study.images if image_path(inputs.jpg_root, study.subject_id, study.study_id, image[0]).is_file()]
+    draw.image_files_missing += len(study.images) - len(present)
+    if not present:
+        stats.drop("no_images")
+        return None
+    return {"study": study, **sections, "chosen": choose_images(present, inputs.max_images)}
+
+
+def _draw_split(inputs: _Inputs, studies: dict[str, _Study], split: str, stats: PreparationStats, draw: _Draw) -> None:
+    """Walk one split in seeded hash order, taking eligible studies until it has its count."""
+    wanted = inputs.counts[split]
+    candidates = sorted(
+        (study for study in studies.values() if study.split == split),
+        key=lambda study: (unit_hash(inputs.seed, study.study_id), study.study_id),
+    )
+    taken: list[dict[str, Any]] = []
+    for study in candidates:
+        if len(taken) == wanted:
+            break
+        draw.inspected[split] += 1
+        item = _eligible(inputs, study, stats, draw)
+        if item is not None:
+            taken.append(item)
+    if len(taken) < wanted:
+        message = (
+            f"{split}: {wanted} studies requested, only {len(taken)} eligible among "
+            f"{draw.available[split]} in the official split; took them all"
         )
-        taken: list[dict[str, Any]] = []
-        for study in candidates:
-            if len(taken) == wanted:
-                break
-            inspected[split] += 1
-            path = report_path(source, study.subject_id, study.study_id)
-            if not path.is_file():
-                stats.drop("report_missing")
-                continue
-            stats.files_read += 1
-            sections = extract_sections(path.read_text(encoding="utf-8", errors="replace"))
-            if not sections["findings"] and not sections["impression"]:
-                stats.drop("no_findings_or_impression")
-                continue
-            present = [image for image in study.images if image_path(jpg_root, study.subject_id, study.study_id, image[0]).is_file()]
-            image_files_missing += len(study.images) - len(present)
-            if not present:
-                stats.drop("no_images")
-                continue
-            taken.append({"study": study, **sections, "chosen": choose_images(present, max_images)})
-        if len(taken) < wanted:
-            message = (
-                f"{split}: {wanted} studies requested, only {len(taken)} eligible among "
-                f"{available[split]} in the official split; took them all"
-            )
-            warnings.append(message)
-            log.warning(message)
-        selected += sorted(taken, key=lambda item: (len(item["study"].study_id), item["study"].study_id))
-    if not selected:
+        draw.warnings.append(message)
+        log.warning(message)
+    draw.selected += sorted(taken, key=lambda item: (len(item["study"].study_id), item["study"].study_id))
+
+
+def _draw_subset(inputs: _Inputs, studies: dict[str, _Study], stats: PreparationStats) -> _Draw:
+    """Draw every split; fail when no study at all is eligible."""
+    draw = _Draw(available=Counter(study.split for study in studies.values()))
+    for split in SPLITS:
+        _draw_split(inputs, studies, split, stats, draw)
+    if not draw.selected:
         raise CorpusError(
-            f"{source}: no eligible study (a report with FINDINGS or IMPRESSION and at least one image) "
-            f"among {sum(inspected.values())} inspected; dropped: {dict(stats.dropped) or 'none'}. "
+            f"{inputs.source}: no eligible study (a report with FINDINGS or IMPRESSION and at least one image) "
+            f"among {sum(draw.inspected.values())} inspected; dropped: {dict(stats.dropped) or 'none'}. "
             "Check --source (reports) and --jpg-root (images and tables)."
         )
+    return draw
 
-    # Images: written once into the persistent cache, in parallel (PIL releases the GIL).
+
+def _cache_images(inputs: _Inputs, selected: list[dict[str, Any]]) -> list[bool]:
+    """Write the chosen images once into the persistent cache, in parallel (PIL releases the GIL)."""
     jobs = []
     for item in selected:
         study = item["study"]
         for dicom_id, _view in item["chosen"]:
             jobs.append(
                 (
-                    image_path(jpg_root, study.subject_id, study.study_id, dicom_id),
-                    output_root / IMAGE_CACHE_DIR / study.study_id / f"{dicom_id}.png",
+                    image_path(inputs.jpg_root, study.subject_id, study.study_id, dicom_id),
+                    inputs.output_root / IMAGE_CACHE_DIR / study.study_id / f"{dicom_id}.png",
                 )
             )
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        written = list(
-            tqdm(pool.map(lambda job: cache_image(*job), jobs), total=len(jobs), unit="image", desc=f"{CORPUS_NAME} images")
-        )
+    with ThreadPoolExecutor(max_workers=inputs.workers) as pool:
+        return list(tqdm(pool.map(lambda job: cache_image(*job), jobs), total=len(jobs), unit="image", desc=f"{CORPUS_NAME} images"))
 
-    views_count: Counter = Counter()
-    images_per_study: Counter = Counter()
-    longest = {"characters": 0, "characters_study_id": None, "words": 0, "words_study_id": None}
+
+def _study_records(
+    selected: list[dict[str, Any]], chexpert: dict[str, dict[str, Any]], has_chexpert: bool, stats: PreparationStats
+) -> list[dict[str, Any]]:
+    """One ``studies.jsonl`` record per drawn study, in the draw's order; counts each report in ``stats``."""
     records = []
     for item in selected:
         study = item["study"]
         report = english_report(item["findings"], item["impression"])
-        if not item["findings"]:
-            sections_missing["findings_missing"] += 1
-        if not item["impression"]:
-            sections_missing["impression_missing"] += 1
-        words = len(report.split())
-        if len(report) > longest["characters"]:
-            longest.update(characters=len(report), characters_study_id=study.study_id)
-        if words > longest["words"]:
-            longest.update(words=words, words_study_id=study.study_id)
-        views_count.update(view for _dicom, view in item["chosen"])
-        images_per_study[len(item["chosen"])] += 1
         stats.keep(report, study.split)
         records.append(
             {
@@ -568,75 +609,133 @@ def prepare_mimic_cxr(
                 "impression": item["impression"],
                 "images": [(IMAGE_CACHE_DIR / study.study_id / f"{dicom}.png").as_posix() for dicom, _view in item["chosen"]],
                 "views": [view for _dicom, view in item["chosen"]],
-                "chexpert": chexpert.get(study.study_id) if chexpert_path is not None else None,
+                "chexpert": chexpert.get(study.study_id) if has_chexpert else None,
             }
         )
+    return records
 
-    tables = {"split": split_path, "metadata": metadata_path, **({"chexpert": chexpert_path} if chexpert_path else {})}
-    with atomic_directory(output_root / DATASET_DIR) as staging:
-        with atomic_write(staging / STUDIES_FILE) as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        with atomic_write(staging / TRANSLATE_FILE) as handle:
-            for record in records:
-                row = {"instruction": TRANSLATE_PROMPT, "input": record["report_en"], "output": ""}
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        with atomic_write(staging / TRANSLATE_IDS_FILE) as handle:
-            json.dump([record["study_id"] for record in records], handle)
-            handle.write("\n")
-        manifest = build_manifest(
-            CORPUS_NAME,
-            source,
-            [staging / STUDIES_FILE, staging / TRANSLATE_FILE, staging / TRANSLATE_IDS_FILE],
-            stats,
-            options={
-                "train": counts["train"],
-                "validation": counts["validation"],
-                "test": counts["test"],
-                "seed": seed,
-                "max_images": max_images,
-                "image_size": IMAGE_SIZE,
-                "image_format": "RGB PNG, padded to a centred square with black, Lanczos resize",
-                "selection": "per official split, studies ranked by blake2b(seed, study_id), first eligible taken",
+
+def _write_translation_set(staging: Path, records: list[dict[str, Any]]) -> list[Path]:
+    """Write the studies, the alpaca translation rows and their study ids (same order) into ``staging``."""
+    write_jsonl(staging / STUDIES_FILE, records)
+    write_jsonl(staging / TRANSLATE_FILE, ({"instruction": TRANSLATE_PROMPT, "input": record["report_en"], "output": ""} for record in records))
+    with atomic_write(staging / TRANSLATE_IDS_FILE) as handle:
+        json.dump([record["study_id"] for record in records], handle)
+        handle.write("\n")
+    return [staging / STUDIES_FILE, staging / TRANSLATE_FILE, staging / TRANSLATE_IDS_FILE]
+
+
+def _longest_report(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The longest English report in characters and in words, with its study (the first one on a tie)."""
+    longest = {"characters": 0, "characters_study_id": None, "words": 0, "words_study_id": None}
+    for record in records:
+        report = record["report_en"]
+        words = len(report.split())
+        if len(report) > longest["characters"]:
+            longest.update(characters=len(report), characters_study_id=record["study_id"])
+        if words > longest["words"]:
+            longest.update(words=words, words_study_id=record["study_id"])
+    return longest
+
+
+def _image_facts(records: list[dict[str, Any]], written: list[bool], files_missing: int) -> dict[str, Any]:
+    """The manifest's ``images``: totals by view and per study, and how many the cache already held."""
+    views = Counter(view for record in records for view in record["views"])
+    per_study = Counter(len(record["images"]) for record in records)
+    return {
+        "total": sum(per_study[n] * n for n in per_study),
+        "by_view": dict(sorted(views.items())),
+        "per_study": {str(n): per_study[n] for n in sorted(per_study)},
+        "written": sum(written),
+        "reused_from_cache": len(written) - sum(written),
+        "files_missing_in_inspected_studies": files_missing,
+        "cache": IMAGE_CACHE_DIR.as_posix(),
+    }
+
+
+def _subset_options(inputs: _Inputs) -> dict[str, Any]:
+    return {
+        "train": inputs.counts["train"],
+        "validation": inputs.counts["validation"],
+        "test": inputs.counts["test"],
+        "seed": inputs.seed,
+        "max_images": inputs.max_images,
+        "image_size": IMAGE_SIZE,
+        "image_format": "RGB PNG, padded to a centred square with black, Lanczos resize",
+        "selection": "per official split, studies ranked by blake2b(seed, study_id), first eligible taken",
+    }
+
+
+def _subset_manifest(
+    inputs: _Inputs,
+    staging: Path,
+    outputs: list[Path],
+    stats: PreparationStats,
+    draw: _Draw,
+    records: list[dict[str, Any]],
+    written: list[bool],
+    chexpert_labels: list[str],
+) -> dict[str, Any]:
+    """The manifest of ``data/mimic_cxr/``: the schema's keys, then the draw's counts; no report text."""
+    manifest = build_manifest(CORPUS_NAME, inputs.source, outputs, stats, options=_subset_options(inputs))
+    manifest["datasets"] = dataset_records(staging, TRANSLATE_ENTRY, DATASET_DIR)
+    tables = {"split": inputs.split_path, "metadata": inputs.metadata_path, **({"chexpert": inputs.chexpert_path} if inputs.chexpert_path else {})}
+    manifest.update(
+        {
+            "jpg_root": str(inputs.jpg_root.resolve()),
+            "tables": {name: {"file": path.name, "sha256": sha256_file(path)} for name, path in tables.items()},
+            "chexpert_labels": chexpert_labels,
+            "studies_by_split": {split: sum(record["split"] == split for record in records) for split in SPLITS},
+            "requested_by_split": inputs.counts,
+            "official_studies_by_split": {split: draw.available[split] for split in SPLITS},
+            "inspected_by_split": {split: draw.inspected[split] for split in SPLITS},
+            "sections_missing": {
+                "findings_missing": sum(not record["findings"] for record in records),
+                "impression_missing": sum(not record["impression"] for record in records),
             },
-        )
-        manifest.update(
-            {
-                "jpg_root": str(jpg_root.resolve()),
-                "tables": {name: {"file": path.name, "sha256": sha256_file(path)} for name, path in tables.items()},
-                "chexpert_labels": chexpert_labels,
-                "studies_by_split": {split: sum(record["split"] == split for record in records) for split in SPLITS},
-                "requested_by_split": counts,
-                "official_studies_by_split": {split: available[split] for split in SPLITS},
-                "inspected_by_split": {split: inspected[split] for split in SPLITS},
-                "sections_missing": {key: sections_missing[key] for key in ("findings_missing", "impression_missing")},
-                "images": {
-                    "total": sum(images_per_study[n] * n for n in images_per_study),
-                    "by_view": dict(sorted(views_count.items())),
-                    "per_study": {str(n): images_per_study[n] for n in sorted(images_per_study)},
-                    "written": sum(written),
-                    "reused_from_cache": len(written) - sum(written),
-                    "files_missing_in_inspected_studies": image_files_missing,
-                    "cache": IMAGE_CACHE_DIR.as_posix(),
-                },
-                "chexpert_by_split": {
-                    split: sum(record["split"] == split and record["chexpert"] is not None for record in records)
-                    for split in SPLITS
-                },
-                "longest_report": longest,
-                "warnings": warnings,
-            }
-        )
+            "images": _image_facts(records, written, draw.image_files_missing),
+            "chexpert_by_split": {
+                split: sum(record["split"] == split and record["chexpert"] is not None for record in records) for split in SPLITS
+            },
+            "longest_report": _longest_report(records),
+            "warnings": draw.warnings,
+        }
+    )
+    return manifest
+
+
+def prepare_mimic_cxr(
+    source: Path,
+    jpg_root: Path | None = None,
+    output_root: Path = Path("."),
+    counts: dict[str, int] | None = None,
+    seed: int = DEFAULT_SEED,
+    max_images: int = DEFAULT_MAX_IMAGES,
+    workers: int | None = None,
+) -> dict[str, Any]:
+    """Draw the subset, cache its images, write ``data/mimic_cxr/`` and register the translation set."""
+    inputs = _check_inputs(source, jpg_root, output_root, counts, seed, max_images, workers)
+    stats = PreparationStats()
+    studies = _load_studies(inputs.split_path, inputs.metadata_path, stats)
+    chexpert, chexpert_labels = _chexpert(inputs.chexpert_path)
+    draw = _draw_subset(inputs, studies, stats)
+    written = _cache_images(inputs, draw.selected)
+    records = _study_records(draw.selected, chexpert, inputs.chexpert_path is not None, stats)
+    with atomic_directory(inputs.output_root / DATASET_DIR) as staging:
+        outputs = _write_translation_set(staging, records)
+        manifest = _subset_manifest(inputs, staging, outputs, stats, draw, records, written, chexpert_labels)
         write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, TRANSLATE_ENTRY)
+    register_datasets(inputs.registry, TRANSLATE_ENTRY)
     return manifest
 
 
 # --- Part 2: the translations back into multimodal sets ---------------------------------------------------
 
 # Very common function words of one language that are not words of the other ("no", "a", "as" are both).
-PORTUGUESE_WORDS = frozenset("de da do das dos em na nas nos com sem não para os uma pelo pela ao que ou".split())
-ENGLISH_WORDS = frozenset("the of and with is are there was were without this which or".split())
+PORTUGUESE_WORDS = frozenset(
+    ["de", "da", "do", "das", "dos", "em", "na", "nas", "nos", "com", "sem", "não", "para", "os", "uma", "pelo", "pela", "ao", "que", "ou"]
+)
+ENGLISH_WORDS = frozenset(["the", "of", "and", "with", "is", "are", "there", "was", "were", "without", "this", "which", "or"])
 MIN_PORTUGUESE_SHARE = 0.8
 MIN_WORDS_FOR_LANGUAGE = 8
 MIN_LENGTH_RATIO = 0.5
@@ -689,9 +788,12 @@ def _alignment_key(text: str, length: int = 40) -> str:
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CorpusError(f"{path}: not found ({what}). Run `medfactory prepare mimic_cxr` first.")
+    if path.suffix == ".jsonl":
+        try:
+            return read_jsonl(path)
+        except ValueError as error:  # names the file and the line
+            raise CorpusError(f"{error}. Run `medfactory prepare mimic_cxr` again.") from error
     try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise CorpusError(f"{path}: invalid JSON ({error}). Run `medfactory prepare mimic_cxr` again.") from error
@@ -705,19 +807,14 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
             f"{path}: translations not found. Run llamafactory-cli with recipes/mimic_cxr_translate_medgemma27b.yaml "
             "and pass its generated_predictions.jsonl as --translations."
         )
-    rows = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusError(f"{path}, line {number}: invalid JSON ({error.msg}).") from error
-            if not isinstance(row, dict) or not isinstance(row.get("predict"), str):
-                raise CorpusError(f"{path}, line {number}: no \"predict\" text (expected LLaMA-Factory's generated_predictions.jsonl).")
-            rows.append(row)
-    return rows
+    try:
+        numbered = list(iter_jsonl(path))
+    except ValueError as error:  # names the file and the line
+        raise CorpusError(f"{error}.") from error
+    for number, row in numbered:
+        if not isinstance(row.get("predict"), str):
+            raise CorpusError(f"{path}, line {number}: no \"predict\" text (expected LLaMA-Factory's generated_predictions.jsonl).")
+    return [row for _number, row in numbered]
 
 
 def _user_message(n_images: int, text: str) -> dict[str, str]:
@@ -735,9 +832,31 @@ def fewshot_prompt(example_report: str) -> str:
     return f"{FEWSHOT_INSTRUCTION}Exemplo de relatório:\n{example_report}\n\n{DIAGNOSIS_PROMPT}"
 
 
-def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), seed: int = DEFAULT_SEED) -> dict[str, Any]:
-    """Join the translations to the studies; write ``data/mimic_cxr_ptbr/`` and register its sets."""
-    translations, output_root = Path(translations), Path(output_root)
+@dataclass
+class _Translations:
+    """The prediction lines joined by position to the study ids of ``translate.jsonl`` and their studies."""
+
+    file: Path
+    prepared_dir: Path  # data/mimic_cxr/ under the output root
+    ids_path: Path
+    predictions: list[dict[str, Any]]
+    ids: list[str]
+    studies: dict[str, dict[str, Any]]
+
+
+@dataclass
+class _PtbrSets:
+    """The accepted studies as the sharegpt sets, the test ids and references, and the longest report."""
+
+    by_split: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {split: [] for split in SPLITS})
+    test_ids: list[str] = field(default_factory=list)
+    fewshot: list[dict[str, Any]] = field(default_factory=list)
+    references: list[dict[str, str]] = field(default_factory=list)
+    longest: dict[str, int] = field(default_factory=lambda: {"characters": 0, "words": 0})
+
+
+def _read_translations(translations: Path, output_root: Path) -> _Translations:
+    """Read the predictions and the prepared studies; refuse predictions that cannot be joined by position."""
     ids_path = output_root / DATASET_DIR / TRANSLATE_IDS_FILE
     studies_path = output_root / DATASET_DIR / STUDIES_FILE
     predictions = read_predictions(translations)
@@ -752,14 +871,16 @@ def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), se
     missing_studies = [study_id for study_id in ids if study_id not in studies]
     if missing_studies:
         raise CorpusError(f"{ids_path}: {len(missing_studies)} ids not in {studies_path}. Run `medfactory prepare mimic_cxr` again.")
-    registry = output_root / REGISTRY_NAME
-    _check_registry(registry)
+    return _Translations(translations, output_root / DATASET_DIR, ids_path, predictions, ids, studies)
 
+
+def _judge_translations(joined: _Translations) -> tuple[dict[str, str], dict[str, list[str]], int]:
+    """(accepted translation by study id, rejected study ids by reason, lines with a prompt)."""
     rejected: dict[str, list[str]] = {}
     accepted: dict[str, str] = {}
     with_prompt = 0
-    for study_id, row in zip(ids, predictions, strict=True):
-        study = studies[study_id]
+    for study_id, row in zip(joined.ids, joined.predictions, strict=True):
+        study = joined.studies[study_id]
         prompt = row.get("prompt")
         if isinstance(prompt, str) and prompt.strip():
             with_prompt += 1
@@ -772,98 +893,135 @@ def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), se
             rejected.setdefault(reason, []).append(study_id)
         else:
             accepted[study_id] = translation
+    return accepted, rejected, with_prompt
+
+
+def _check_judgement(joined: _Translations, accepted: dict[str, str], rejected: dict[str, list[str]], with_prompt: int) -> None:
+    """Refuse predictions of another translate.jsonl, and a run whose every translation was rejected."""
     misaligned = len(rejected.get("misaligned", []))
     if with_prompt and misaligned * 2 > with_prompt:
         raise CorpusError(
-            f"{translations}: {misaligned} of {with_prompt} prompts do not hold the English report of the study at "
-            f"that position in {ids_path}: the predictions come from another translate.jsonl. Rerun the translation "
+            f"{joined.file}: {misaligned} of {with_prompt} prompts do not hold the English report of the study at "
+            f"that position in {joined.ids_path}: the predictions come from another translate.jsonl. Rerun the translation "
             "on the current data/mimic_cxr/translate.jsonl."
         )
     if not accepted:
         raise CorpusError(
-            f"{translations}: every translation was rejected ({ {reason: len(v) for reason, v in rejected.items()} }). "
+            f"{joined.file}: every translation was rejected ({ {reason: len(v) for reason, v in rejected.items()} }). "
             "Check the translation run's output (generation settings, template)."
         )
 
-    missing_images = [path for study_id in accepted for path in studies[study_id]["images"] if not (output_root / path).is_file()]
+
+def _check_cached_images(output_root: Path, joined: _Translations, accepted: dict[str, str]) -> None:
+    missing_images = [path for study_id in accepted for path in joined.studies[study_id]["images"] if not (output_root / path).is_file()]
     if missing_images:
         raise CorpusError(
             f"{output_root / missing_images[0]}: cached image missing ({len(missing_images)} in all). "
             "Run `medfactory prepare mimic_cxr` again with the same options to rebuild the cache."
         )
 
-    train_ids = [study_id for study_id in ids if study_id in accepted and studies[study_id]["split"] == "train"]
-    if not train_ids:
-        raise CorpusError(f"{translations}: no accepted training translation to serve as the few-shot example.")
-    both_sections = [study_id for study_id in train_ids if studies[study_id]["findings"] and studies[study_id]["impression"]]
-    example_id = min(both_sections or train_ids, key=lambda study_id: (unit_hash(seed, f"fewshot:{study_id}"), study_id))
-    example_prompt = fewshot_prompt(accepted[example_id])
 
-    by_split: dict[str, list[dict[str, Any]]] = {split: [] for split in SPLITS}
-    test_ids: list[str] = []
-    fewshot: list[dict[str, Any]] = []
-    references: list[dict[str, str]] = []
-    stats = PreparationStats(files_read=len(predictions))
-    longest = {"characters": 0, "words": 0}
-    for study_id in ids:
+def _fewshot_example(joined: _Translations, accepted: dict[str, str], seed: int) -> str:
+    """The study id of the few-shot example: an accepted training study, with both sections where any has them."""
+    studies = joined.studies
+    train_ids = [study_id for study_id in joined.ids if study_id in accepted and studies[study_id]["split"] == "train"]
+    if not train_ids:
+        raise CorpusError(f"{joined.file}: no accepted training translation to serve as the few-shot example.")
+    both_sections = [study_id for study_id in train_ids if studies[study_id]["findings"] and studies[study_id]["impression"]]
+    return min(both_sections or train_ids, key=lambda study_id: (unit_hash(seed, f"fewshot:{study_id}"), study_id))
+
+
+def _build_sets(joined: _Translations, accepted: dict[str, str], example_prompt: str, stats: PreparationStats) -> _PtbrSets:
+    """The accepted studies, in translate.jsonl order, as items of their split (and, for test, the few-shot set)."""
+    sets = _PtbrSets()
+    for study_id in joined.ids:
         if study_id not in accepted:
             continue
-        study, report_pt = studies[study_id], accepted[study_id]
+        study, report_pt = joined.studies[study_id], accepted[study_id]
         stats.keep(report_pt, study["split"])
-        longest = {"characters": max(longest["characters"], len(report_pt)), "words": max(longest["words"], len(report_pt.split()))}
-        by_split[study["split"]].append(_item(study, report_pt, DIAGNOSIS_PROMPT))
+        sets.longest = {"characters": max(sets.longest["characters"], len(report_pt)), "words": max(sets.longest["words"], len(report_pt.split()))}
+        sets.by_split[study["split"]].append(_item(study, report_pt, DIAGNOSIS_PROMPT))
         if study["split"] == "test":
-            test_ids.append(study_id)
-            fewshot.append(_item(study, report_pt, example_prompt))
-            references.append({"id": study_id, "report_pt": report_pt, "report_en": study["report_en"]})
+            sets.test_ids.append(study_id)
+            sets.fewshot.append(_item(study, report_pt, example_prompt))
+            sets.references.append({"id": study_id, "report_pt": report_pt, "report_en": study["report_en"]})
+    return sets
+
+
+def _write_ptbr_sets(staging: Path, sets: _PtbrSets) -> list[Path]:
+    """Write the split sets, the few-shot set, the test ids and the test references into ``staging``."""
+    outputs = []
+    for name, payload in (
+        *((f"{split}.json", sets.by_split[split]) for split in SPLITS),
+        (FEWSHOT_FILE, sets.fewshot),
+        (TEST_IDS_FILE, sets.test_ids),
+    ):
+        with atomic_write(staging / name) as handle:
+            json.dump(payload, handle, ensure_ascii=False, indent=1 if name != TEST_IDS_FILE else None)
+            handle.write("\n")
+        outputs.append(staging / name)
+    write_jsonl(staging / TEST_REFERENCES_FILE, sets.references)
+    outputs.append(staging / TEST_REFERENCES_FILE)
+    return outputs
+
+
+def _ptbr_options(seed: int) -> dict[str, Any]:
+    return {
+        "seed": seed,
+        "diagnosis_prompt": DIAGNOSIS_PROMPT,
+        "rules": {
+            "not_portuguese": f"Portuguese share of common function words < {MIN_PORTUGUESE_SHARE} (or none of them in {MIN_WORDS_FOR_LANGUAGE}+ words)",
+            "truncated": f"characters < {MIN_LENGTH_RATIO} x the English report's, or no final sentence punctuation where the English report has it",
+            "order": "misaligned, empty, not_portuguese, truncated (first that applies)",
+        },
+    }
+
+
+def _ptbr_manifest(
+    joined: _Translations,
+    staging: Path,
+    outputs: list[Path],
+    stats: PreparationStats,
+    sets: _PtbrSets,
+    rejected: dict[str, list[str]],
+    example_id: str,
+    seed: int,
+) -> dict[str, Any]:
+    """The manifest of ``data/mimic_cxr_ptbr/``: the schema's keys, then the rejections by reason (ids, never text)."""
+    manifest = build_manifest(PTBR_NAME, joined.prepared_dir, outputs, stats, options=_ptbr_options(seed))
+    manifest["datasets"] = dataset_records(staging, PTBR_ENTRIES, PTBR_DIR)
+    manifest.update(
+        {
+            "translations": {"file": str(joined.file.resolve()), "sha256": sha256_file(joined.file), "lines": len(joined.predictions)},
+            "studies_by_split": {split: len(sets.by_split[split]) for split in SPLITS},
+            "rejected": {reason: {"count": len(v), "study_ids": v} for reason, v in sorted(rejected.items())},
+            "rejected_total": sum(len(v) for v in rejected.values()),
+            "images_by_split": {split: sum(len(item["images"]) for item in sets.by_split[split]) for split in SPLITS},
+            "fewshot_example_study_id": example_id,
+            "longest_report_pt": sets.longest,
+            "warnings": [f"{split}: no accepted translation; {split}.json is empty" for split in SPLITS if not sets.by_split[split]],
+        }
+    )
+    return manifest
+
+
+def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), seed: int = DEFAULT_SEED) -> dict[str, Any]:
+    """Join the translations to the studies; write ``data/mimic_cxr_ptbr/`` and register its sets."""
+    translations, output_root = Path(translations), Path(output_root)
+    joined = _read_translations(translations, output_root)
+    registry = output_root / REGISTRY_NAME
+    _check_registry(registry)
+    accepted, rejected, with_prompt = _judge_translations(joined)
+    _check_judgement(joined, accepted, rejected, with_prompt)
+    _check_cached_images(output_root, joined, accepted)
+    example_id = _fewshot_example(joined, accepted, seed)
+    stats = PreparationStats(files_read=len(joined.predictions))
+    sets = _build_sets(joined, accepted, fewshot_prompt(accepted[example_id]), stats)
     for reason, study_ids in rejected.items():
         stats.dropped[reason] = len(study_ids)
-    warnings = [f"{split}: no accepted translation; {split}.json is empty" for split in SPLITS if not by_split[split]]
-
     with atomic_directory(output_root / PTBR_DIR) as staging:
-        outputs = []
-        for name, payload in (
-            *((f"{split}.json", by_split[split]) for split in SPLITS),
-            (FEWSHOT_FILE, fewshot),
-            (TEST_IDS_FILE, test_ids),
-        ):
-            with atomic_write(staging / name) as handle:
-                json.dump(payload, handle, ensure_ascii=False, indent=1 if name != TEST_IDS_FILE else None)
-                handle.write("\n")
-            outputs.append(staging / name)
-        with atomic_write(staging / TEST_REFERENCES_FILE) as handle:
-            for reference in references:
-                handle.write(json.dumps(reference, ensure_ascii=False) + "\n")
-        outputs.append(staging / TEST_REFERENCES_FILE)
-        manifest = build_manifest(
-            PTBR_NAME,
-            output_root / DATASET_DIR,
-            outputs,
-            stats,
-            options={
-                "seed": seed,
-                "diagnosis_prompt": DIAGNOSIS_PROMPT,
-                "rules": {
-                    "not_portuguese": f"Portuguese share of common function words < {MIN_PORTUGUESE_SHARE} "
-                    f"(or none of them in {MIN_WORDS_FOR_LANGUAGE}+ words)",
-                    "truncated": f"characters < {MIN_LENGTH_RATIO} x the English report's, or no final sentence "
-                    "punctuation where the English report has it",
-                    "order": "misaligned, empty, not_portuguese, truncated (first that applies)",
-                },
-            },
-        )
-        manifest.update(
-            {
-                "translations": {"file": str(translations.resolve()), "sha256": sha256_file(translations), "lines": len(predictions)},
-                "studies_by_split": {split: len(by_split[split]) for split in SPLITS},
-                "rejected": {reason: {"count": len(v), "study_ids": v} for reason, v in sorted(rejected.items())},
-                "rejected_total": sum(len(v) for v in rejected.values()),
-                "images_by_split": {split: sum(len(item["images"]) for item in by_split[split]) for split in SPLITS},
-                "fewshot_example_study_id": example_id,
-                "longest_report_pt": longest,
-                "warnings": warnings,
-            }
-        )
+        outputs = _write_ptbr_sets(staging, sets)
+        manifest = _ptbr_manifest(joined, staging, outputs, stats, sets, rejected, example_id, seed)
         write_manifest(staging / MANIFEST_FILE, manifest)
     register_datasets(registry, PTBR_ENTRIES)
     return manifest

@@ -13,11 +13,11 @@ from typing import Annotated
 
 import typer
 
-from medfactory.corpus import PrepareOptions, prepare_corpus
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
+from medfactory.corpus.pipeline import PrepareOptions, prepare_corpus
+from medfactory.corpus.readers import FIELDS, ColumnMapping
+from medfactory.corpus.splits import SplitPlan
 from medfactory.plugins import CorpusPlugin
-from medfactory.readers import FIELDS, ColumnMapping
-from medfactory.splits import SplitPlan
 
 GENERIC_MAPPING = ColumnMapping(
     text=("text", "texto", "note", "nota", "note_text", "evolucao", "evolução", "descricao"),
@@ -61,7 +61,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         tokenizer: Annotated[str | None, typer.Option(help="Count tokens exactly with this tokenizer (path or hub name)")] = None,
         output_root: Annotated[Path, typer.Option(help="Repository root: gets data/<name>/ and dataset_info.json")] = Path("."),
     ) -> None:
-        from medfactory.identifiers import parse_locales
+        from medfactory.corpus.identifiers import parse_locales
 
         try:
             options = PrepareOptions(

@@ -19,7 +19,6 @@ bad lines are left out and counted by reason (line numbers in the manifest).
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
 from collections import Counter
@@ -28,19 +27,17 @@ from typing import Annotated, Any
 
 import typer
 
-import medfactory
-from medfactory.atomic import atomic_directory, sha256_file, write_json_atomic
-from medfactory.errors import CorpusError
-from medfactory.manifest import write_manifest
+from medfactory.base.atomic import atomic_directory, sha256_file, write_json_atomic
+from medfactory.base.errors import CorpusError
+from medfactory.base.manifest import MANIFEST_FILE, dataset_records, manifest_header, output_facts, write_manifest
+from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
 from medfactory.plugins import CorpusPlugin
-from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
 
 PLUGIN_NAME = "preferences"
 ON_ERROR_CHOICES = ("fail", "skip")
 REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
 OPTIONAL_FIELDS = ("system", "id")
 DPO_FILE = "dpo.json"
-MANIFEST_FILE = "manifest.json"
 # The name becomes a folder under data/ and a registry key.
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 # How many problems a failing run prints; all of them are counted.
@@ -176,17 +173,12 @@ def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), 
     source, output_root = Path(source), Path(output_root)
     registry = output_root / REGISTRY_NAME
     entry = registry_entry(name)
-    if registry.exists():
-        try:
-            current = load_registry(registry)
-        except ValueError as error:
-            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
-        existing = current.get(name)
-        if existing is not None and existing.get("file_name") != entry[name]["file_name"]:
-            raise CorpusError(
-                f"--name {name!r}: {registry} already registers {name!r} for {existing.get('file_name')!r}; "
-                "choose another name so that dataset is not replaced."
-            )
+    existing = load_registry_before_writing(registry).get(name)
+    if existing is not None and existing.get("file_name") != entry[name]["file_name"]:
+        raise CorpusError(
+            f"--name {name!r}: {registry} already registers {name!r} for {existing.get('file_name')!r}; "
+            "choose another name so that dataset is not replaced."
+        )
     _check_folder_is_ours(output_root / dataset_dir(name), name)
     pairs, problems, extra_keys, lines = read_pairs(source, name)
     if problems and on_error == "fail":
@@ -202,21 +194,20 @@ def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), 
     with atomic_directory(output_root / dataset_dir(name)) as staging:
         dpo_path = staging / DPO_FILE
         write_json_atomic(dpo_path, pairs)
+        skipped = dict(sorted(Counter(_reason_kind(problem["reason"]) for problem in problems).items()))
         manifest = {
-            "corpus": PLUGIN_NAME,
+            **manifest_header(PLUGIN_NAME, source, {"on_error": on_error}),
             "name": name,
-            "medfactory_version": medfactory.__version__,
-            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "source": str(source.resolve()),
             "source_sha256": sha256_file(source),
-            "options": {"on_error": on_error},
             "lines": lines,
             "pairs": len(pairs),
             "with_system": sum(bool(pair["system"]) for pair in pairs),
-            "skipped": dict(sorted(Counter(_reason_kind(problem["reason"]) for problem in problems).items())),
+            "skipped": skipped,
+            "dropped": skipped,
             "skipped_lines": problems,
             "ignored_fields": dict(sorted(extra_keys.items())),
-            "outputs": {DPO_FILE: {"sha256": sha256_file(dpo_path), "bytes": dpo_path.stat().st_size}},
+            "datasets": dataset_records(staging, entry, dataset_dir(name)),
+            "outputs": output_facts([dpo_path]),
             "registered": name,
         }
         write_manifest(staging / MANIFEST_FILE, manifest)

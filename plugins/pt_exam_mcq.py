@@ -26,7 +26,6 @@ evaluation-only set: nothing is registered for training.
 from __future__ import annotations
 
 import csv
-import datetime as dt
 import itertools
 import re
 from collections import Counter
@@ -36,17 +35,15 @@ from typing import Annotated, Any
 
 import typer
 
-import medfactory
-from medfactory.atomic import atomic_directory, sha256_file
-from medfactory.errors import CorpusError
-from medfactory.manifest import write_manifest
-from medfactory.mcq import LETTERS, McqItem, write_items
+from medfactory.base.atomic import atomic_directory, sha256_file
+from medfactory.base.errors import CorpusError
+from medfactory.base.manifest import MANIFEST_FILE, count_records, manifest_header, output_facts, write_manifest
+from medfactory.corpus.mcq import LETTERS, McqItem, write_items
 from medfactory.plugins import CorpusPlugin
 
 CORPUS_NAME = "pt_exam_mcq"
 DATASET_DIR = Path("data") / CORPUS_NAME
 TEST_FILE = "test.jsonl"
-MANIFEST_FILE = "manifest.json"
 COLUMNS = ("Número", "Texto", "Bloco", "Resposta Correta", "Arquivo Prova")
 OPTION_COUNTS = (5, 4)  # tried in this order: an E chain wins when there is one
 
@@ -227,16 +224,13 @@ def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str
         test_path = staging / TEST_FILE
         write_items(test_path, items)
         manifest = {
-            "corpus": CORPUS_NAME,
+            **manifest_header(CORPUS_NAME, source),
             "language": "pt",
-            "medfactory_version": medfactory.__version__,
-            "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
-            "source": str(source.resolve()),
             "source_sha256": sha256_file(source),
             "rows": len(rows),
             "items": len(items),
             "parse_failures": failures,
-            "options": {str(count): number for count, number in sorted(Counter(len(item.options) for item in items).items())},
+            "option_counts": {str(count): number for count, number in sorted(Counter(len(item.options) for item in items).items())},
             "answer_positions": dict(sorted(Counter(item.answer_letter for item in items).items())),
             "exams": dict(sorted(Counter(item.exam or "unknown" for item in items).items())),
             "categories": dict(sorted(Counter(item.category or "unknown" for item in items).items())),
@@ -244,7 +238,9 @@ def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str
             "image_questions": sum(item.has_image for item in items),
             "image_rule": "heuristic: the stem points at a figure (figura, foto, gráfico/radiografia ... abaixo/a seguir, (imagem ...))",
             "lowercase_option_markers": lowercase,
-            "outputs": {TEST_FILE: {"sha256": sha256_file(test_path), "bytes": test_path.stat().st_size}},
+            "dropped": {"unparseable": len(failures)} if failures else {},
+            "datasets": {CORPUS_NAME: {"file": (DATASET_DIR / TEST_FILE).as_posix(), "records": count_records(test_path)}},
+            "outputs": output_facts([test_path]),
         }
         write_manifest(staging / MANIFEST_FILE, manifest)
     return manifest

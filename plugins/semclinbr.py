@@ -19,9 +19,9 @@ list of the columns it actually has.
 
 from __future__ import annotations
 
+from medfactory.corpus.readers import ColumnMapping
 from medfactory.plugins import CorpusPlugin
 from medfactory.plugins.notes import make_prepare_command
-from medfactory.readers import ColumnMapping
 
 SEMCLINBR_MAPPING = ColumnMapping(
     text=("text", "texto", "nota", "note_text"),

@@ -7,17 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.atomic import atomic_directory, atomic_write
-from medfactory.registry import load_registry, register_datasets
+from medfactory.base.atomic import atomic_directory, atomic_write
+from medfactory.base.registry import load_registry, register_datasets
 
 
 def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path: Path) -> None:
     target = tmp_path / "train.jsonl"
     target.write_text("prepared before\n")
-    with pytest.raises(RuntimeError):
-        with atomic_write(target) as handle:
-            handle.write("half of a new file")
-            raise RuntimeError("killed midway")
+    with pytest.raises(RuntimeError), atomic_write(target) as handle:
+        handle.write("half of a new file")
+        raise RuntimeError("killed midway")
     assert target.read_text() == "prepared before\n"
     assert list(tmp_path.iterdir()) == [target]  # no temporary file left behind
 
@@ -26,10 +25,9 @@ def test_atomic_directory_replaces_only_on_success(tmp_path: Path) -> None:
     final = tmp_path / "corpus"
     final.mkdir()
     (final / "train.jsonl").write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_directory(final) as staging:
-            (staging / "train.jsonl").write_text("new, incomplete")
-            raise RuntimeError("failed")
+    with pytest.raises(RuntimeError), atomic_directory(final) as staging:
+        (staging / "train.jsonl").write_text("new, incomplete")
+        raise RuntimeError("failed")
     assert (final / "train.jsonl").read_text() == "old"
     with atomic_directory(final) as staging:
         (staging / "train.jsonl").write_text("new")
@@ -68,3 +66,26 @@ def test_atomic_outputs_get_ordinary_permissions(tmp_path: Path) -> None:
         os.umask(mask)
     assert (tmp_path / "manifest.json").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "corpus").stat().st_mode & 0o777 == 0o755
+
+
+def test_write_manifest_refuses_a_manifest_outside_the_one_schema(tmp_path: Path) -> None:
+    from medfactory.base.manifest import REQUIRED_KEYS, manifest_header, write_manifest
+
+    manifest = {**manifest_header("x", tmp_path), "datasets": {}, "outputs": {}}
+    with pytest.raises(ValueError, match="lacks dropped"):
+        write_manifest(tmp_path / "manifest.json", manifest)
+    assert not (tmp_path / "manifest.json").exists()
+    write_manifest(tmp_path / "manifest.json", {**manifest, "dropped": {}})
+    assert set(REQUIRED_KEYS) <= set(json.loads((tmp_path / "manifest.json").read_text(encoding="utf-8")))
+
+
+def test_dataset_records_counts_jsonl_lines_and_json_items(tmp_path: Path) -> None:
+    from medfactory.base.manifest import dataset_records
+
+    (tmp_path / "train.jsonl").write_text('{"text": "a"}\n\n{"text": "b"}\n', encoding="utf-8")
+    (tmp_path / "sft.json").write_text('[{"a": 1}, {"a": 2}, {"a": 3}]', encoding="utf-8")
+    entries = {"x": {"file_name": "data/x/train.jsonl"}, "x_sft": {"file_name": "data/x/sft.json"}, "gone": {"file_name": "data/x/no.jsonl"}}
+    assert dataset_records(tmp_path, entries, Path("data/x")) == {
+        "x": {"file": "data/x/train.jsonl", "records": 2},
+        "x_sft": {"file": "data/x/sft.json", "records": 3},
+    }

@@ -12,8 +12,9 @@ import typer
 from huggingface_hub import HfApi, ModelCard
 from typer.testing import CliRunner
 
-from medfactory.card import card_command
-from medfactory.recipes import load_recipe, read_header, values_hash
+from medfactory.base.jsonl import write_jsonl
+from medfactory.cli.run import card_command
+from medfactory.recipes.recipe_file import load_recipe, read_header, values_hash
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = "saves/clinical_br_mistral"
@@ -22,20 +23,36 @@ app = typer.Typer()
 app.command()(card_command)
 
 
-@pytest.fixture()
-def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """A copy of recipes/ and dataset_info.json, a prepared lopes2019 manifest, a finished run folder."""
-    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
-    shutil.copy(REPO / "dataset_info.json", tmp_path / "dataset_info.json")
+LOG_HISTORY = [
+    {"epoch": 0.5, "step": 10, "loss": 2.31, "learning_rate": 1.9e-5},
+    {"epoch": 1.0, "step": 20, "loss": 1.87, "learning_rate": 1.0e-5},
+    {"epoch": 1.0, "step": 20, "eval_loss": 1.95, "eval_runtime": 3.2},
+    {"epoch": 2.0, "step": 40, "loss": 1.62, "learning_rate": 0.0},
+    {
+        "epoch": 2.0,
+        "step": 40,
+        "train_loss": 1.93,
+        "train_runtime": 812.5,
+        "total_flos": 1.0e15,
+    },
+]
 
-    data = tmp_path / "data" / "lopes2019"
+
+def _write_json(path: Path, value: object) -> None:
+    path.write_text(json.dumps(value), encoding="utf-8")
+
+
+def _write_prepared_lopes2019(root: Path) -> None:
+    """A prepared lopes2019 corpus: one synthetic note and its manifest."""
+    data = root / "data" / "lopes2019"
     data.mkdir(parents=True)
-    (data / "train.jsonl").write_text('{"text": "nota sintética"}\n', encoding="utf-8")
+    write_jsonl(data / "train.jsonl", [{"text": "nota sintética"}])
     manifest = {
         "corpus": "lopes2019",
         "documents": 1,
         "characters": 14,
         "estimated_tokens": 4,
+        "datasets": {"lopes2019": {"file": "data/lopes2019/train.jsonl", "records": 1}},
         "outputs": {
             "train.jsonl": {
                 "sha256": hashlib.sha256(
@@ -45,70 +62,48 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
             }
         },
     }
-    (data / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    _write_json(data / "manifest.json", manifest)
 
-    run = tmp_path / RUN
-    run.mkdir(parents=True)
-    log_history = [
-        {"epoch": 0.5, "step": 10, "loss": 2.31, "learning_rate": 1.9e-5},
-        {"epoch": 1.0, "step": 20, "loss": 1.87, "learning_rate": 1.0e-5},
-        {"epoch": 1.0, "step": 20, "eval_loss": 1.95, "eval_runtime": 3.2},
-        {"epoch": 2.0, "step": 40, "loss": 1.62, "learning_rate": 0.0},
+
+def _write_trainer_files(run: Path) -> None:
+    """What LLaMA-Factory's trainer leaves: trainer_state.json, all_results.json, trainer_log.jsonl."""
+    _write_json(
+        run / "trainer_state.json",
+        {"epoch": 2.0, "global_step": 40, "max_steps": 40, "log_history": LOG_HISTORY},
+    )
+    _write_json(
+        run / "all_results.json",
         {
             "epoch": 2.0,
-            "step": 40,
+            "eval_loss": 1.95,
+            "perplexity": 7.03,
             "train_loss": 1.93,
             "train_runtime": 812.5,
-            "total_flos": 1.0e15,
         },
-    ]
-    (run / "trainer_state.json").write_text(
-        json.dumps(
-            {
-                "epoch": 2.0,
-                "global_step": 40,
-                "max_steps": 40,
-                "log_history": log_history,
-            }
-        ),
-        encoding="utf-8",
     )
-    (run / "all_results.json").write_text(
-        json.dumps(
-            {
-                "epoch": 2.0,
-                "eval_loss": 1.95,
-                "perplexity": 7.03,
-                "train_loss": 1.93,
-                "train_runtime": 812.5,
-            }
-        ),
-        encoding="utf-8",
-    )
-    (run / "trainer_log.jsonl").write_text(
-        "\n".join(
-            json.dumps(
-                {"current_steps": e["step"], "total_steps": 40, "loss": e["loss"]}
-            )
-            for e in log_history
+    write_jsonl(
+        run / "trainer_log.jsonl",
+        (
+            {"current_steps": e["step"], "total_steps": 40, "loss": e["loss"]}
+            for e in LOG_HISTORY
             if "loss" in e
-        )
-        + "\n",
-        encoding="utf-8",
-    )
-    (run / "adapter_config.json").write_text(
-        json.dumps(
-            {
-                "base_model_name_or_path": "mistralai/Mistral-7B-v0.2",
-                "peft_type": "LORA",
-                "task_type": "CAUSAL_LM",
-                "r": 8,
-                "lora_alpha": 16,
-                "lora_dropout": 0.1,
-                "target_modules": ["v_proj", "q_proj"],
-            }
         ),
-        encoding="utf-8",
+    )
+
+
+def _write_adapter_files(run: Path) -> None:
+    """The saved LoRA adapter, a training_args.bin that must never be loaded, LLaMA-Factory's own card."""
+    _write_json(
+        run / "adapter_config.json",
+        {
+            "base_model_name_or_path": "mistralai/Mistral-7B-v0.2",
+            "peft_type": "LORA",
+            "task_type": "CAUSAL_LM",
+            "r": 8,
+            "lora_alpha": 16,
+            "lora_dropout": 0.1,
+            "target_modules": ["v_proj", "q_proj"],
+        },
     )
     (run / "adapter_model.safetensors").write_bytes(b"\0" * 16)
     (run / "training_args.bin").write_bytes(b"not a pickle: must never be loaded")
@@ -117,28 +112,43 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         encoding="utf-8",
     )
 
-    reports = tmp_path / "reports" / "mcqa" / "clinical_br_mistral"
+
+def _write_mcqa_report(root: Path) -> None:
+    reports = root / "reports" / "mcqa" / "clinical_br_mistral"
     reports.mkdir(parents=True)
-    (reports / "metrics.json").write_text(
-        json.dumps({"n": 120, "correct": 54, "accuracy": 0.45, "macro_f1": 0.4321}),
-        encoding="utf-8",
+    _write_json(
+        reports / "metrics.json",
+        {"n": 120, "correct": 54, "accuracy": 0.45, "macro_f1": 0.4321},
     )
 
+
+@pytest.fixture()
+def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A copy of recipes/ and dataset_info.json, a prepared lopes2019 manifest, a finished run folder."""
+    shutil.copytree(REPO / "recipes", tmp_path / "recipes")
+    shutil.copy(REPO / "dataset_info.json", tmp_path / "dataset_info.json")
+    _write_prepared_lopes2019(tmp_path)
+    run = tmp_path / RUN
+    run.mkdir(parents=True)
+    _write_trainer_files(run)
+    _write_adapter_files(run)
+    _write_mcqa_report(tmp_path)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
-def test_card_writes_provenance_and_model_card(workspace: Path) -> None:
-    result = CliRunner().invoke(app, [RUN, "--reports", "reports/mcqa"])
-    assert result.exit_code == 0, result.output
-    run = workspace / RUN
-    assert (
-        str(Path(RUN) / "provenance.json") in result.output
-        and str(Path(RUN) / "README.md") in result.output
-    )
+def _table_rows(markdown: str) -> set[tuple[str, ...]]:
+    """The cells of every markdown table row in ``markdown``, stripped (column padding is not content)."""
+    return {
+        tuple(cell.strip() for cell in line.strip().strip("|").split("|"))
+        for line in markdown.splitlines()
+        if line.lstrip().startswith("|")
+    }
 
+
+def _assert_provenance(provenance: dict, workspace: Path) -> None:
+    """provenance.json of the demo-like run: recipe, dataset manifests, git, packages, training, adapter."""
     recipe = Path("recipes/clinical_br_mistral.yaml")
-    provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
     assert provenance["recipe"]["path"] == str(recipe)
     assert provenance["recipe"]["version"] == read_header(recipe)["version"] == "1.0.0"
     assert (
@@ -179,6 +189,20 @@ def test_card_writes_provenance_and_model_card(workspace: Path) -> None:
     ] == ["q_proj", "v_proj"]
     assert provenance["created_utc"]
 
+
+def test_card_writes_provenance_and_model_card(workspace: Path) -> None:
+    result = CliRunner().invoke(app, [RUN, "--reports", "reports/mcqa"])
+    assert result.exit_code == 0, result.output
+    run = workspace / RUN
+    assert (
+        str(Path(RUN) / "provenance.json") in result.output
+        and str(Path(RUN) / "README.md") in result.output
+    )
+
+    provenance = json.loads((run / "provenance.json").read_text(encoding="utf-8"))
+    _assert_provenance(provenance, workspace)
+    lopes = provenance["datasets"]["lopes2019"]
+
     card = ModelCard.load(run / "README.md")
     assert card.data.base_model == "mistralai/Mistral-7B-v0.2"
     assert card.data.language == ["pt"]
@@ -189,12 +213,13 @@ def test_card_writes_provenance_and_model_card(workspace: Path) -> None:
     assert card.data.datasets == ["semclinbr", "brateca", "lopes2019"]
 
     body = card.text
-    assert "| LoRA r | 8 | paper |" in body and "| LoRA alpha | 16 | paper |" in body
-    assert "| learning rate | 2e-05 | paper |" in body
-    assert "| batch × accumulation | 1 × 2 | ours |" in body
+    rows = _table_rows(body)
+    assert ("LoRA r", "8", "paper") in rows and ("LoRA alpha", "16", "paper") in rows
+    assert ("learning rate", "2e-05", "paper") in rows
+    assert ("batch × accumulation", "1 × 2", "ours") in rows
     assert "Pinto et al." in body and "version 1.0.0" in body
-    assert "| 120 | 0.45 | 0.4321 |" in body and "| eval_loss | 1.95 |" in body
-    assert "| lopes2019 | prepared | 1 | 14 | 4 |" in body
+    assert ("120", "0.45", "0.4321") in rows and ("eval_loss", "1.95") in rows
+    assert ("lopes2019", "prepared", "1", "1", "14", "4") in rows
     assert (
         "not for clinical decisions" in body.lower() and "plausible but false" in body
     )

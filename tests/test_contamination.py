@@ -1,6 +1,6 @@
 """Near-duplicate index and the contamination report, on invented Portuguese notes.
 
-Every note here is invented (hand-written below, or from medfactory.demo_corpus): the sets plant
+Every note here is invented (hand-written below, or from medfactory.corpus.synthetic_notes): the sets plant
 exact copies, copy-forward near copies (a long note with 1-3 words changed) and notes that share
 a template but differ substantially, and the tests check that each is counted as planted, that
 examples are ids only, and that no note text reaches a report, a summary or an error message.
@@ -16,43 +16,63 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medfactory.contamination import contamination_command, contamination_report, format_summary
-from medfactory.demo_corpus import generate_notes
-from medfactory.errors import CorpusError
-from medfactory.neardup import NearDuplicateIndex, lsh_params, normalise_for_dedup, shingles
+from medfactory.base.errors import CorpusError
+from medfactory.cli.contamination import contamination_command
+from medfactory.corpus.contamination import contamination_report, format_summary
+from medfactory.corpus.dedup import NearDuplicateIndex, lsh_params, normalise_for_dedup, shingles
+from medfactory.corpus.synthetic_notes import generate_notes
 
 # --- Invented notes -------------------------------------------------------------------------------
+# A backslash at the end of a source line continues the same line of the note (the text is unchanged).
 
 LONG_EVOLUTION = """EVOLUÇÃO MÉDICA - UTI ADULTO - D3 de internação
 Paciente [NOME], 67 anos, sexo masculino, internado em [DATA] por choque séptico de foco pulmonar, em uso de ceftriaxona e claritromicina desde a admissão.
 Antecedentes: HAS, DM2 insulinodependente, ex-tabagista de 40 anos-maço, DPOC em oxigenoterapia domiciliar noturna.
-S: Refere cansaço e tosse com expectoração amarelada em menor quantidade que ontem. Nega dor torácica. Aceitou parcialmente a dieta via oral. Família presente no horário de visita.
-O: REG, lúcido e orientado, descorado +/4+, hidratado, acianótico. Tax 38,1 °C no pico das últimas 24 horas. PA 118x72 mmHg em uso de noradrenalina 0,08 mcg/kg/min, em desmame. FC 96 bpm, FR 22 irpm, SpO2 93% com cateter nasal a 3 L/min.
-ACV: RCR 2T BNF, sem sopros. AR: MV diminuído em base direita com crepitações finas até terço médio. ABD: globoso, flácido, indolor, RHA presentes. MMII: sem edema, panturrilhas livres.
-Balanço hídrico positivo de 850 mL nas últimas 24 horas, diurese de 1,4 L por SVD. Glicemias capilares entre 160 e 210 mg/dL com insulina regular conforme esquema.
-Exames: leucócitos 15.800 com desvio à esquerda, PCR 18,2 mg/dL em queda, lactato 1,9 mmol/L, creatinina 1,6 mg/dL, potássio 4,1 mEq/L. Hemoculturas de admissão ainda sem crescimento.
+S: Refere cansaço e tosse com expectoração amarelada em menor quantidade que ontem. Nega dor torácica. Aceitou parcialmente a dieta via oral. Família \
+presente no horário de visita.
+O: REG, lúcido e orientado, descorado +/4+, hidratado, acianótico. Tax 38,1 °C no pico das últimas 24 horas. PA 118x72 mmHg em uso de noradrenalina \
+0,08 mcg/kg/min, em desmame. FC 96 bpm, FR 22 irpm, SpO2 93% com cateter nasal a 3 L/min.
+ACV: RCR 2T BNF, sem sopros. AR: MV diminuído em base direita com crepitações finas até terço médio. ABD: globoso, flácido, indolor, RHA presentes. \
+MMII: sem edema, panturrilhas livres.
+Balanço hídrico positivo de 850 mL nas últimas 24 horas, diurese de 1,4 L por SVD. Glicemias capilares entre 160 e 210 mg/dL com insulina regular \
+conforme esquema.
+Exames: leucócitos 15.800 com desvio à esquerda, PCR 18,2 mg/dL em queda, lactato 1,9 mmol/L, creatinina 1,6 mg/dL, potássio 4,1 mEq/L. Hemoculturas \
+de admissão ainda sem crescimento.
 A: Choque séptico de foco pulmonar em melhora, lesão renal aguda KDIGO 1 em recuperação, DM2 descompensado.
-P: Mantenho antibioticoterapia, completa o terceiro dia hoje. Desmame de noradrenalina conforme PAM alvo acima de 65 mmHg. Fisioterapia respiratória duas vezes ao dia. Ajusto insulina NPH para 14 UI pela manhã. Solicito nova radiografia de tórax e controle laboratorial amanhã. Reavalio em 12 horas ou antes se intercorrências."""
+P: Mantenho antibioticoterapia, completa o terceiro dia hoje. Desmame de noradrenalina conforme PAM alvo acima de 65 mmHg. Fisioterapia respiratória \
+duas vezes ao dia. Ajusto insulina NPH para 14 UI pela manhã. Solicito nova radiografia de tórax e controle laboratorial amanhã. Reavalio em 12 horas \
+ou antes se intercorrências."""
 
 # Same template and skeleton, another patient and day: shares many phrases, differs substantially.
 LONG_EVOLUTION_OTHER_PATIENT = """EVOLUÇÃO MÉDICA - UTI ADULTO - D7 de internação
 Paciente [NOME], 45 anos, sexo feminino, internada em [DATA] por pancreatite aguda grave de origem biliar, em jejum e nutrição enteral por sonda nasojejunal.
 Antecedentes: obesidade grau II, colelitíase sintomática há dois anos, sem outras comorbidades conhecidas.
-S: Refere dor abdominal em faixa de menor intensidade, sem náuseas. Evacuou uma vez, fezes pastosas. Dormiu bem durante a noite. Marido presente no horário de visita.
-O: BEG, lúcida e orientada, corada, hidratada, anictérica. Tax 37,2 °C no pico das últimas 24 horas. PA 132x84 mmHg sem drogas vasoativas. FC 84 bpm, FR 18 irpm, SpO2 97% em ar ambiente.
-ACV: RCR 2T BNF, sem sopros. AR: MV presente bilateralmente, sem ruídos adventícios. ABD: distendido, doloroso em epigástrio, sem sinais de peritonite, RHA diminuídos. MMII: edema +/4+ bilateral.
+S: Refere dor abdominal em faixa de menor intensidade, sem náuseas. Evacuou uma vez, fezes pastosas. Dormiu bem durante a noite. Marido presente no \
+horário de visita.
+O: BEG, lúcida e orientada, corada, hidratada, anictérica. Tax 37,2 °C no pico das últimas 24 horas. PA 132x84 mmHg sem drogas vasoativas. FC 84 bpm, \
+FR 18 irpm, SpO2 97% em ar ambiente.
+ACV: RCR 2T BNF, sem sopros. AR: MV presente bilateralmente, sem ruídos adventícios. ABD: distendido, doloroso em epigástrio, sem sinais de \
+peritonite, RHA diminuídos. MMII: edema +/4+ bilateral.
 Balanço hídrico negativo de 300 mL nas últimas 24 horas, diurese de 2,1 L espontânea. Glicemias capilares entre 110 e 140 mg/dL sem necessidade de insulina.
-Exames: leucócitos 11.200 sem desvio, PCR 9,4 mg/dL, amilase 410 U/L, lipase 980 U/L, cálcio 8,6 mg/dL, triglicerídeos normais. TC de abdome com necrose pancreática inferior a 30%.
+Exames: leucócitos 11.200 sem desvio, PCR 9,4 mg/dL, amilase 410 U/L, lipase 980 U/L, cálcio 8,6 mg/dL, triglicerídeos normais. TC de abdome com \
+necrose pancreática inferior a 30%.
 A: Pancreatite aguda grave biliar em melhora clínica, sem critérios de infecção de necrose.
-P: Progrido dieta enteral para 60 mL/h. Analgesia com dipirona e tramadol. Solicito avaliação da cirurgia geral para colecistectomia na mesma internação. Repito TC de abdome em sete dias. Mantenho profilaxia de TEV."""
+P: Progrido dieta enteral para 60 mL/h. Analgesia com dipirona e tramadol. Solicito avaliação da cirurgia geral para colecistectomia na mesma \
+internação. Repito TC de abdome em sete dias. Mantenho profilaxia de TEV."""
 
 LONG_DISCHARGE = """RESUMO DE ALTA HOSPITALAR - CLÍNICA MÉDICA
-Paciente [NOME], 54 anos, sexo feminino, natural e procedente de [CIDADE], internada de [DATA] a [DATA] por pielonefrite aguda à direita complicada com bacteremia por Escherichia coli sensível a ceftriaxona.
-História: procurou o pronto-socorro com febre de 39 °C, calafrios, dor lombar à direita e disúria há quatro dias. Antecedentes de hipotireoidismo em uso de levotiroxina 75 mcg/dia e dois episódios prévios de cistite no último ano.
-Evolução: iniciada ceftriaxona 1 g EV a cada 24 horas após coleta de urocultura e hemoculturas. Manteve febre nas primeiras 48 horas, com ultrassonografia de rins e vias urinárias sem sinais de obstrução ou abscesso. Ficou afebril a partir do terceiro dia, com queda progressiva da PCR de 24 para 3,5 mg/dL e normalização dos leucócitos. Função renal preservada durante toda a internação.
+Paciente [NOME], 54 anos, sexo feminino, natural e procedente de [CIDADE], internada de [DATA] a [DATA] por pielonefrite aguda à direita complicada \
+com bacteremia por Escherichia coli sensível a ceftriaxona.
+História: procurou o pronto-socorro com febre de 39 °C, calafrios, dor lombar à direita e disúria há quatro dias. Antecedentes de hipotireoidismo em \
+uso de levotiroxina 75 mcg/dia e dois episódios prévios de cistite no último ano.
+Evolução: iniciada ceftriaxona 1 g EV a cada 24 horas após coleta de urocultura e hemoculturas. Manteve febre nas primeiras 48 horas, com \
+ultrassonografia de rins e vias urinárias sem sinais de obstrução ou abscesso. Ficou afebril a partir do terceiro dia, com queda progressiva da PCR \
+de 24 para 3,5 mg/dL e normalização dos leucócitos. Função renal preservada durante toda a internação.
 Condições de alta: bom estado geral, afebril há 72 horas, deambulando sem auxílio, aceitando dieta livre, diurese espontânea sem queixas.
-Prescrição de alta: ciprofloxacino 500 mg VO de 12 em 12 horas por mais sete dias, completando catorze dias de tratamento; dipirona 1 g VO se dor ou febre; manter levotiroxina.
-Orientações: retornar ao pronto-socorro se febre, vômitos persistentes ou piora da dor lombar. Aumentar a ingesta hídrica. Retorno ao ambulatório de clínica médica em 15 dias com urocultura de controle."""
+Prescrição de alta: ciprofloxacino 500 mg VO de 12 em 12 horas por mais sete dias, completando catorze dias de tratamento; dipirona 1 g VO se dor ou \
+febre; manter levotiroxina.
+Orientações: retornar ao pronto-socorro se febre, vômitos persistentes ou piora da dor lombar. Aumentar a ingesta hídrica. Retorno ao ambulatório de \
+clínica médica em 15 dias com urocultura de controle."""
 
 ADMISSION_HEART_FAILURE = """ADMISSÃO - CLÍNICA MÉDICA
 Paciente [NOME], 72 anos, sexo feminino, natural de [CIDADE], admitida em [DATA] com queixa de dispneia aos mínimos esforços e ortopneia há 5 dias.

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.corpus import PrepareOptions, prepare_corpus
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
+from medfactory.corpus.pipeline import PrepareOptions, prepare_corpus
+from medfactory.corpus.splits import SplitPlan
 from medfactory.plugins.brateca import BRATECA_MAPPING
 from medfactory.plugins.notes import GENERIC_MAPPING, mapping_with_overrides
 from medfactory.plugins.semclinbr import SEMCLINBR_MAPPING
-from medfactory.splits import SplitPlan
 
 VALID_CPF = "529.982.247-25"
 NOTE_TEMPLATES = [
@@ -70,8 +70,8 @@ def export(tmp_path: Path) -> Path:
 
 def test_mixed_encodings_in_one_file_are_decoded_per_line_and_reported(tmp_path: Path) -> None:
     path = tmp_path / "export.csv"
-    header = "id,id_paciente,texto\n".encode()
-    utf8_row = 'a1,p1,"Paciente com insuficiência cardíaca, evolução estável e sem intercorrências."\n'.encode("utf-8")
+    header = b"id,id_paciente,texto\n"
+    utf8_row = 'a1,p1,"Paciente com insuficiência cardíaca, evolução estável e sem intercorrências."\n'.encode()
     cp1252_row = 'a2,p2,"Paciente em ação de reabilitação, lúcido e orientado, sem queixas."\n'.encode("cp1252")
     path.write_bytes(header + utf8_row + cp1252_row)
     manifest = prepare_corpus([path], options(likert_notes=0), tmp_path)
@@ -209,7 +209,7 @@ def test_a_run_killed_midway_leaves_the_previous_dataset(export: Path, tmp_path:
     prepare_corpus([export], options(), tmp_path)
     before = {path.name: path.read_bytes() for path in (tmp_path / "data" / "hc_notes").iterdir()}
     calls = {"n": 0}
-    import medfactory.corpus as corpus_module
+    import medfactory.corpus.pipeline as corpus_module
 
     real = corpus_module.normalise_note
 
@@ -295,8 +295,8 @@ def test_every_format_gives_the_same_notes(tmp_path: Path) -> None:
 def test_exact_token_counts_with_a_tokenizer(export: Path, tmp_path: Path) -> None:
     from transformers import AutoTokenizer
 
-    from medfactory.demo_corpus import generate_notes
-    from medfactory.tiny import build_tiny_model
+    from medfactory.corpus.synthetic_notes import generate_notes
+    from medfactory.run.tiny_model import build_tiny_model
 
     tokenizer_dir = build_tiny_model("mistral", list(generate_notes(200)))
     manifest = prepare_corpus([export], options(tokenizer=str(tokenizer_dir)), tmp_path)

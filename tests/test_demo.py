@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo import DEMO_RECIPE, demo_overrides
-from medfactory.paper_values import PAPER_VALUES
-from medfactory.recipes import load_recipe, values_hash
+from medfactory.recipes.recipe_file import load_recipe, values_hash
+from medfactory.recipes.paper_values import PAPER_VALUES
+from medfactory.run.demo import DEMO_RECIPE, demo_overrides
 
 
 def test_demo_overrides_leave_the_training_values_of_the_recipe_alone(tmp_path: Path) -> None:

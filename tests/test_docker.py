@@ -1,19 +1,207 @@
 """The CUDA image: hadolint finds nothing in docker/Dockerfile, and every version the image
-installs is the project's pin (constraints.txt, pyproject.toml), CUDA of the base image included."""
+installs is the project's pin (constraints.txt, pyproject.toml), CUDA of the base image included.
+
+The pins live only in the project: constraints.txt (the lock), pyproject.toml's dependencies and
+extras (the image-only flash-attn and setuptools are its `flash-attn` extra). The checks below read
+the Dockerfile's `pip install` arguments and compare each `pkg==x.y.z` with them (`packaging`).
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 import subprocess
 import sys
 import sysconfig
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
 
-from medfactory.docker_pins import check_compose_pins, check_dockerfile_pins
+# Distributions whose version gives the CUDA build of torch's wheels, best first.
+CUDA_SOURCES = ("cuda-toolkit", "nvidia-cuda-runtime", "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12")
+_CUDA_IMAGE = re.compile(r"^(?:[\w.:-]+/)?nvidia/cuda:(\d+)\.(\d+)(?:\.\d+)?-")
+_LOCAL = re.compile(r"^[./][^\[]*(?:\[([^\]]*)\])?$")  # ".", "./x", "/x", with [extras]
+_PIP = re.compile(r"(?:.*/)?pip3?(?:\.\d+)?")
+_SEPARATORS = {"&&", "||", ";", "|", "&", "(", ")", "then", "else", "elif", "fi", "do", "done"}
+# pip options whose value is the next argument (so it is not read as a requirement).
+_VALUE_OPTIONS = {
+    "-c", "--constraint", "-r", "--requirement", "-i", "--index-url", "--extra-index-url", "-f", "--find-links",
+    "-t", "--target", "--prefix", "--root", "-C", "--config-settings", "--no-binary", "--only-binary",
+}  # fmt: skip
+_OTHER_INDEX = {"-i", "--index-url", "--extra-index-url", "-f", "--find-links"}
+
+
+def _exact_pin(requirement: Requirement) -> str | None:
+    versions = [spec.version for spec in requirement.specifier if spec.operator in ("==", "===")]
+    return versions[0] if len(versions) == 1 else None
+
+
+def project_pins(constraints: Path, pyproject: Path) -> tuple[dict[str, list[tuple[str, str]]], set[str]]:
+    """{package: [(version, where the project pins it), ...]} and the names of pyproject's extras."""
+    project = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]
+    extras = project.get("optional-dependencies", {})
+    groups = [(constraints.name, [line.split("#")[0].strip() for line in constraints.read_text(encoding="utf-8").splitlines()])]
+    groups.append((f"{pyproject.name} dependencies", project.get("dependencies", [])))
+    groups += [(f"{pyproject.name} optional-dependencies.{name}", items) for name, items in extras.items()]
+    pins: dict[str, list[tuple[str, str]]] = {}
+    for where, lines in groups:
+        for requirement in map(Requirement, filter(None, lines)):
+            version = _exact_pin(requirement)
+            if version is not None:
+                pins.setdefault(canonicalize_name(requirement.name), []).append((version, where))
+    return pins, set(extras)
+
+
+def dockerfile_instructions(dockerfile: Path) -> list[tuple[int, str, str]]:
+    """(first line number, INSTRUCTION, arguments), continuation lines joined, comments dropped."""
+    instructions: list[tuple[int, str, str]] = []
+    parts: list[str] = []
+    start = 0
+    for number, line in enumerate(dockerfile.read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):  # also inside a continued instruction
+            continue
+        start = start or number
+        parts.append(stripped.removesuffix("\\"))
+        if not stripped.endswith("\\"):
+            keyword, _, arguments = " ".join(parts).partition(" ")
+            instructions.append((start, keyword.upper(), arguments.strip()))
+            parts, start = [], 0
+    return instructions
+
+
+def pip_installs(command: str) -> list[list[str]]:
+    """The arguments of every `pip install` in one shell command."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    installs: list[list[str]] = []
+    previous, current = "", None
+    for token in lexer:
+        if token in _SEPARATORS:
+            current = None
+        elif current is not None:
+            current.append(token)
+        elif token == "install" and _PIP.fullmatch(previous):
+            current = []
+            installs.append(current)
+        previous = token
+    return installs
+
+
+def _base_image_findings(where: str, image: str, pins: dict[str, list[tuple[str, str]]], constraints: Path) -> list[str]:
+    match = _CUDA_IMAGE.match(image)
+    if match is None:
+        return []
+    image_cuda = f"{match.group(1)}.{match.group(2)}"
+    torch = f"torch=={pins['torch'][0][0]}" if "torch" in pins else "torch"
+    source = next((name for name in CUDA_SOURCES if name in pins), None)
+    if source is None:
+        return [
+            f"{where}: base image {image} is CUDA {image_cuda}, but {constraints.name} pins none of "
+            f"{', '.join(CUDA_SOURCES)}, so {torch}'s CUDA build is unknown"
+        ]
+    version = pins[source][0][0]
+    torch_cuda = ".".join(version.split(".")[:2])
+    if torch_cuda == image_cuda:
+        return []
+    return [
+        f"{where}: base image {image} is CUDA {image_cuda}, but {torch} is the CUDA {torch_cuda} build ({constraints.name}: {source}=={version})"
+    ]
+
+
+def _requirement_findings(where: str, token: str, pins: dict[str, list[tuple[str, str]]], extras: set[str], files: tuple[Path, Path]) -> list[str]:
+    constraints, pyproject = files
+    local = _LOCAL.match(token)
+    if local:
+        missing = [extra.strip() for extra in (local.group(1) or "").split(",") if extra.strip() and extra.strip() not in extras]
+        return [f"{where}: {token}: extra {extra!r} is not in {pyproject.name}'s optional-dependencies" for extra in missing]
+    try:
+        requirement = Requirement(token)
+    except InvalidRequirement:
+        return [f"{where}: cannot read the requirement {token!r}"]
+    name, version = canonicalize_name(requirement.name), _exact_pin(requirement)
+    if version is None:
+        return [f"{where}: {token} is not pinned: write {name}==<version> with the project's pin"]
+    if name not in pins:
+        return [f"{where}: {name}=={version} is pinned by neither {constraints.name} nor {pyproject.name}: add the pin to the project first"]
+    return [f"{where}: {name}=={version} but the project pins {name}=={pin} ({source})" for pin, source in pins[name] if pin != version]
+
+
+def _install_findings(where: str, arguments: list[str], pins: dict[str, list[tuple[str, str]]], extras: set[str], files: tuple[Path, Path]) -> list[str]:
+    """One `pip install`: with `-c constraints.txt`, from the default index, every requirement the project's pin."""
+    constraints = files[0]
+    findings: list[str] = []
+    constrained = False
+    requirements: list[str] = []
+    tokens = iter(arguments)
+    for token in tokens:
+        option, equals, value = token.partition("=")
+        if option in _VALUE_OPTIONS:
+            value = value if equals else next(tokens, "")
+            constrained |= option in ("-c", "--constraint") and Path(value).name == constraints.name
+            if option in _OTHER_INDEX:
+                findings.append(
+                    f"{where}: pip install {option} {value}: installs from outside the package registry "
+                    f"{constraints.name} was measured on (torch's CUDA build could differ)"
+                )
+        elif not token.startswith("-"):
+            requirements.append(token)
+    if not constrained:
+        findings.append(
+            f"{where}: pip install {' '.join(arguments)}: missing `-c {constraints.name}`, so versions "
+            f"the project does not pin directly are not the project's lock"
+        )
+    for token in requirements:
+        findings += _requirement_findings(where, token, pins, extras, files)
+    return findings
+
+
+def check_dockerfile_pins(dockerfile: Path, constraints: Path, pyproject: Path) -> list[str]:
+    """Every way the Dockerfile's versions differ from the project's pins, one message each (file:line, both versions)."""
+    pins, extras = project_pins(constraints, pyproject)
+    findings: list[str] = []
+    saw_base = saw_install = False
+    for line, keyword, arguments in dockerfile_instructions(dockerfile):
+        where = f"{dockerfile.name}:{line}"
+        if keyword == "FROM" and _CUDA_IMAGE.match(arguments.split()[0]):
+            saw_base = True
+            findings += _base_image_findings(where, arguments.split()[0], pins, constraints)
+        for install in pip_installs(arguments) if keyword == "RUN" else []:
+            saw_install = True
+            findings += _install_findings(where, install, pins, extras, (constraints, pyproject))
+    if not saw_base:
+        findings.append(f"{dockerfile.name}: no `FROM nvidia/cuda:<major>.<minor>...` base image to check against torch's CUDA build")
+    if not saw_install:
+        findings.append(f"{dockerfile.name}: no `pip install` found: the image does not install the project's pins")
+    return findings
+
+
+def check_compose_pins(compose: Path, dockerfile: Path, pyproject: Path) -> list[str]:
+    """The compose file builds `dockerfile` and tags the image with the project's version."""
+    document = yaml.safe_load(compose.read_text(encoding="utf-8")) or {}
+    version = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["version"]
+    services = document.get("services") or {}
+    if "train" not in services:
+        return [f"{compose.name}: no `train` service"]
+    findings: list[str] = []
+    for name, service in services.items():
+        build = service.get("build")
+        if build is None:
+            continue
+        build = build if isinstance(build, dict) else {"context": build}
+        built = compose.parent / build.get("context", ".") / build.get("dockerfile", "Dockerfile")
+        if built.resolve() != dockerfile.resolve():
+            findings.append(f"{compose.name}: service {name} builds {built}, not {dockerfile}")
+        image = service.get("image", "")
+        if (image.rpartition(":")[2] if ":" in image else "") != version:
+            findings.append(f"{compose.name}: service {name} tags its image {image!r}, but {pyproject.name} is version {version}")
+    return findings
 
 
 def _hadolint() -> str:
@@ -84,7 +272,7 @@ def test_a_different_image_only_pin_is_reported(repo_root: Path, tmp_path: Path)
     _, constraints, pyproject = _paths(repo_root)
     copy = _copy_with(repo_root, tmp_path, "flash-attn==2.8.3", "flash-attn==2.7.4")
     (finding,) = check_dockerfile_pins(copy, constraints, pyproject)
-    assert "flash-attn==2.7.4 but the project pins flash-attn==2.8.3 (medfactory.docker_pins.IMAGE_ONLY_PINS)" in finding
+    assert "flash-attn==2.7.4 but the project pins flash-attn==2.8.3 (pyproject.toml optional-dependencies.flash-attn)" in finding
 
 
 def test_a_base_image_of_another_cuda_is_reported(repo_root: Path, tmp_path: Path) -> None:

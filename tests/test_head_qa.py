@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medfactory.errors import CorpusError
-from medfactory.mcq import McqItem, read_items, write_items
+from medfactory.base.errors import CorpusError
+from medfactory.corpus.mcq import McqItem, read_items, write_items
 from medfactory.plugins import head_qa
 from medfactory.plugins.head_qa import (
     CATEGORY_CODES,
@@ -93,6 +93,23 @@ def prepared(tmp_path: Path) -> tuple[Path, dict]:
     return output_root, prepare_head_qa(source, "es", output_root)
 
 
+def test_manifest_follows_the_one_schema_and_the_card_counts_every_dataset(prepared) -> None:
+    from medfactory.base.manifest import REQUIRED_KEYS
+    from medfactory.run.card import dataset_manifests
+
+    output_root, manifest = prepared
+    assert set(REQUIRED_KEYS) <= set(manifest)
+    folder = output_root / "data/head_qa_es"
+    sft = json.loads((folder / "sft_train.json").read_text(encoding="utf-8"))
+    dpo = json.loads((folder / "dpo_train.json").read_text(encoding="utf-8"))
+    assert manifest["datasets"]["head_qa_es_sft"] == {"file": "data/head_qa_es/sft_train.json", "records": len(sft)}
+    assert manifest["datasets"]["head_qa_es_dpo"]["records"] == len(dpo)
+    # what `medfactory card` reports for a Spanish SFT recipe's dataset (blank before the one schema)
+    datasets = dataset_manifests({"dataset": "head_qa_es_sft", "eval_dataset": "head_qa_es_dpo", "dataset_dir": str(output_root)})
+    assert datasets["head_qa_es_sft"]["counts"] == {"records": len(sft)}
+    assert datasets["head_qa_es_dpo"]["counts"] == {"records": len(dpo)}
+
+
 def test_evaluation_sets_hold_every_question_of_each_split(prepared) -> None:
     output_root, manifest = prepared
     folder = output_root / "data/head_qa_es"
@@ -108,7 +125,7 @@ def test_evaluation_sets_hold_every_question_of_each_split(prepared) -> None:
     assert manifest["splits"]["train"]["options"] == {"5": 4} and manifest["splits"]["test"]["options"] == {"4": 1}
     assert manifest["splits"]["train"]["image_questions"] == 1 and manifest["splits"]["validation"]["image_questions"] == 1
     assert manifest["splits"]["train"]["answer_positions"] == {"B": 2, "C": 1, "E": 1}
-    assert manifest["items"] == 7 and manifest["dropped"] == []
+    assert manifest["items"] == 7 and manifest["dropped"] == {} and manifest["dropped_questions"] == []
     assert set(manifest["outputs"]) == {"train.jsonl", "validation.jsonl", "test.jsonl", "sft_train.json", "dpo_train.json"}
     assert manifest["questions_with_repeated_option_text"] == ["Cuaderno_2013_1_B-4", "Cuaderno_2013_1_B-5"]
 
@@ -208,7 +225,8 @@ def test_a_malformed_question_names_the_exam_and_qid(tmp_path: Path) -> None:
         prepare_head_qa(source, "es", tmp_path / "out")
     assert not (tmp_path / "out/data").exists() and not (tmp_path / "out/dataset_info.json").exists()
     manifest = prepare_head_qa(source, "es", tmp_path / "out", on_error="skip")
-    assert manifest["dropped"] == [{"split": "train", "exam": "Cuaderno_2013_1_B", "qid": "4", "reason": "ra '7' is none of the aids 1, 2, 3, 4, 5"}]
+    assert manifest["dropped_questions"] == [{"split": "train", "exam": "Cuaderno_2013_1_B", "qid": "4", "reason": "ra '7' is none of the aids 1, 2, 3, 4, 5"}]
+    assert manifest["dropped"] == {"train": 1}
     assert manifest["splits"]["train"]["items"] == 3
 
 
@@ -347,7 +365,7 @@ def test_real_split_counts_are_the_readmes(real) -> None:
     _, manifest = real
     splits = manifest["splits"]
     assert [splits[name]["items"] for name in ("train", "validation", "test")] == [2657, 1366, 2742]
-    assert manifest["items"] == 6765 and manifest["dropped"] == []
+    assert manifest["items"] == 6765 and manifest["dropped"] == {}
     assert splits["train"]["options"] == {"5": 2657}  # 2013-2014
     assert splits["validation"]["options"] == {"4": 1366} and splits["test"]["options"] == {"4": 2742}
     assert [splits[name]["image_questions"] for name in ("train", "validation", "test")] == [68, 30, 67]

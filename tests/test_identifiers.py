@@ -1,7 +1,7 @@
 """Personal-identifier scanner: planted identifiers found with exact spans, false positives avoided.
 
 Every note here is synthetic: the identifiers are generated with seeded ``random`` (check digits
-computed by the small generators below) and planted into notes from ``medfactory.demo_corpus``,
+computed by the small generators below) and planted into notes from ``medfactory.corpus.synthetic_notes``,
 which contain none. Run this file directly for a throughput benchmark:
 ``.venv/bin/python tests/test_identifiers.py``.
 """
@@ -18,8 +18,8 @@ from collections import Counter
 
 import pytest
 
-from medfactory.demo_corpus import generate_notes
-from medfactory.identifiers import LOCALES, MODES, PLACEHOLDERS, Finding, IdentifierScanner, parse_locales
+from medfactory.corpus.identifiers import LOCALES, MODES, PLACEHOLDERS, Finding, IdentifierScanner, parse_locales
+from medfactory.corpus.synthetic_notes import generate_notes
 
 BR = IdentifierScanner(("br",))
 ES = IdentifierScanner(("es",))

@@ -1,11 +1,28 @@
-"""The installed distribution: one `medfactory` namespace, no bare `eval` or `plugins` packages."""
+"""The installed distribution and the source layout (docs/architecture.md): one `medfactory` namespace,
+no bare `eval` or `plugins` packages, no test-only code in the wheel, imports flowing one way, short
+functions, and a tree that passes the project's own ruff configuration."""
 
 from __future__ import annotations
 
+import ast
+import shutil
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
+
+import pytest
+
+# Which layer may import which (docs/architecture.md): a layer imports only itself and those listed.
+ALLOWED_IMPORTS = {
+    "base": set(),
+    "corpus": {"base"},
+    "recipes": {"base"},
+    "run": {"base", "corpus", "recipes"},
+    "bench": {"base", "corpus", "recipes", "run"},
+}
+TEST_ONLY_NAMES = ("tiny_models", "synthetic_mimic", "testing_utils", "docker_pins", "build_constant_answer_model", "build_tiny_bert")
+MAX_FUNCTION_LINES = 80
 
 
 def test_wheel_installs_only_the_medfactory_package(repo_root: Path, tmp_path: Path) -> None:
@@ -19,7 +36,16 @@ def test_wheel_installs_only_the_medfactory_package(repo_root: Path, tmp_path: P
     top_level = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
     assert top_level == {"medfactory"}
     assert "medfactory/plugins/__init__.py" in names and "medfactory/eval/__init__.py" in names
-    assert "medfactory/cli.py" in names
+    assert "medfactory/cli/__init__.py" in names and "medfactory/recipes/paper_values.yaml" in names
+    # every module of the source tree is in the wheel (the package list in pyproject.toml is explicit)
+    sources = {f"medfactory/{path.relative_to(repo_root / 'medfactory').as_posix()}" for path in (repo_root / "medfactory").rglob("*.py")}
+    assert sources <= set(names), sorted(sources - set(names))
+    # and nothing only the tests use
+    python_names = [name for name in names if name.endswith(".py")]
+    assert not [name for name in python_names if any(word in name for word in TEST_ONLY_NAMES)]
+    for name in python_names:
+        text = zipfile.ZipFile(wheel).read(name).decode()
+        assert "testing_utils" not in text and "def build_tiny_bert" not in text, name
     # the base-model configurations `medfactory bench` builds from travel with the package
     assert {f"medfactory/model_configs/{n}.json" for n in ("llama2_7b", "mistral_7b_v02", "biomistral_7b", "medgemma_4b")} <= set(names)
     entry_points = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith("entry_points.txt")).decode()
@@ -45,3 +71,65 @@ def test_console_command_lists_the_subcommands() -> None:
     result = subprocess.run([sys.executable, "-m", "medfactory.cli", "--help"], capture_output=True, text=True, check=True)
     for command in ("recipes", "prepare", "demo", "contamination", "bench"):
         assert command in result.stdout
+
+
+def _first_party_imports(path: Path) -> set[str]:
+    """The ``medfactory.<layer>`` (or ``plugins``/``eval``) names a module imports, at any depth."""
+    layers = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        modules = [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+        for module in modules:
+            parts = module.split(".")
+            if parts[0] == "medfactory" and len(parts) > 1:
+                layers.add(parts[1])
+    return layers
+
+
+def test_imports_flow_one_way(repo_root: Path) -> None:
+    core = repo_root / "medfactory"
+    wrong = []
+    for layer, allowed in ALLOWED_IMPORTS.items():
+        for path in (core / layer).rglob("*.py"):
+            imported = _first_party_imports(path) - {layer, "__version__"}
+            if imported - allowed:
+                wrong.append(f"{path.relative_to(repo_root)} imports medfactory.{', medfactory.'.join(sorted(imported - allowed))}")
+    assert not wrong, "\n".join(wrong)
+    # the core never imports the plugins or the evaluations (only the CLI, on top, does)
+    for path in core.rglob("*.py"):
+        if "cli" not in path.relative_to(core).parts:
+            assert not _first_party_imports(path) & {"plugins", "eval"}, path
+
+
+def test_few_modules_sit_loose_in_the_package(repo_root: Path) -> None:
+    loose = sorted(path.name for path in (repo_root / "medfactory").glob("*.py"))
+    assert len(loose) <= 8, loose
+
+
+def test_no_module_imports_another_modules_private_names(repo_root: Path) -> None:
+    offenders = []
+    for folder in ("medfactory", "plugins", "eval", "benchmarks", "tests"):
+        for path in (repo_root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("medfactory", "testing_utils"):
+                    offenders += [f"{path.relative_to(repo_root)}: {node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+    assert not offenders, "\n".join(offenders)
+
+
+def test_no_function_is_longer_than_80_lines(repo_root: Path) -> None:
+    long_functions = []
+    for folder in ("medfactory", "plugins", "eval", "benchmarks", "tests"):
+        for path in (repo_root / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(repo_root)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)")
+    assert not long_functions, "\n".join(long_functions)
+
+
+def test_ruff_passes_under_the_projects_configuration(repo_root: Path) -> None:
+    ruff = Path(sys.executable).parent / "ruff"
+    if not ruff.exists():
+        ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: it is part of the test extra (pip install -e '.[test]')")
+    result = subprocess.run([str(ruff), "check", "--no-cache", "."], cwd=repo_root, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -15,6 +15,7 @@ import typer
 from openpyxl import load_workbook
 from typer.testing import CliRunner
 
+from medfactory.base.jsonl import read_jsonl, write_jsonl
 from medfactory.eval.likert import CRITERIA, CRITERION_KEYS, LONG_COLUMNS
 from medfactory.eval.likert.cards import (
     CARDS_SHEET,
@@ -58,7 +59,7 @@ def synthetic_completions() -> list[dict]:
 
 
 def write_completions(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    write_jsonl(path, rows)
     return path
 
 
@@ -110,6 +111,10 @@ def test_build_cards_shape_and_key_join() -> None:
     assert [row["position"] for row in key] == [1, 2, 3] * 4
 
 
+def pairs_in_order(key: list[dict]) -> list[tuple[str, str]]:
+    return [(r["note_id"], r["model"]) for r in key]
+
+
 def test_build_cards_is_deterministic_and_input_order_free() -> None:
     completions = synthetic_completions()
     first = build_cards(completions, seed=0)
@@ -119,8 +124,7 @@ def test_build_cards_is_deterministic_and_input_order_free() -> None:
     assert build_cards(completions, seed=0) == first
     other_cards, other_key = build_cards(completions, seed=1)
     assert [c["card_id"] for c in other_cards] != [c["card_id"] for c in first[0]]
-    order = lambda key: [(r["note_id"], r["model"]) for r in key]
-    assert order(other_key) != order(first[1])
+    assert pairs_in_order(other_key) != pairs_in_order(first[1])
     # Card ids do not follow from (note, model): the same pair gets another id under another seed.
     ids0 = {(r["note_id"], r["model"]): r["card_id"] for r in first[1]}
     ids1 = {(r["note_id"], r["model"]): r["card_id"] for r in other_key}
@@ -170,7 +174,7 @@ def test_write_study_files_and_blindness(study: tuple[Path, dict]) -> None:
     out, summary = study
     assert summary["cards"] == 12 and summary["notes"] == 4 and summary["models"] == 3
     assert summary["template_rows"] == 12 * 2 * 3
-    cards = [json.loads(line) for line in (out / "cards.jsonl").read_text(encoding="utf-8").splitlines()]
+    cards = read_jsonl(out / "cards.jsonl")
     assert [set(c) for c in cards] == [{"card_id", "note_index", "excerpt", "completion"}] * 12
     assert [c["note_index"] for c in cards] == [1, 1, 1, 2, 2, 2, 3, 3, 3, 4, 4, 4]
 
@@ -205,7 +209,7 @@ def test_write_study_files_and_blindness(study: tuple[Path, dict]) -> None:
 
 def test_rater_workbook(study: tuple[Path, dict]) -> None:
     out, _ = study
-    cards = [json.loads(line) for line in (out / "cards.jsonl").read_text(encoding="utf-8").splitlines()]
+    cards = read_jsonl(out / "cards.jsonl")
     workbook = load_workbook(out / "raters" / "ana.xlsx")
     assert workbook.sheetnames == [CARDS_SHEET, CRITERIA_SHEET, INSTRUCTIONS_SHEET]
     sheet = workbook[CARDS_SHEET]
@@ -322,7 +326,7 @@ def test_control_characters_in_model_output_do_not_break_the_workbook(tmp_path: 
         {"note_id": "n1", "model": model, "excerpt": "Paciente estável.", "completion": f"Evolui bem\x07\x0b {model}.", "reference": "x"}
         for model in ("m1", "m2")
     ]
-    completions.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    write_jsonl(completions, rows)
     write_study(completions, tmp_path / "study", ["ana"], seed=1)
     sheet = load_workbook(tmp_path / "study" / "raters" / "ana.xlsx")["Cards"]
     texts = sorted(sheet.cell(row=row, column=3).value for row in (2, 3))

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo_corpus import generate_notes
+from medfactory.base.jsonl import read_jsonl, write_jsonl
+from medfactory.corpus.synthetic_notes import generate_notes
 from medfactory.eval.likert import CRITERIA
-from medfactory.tiny import build_constant_answer_model, build_tiny_model
+from medfactory.run.tiny_model import build_tiny_model
+from testing_utils.tiny_models import build_constant_answer_model
 
 
 def medfactory(cwd: Path, *args: str) -> subprocess.CompletedProcess:
@@ -44,7 +46,7 @@ def fill_workbook(path: Path, rng: random.Random) -> int:
 def test_likert_study_end_to_end(repo_copy: Path, llamafactory_api) -> None:
     notes = list(generate_notes(300, seed=21))
     heldout = repo_copy / "heldout.jsonl"
-    heldout.write_text("".join(json.dumps({"text": note, "id": f"note{i}"}, ensure_ascii=False) + "\n" for i, note in enumerate(notes[:5])))
+    write_jsonl(heldout, ({"text": note, "id": f"note{i}"} for i, note in enumerate(notes[:5])))
     models = {
         "tiny-mistral": build_tiny_model("mistral", notes),
         "tiny-llama": build_tiny_model("llama", notes),
@@ -56,7 +58,7 @@ def test_likert_study_end_to_end(repo_copy: Path, llamafactory_api) -> None:
     medfactory(repo_copy, "likert", "run", "--heldout", "heldout.jsonl", "--models", "models.yaml", "--study", "s1", "--raters", "ana,bruno", *cpu)
     study = repo_copy / "reports" / "likert" / "s1"
 
-    completions = [json.loads(line) for line in (study / "completions.jsonl").read_text().splitlines()]
+    completions = read_jsonl(study / "completions.jsonl")
     assert len(completions) == 10 and {c["model"] for c in completions} == set(models)
     assert all(c["completion"] for c in completions)
     order = json.loads((repo_copy / "data" / "likert" / "prompts_ids.json").read_text())

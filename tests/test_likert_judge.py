@@ -9,7 +9,7 @@ import pytest
 
 from medfactory.eval.likert import CRITERION_KEYS
 from medfactory.eval.likert.judge import UnparseableAnswer, judge_cards, parse_scores, write_judge_ratings
-from medfactory.tiny import build_constant_answer_model
+from testing_utils.tiny_models import build_constant_answer_model
 
 ANSWER = '{"format": 4, "spelling": 5, "coherence": 3}'
 CARDS = [
@@ -40,8 +40,8 @@ def test_judge_scores_through_a_live_llamafactory_api(tmp_path: Path, llamafacto
 
 @pytest.mark.slow
 def test_unparseable_answers_are_retried_then_recorded_missing(tmp_path: Path, llamafactory_api) -> None:
-    from medfactory.demo_corpus import generate_notes
-    from medfactory.tiny import build_tiny_model
+    from medfactory.corpus.synthetic_notes import generate_notes
+    from medfactory.run.tiny_model import build_tiny_model
 
     endpoint = llamafactory_api(build_tiny_model("mistral", list(generate_notes(100, seed=8))))  # random weights: never JSON
     started = time.time()

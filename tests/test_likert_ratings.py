@@ -12,6 +12,7 @@ import typer
 from openpyxl import load_workbook
 from typer.testing import CliRunner
 
+from medfactory.base.jsonl import read_jsonl, write_jsonl
 from medfactory.eval.likert import CRITERIA, CRITERION_KEYS, LONG_COLUMNS
 from medfactory.eval.likert.cards import CARDS_SHEET, OBSERVATION_HEADER, write_study
 from medfactory.eval.likert.ratings import (
@@ -53,14 +54,12 @@ class Study:
     def __init__(self, root: Path) -> None:
         self.root = root
         completions = root / "completions.jsonl"
-        completions.write_text(
-            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in synthetic_completions()), encoding="utf-8"
-        )
+        write_jsonl(completions, synthetic_completions())
         self.dir = root / "study"
         write_study(completions, self.dir, ["ana", "bruno"], seed=7)
         self.cards_path = self.dir / "cards.jsonl"
         self.key_path = self.dir / "key.csv"
-        self.card_ids = [json.loads(line)["card_id"] for line in self.cards_path.read_text(encoding="utf-8").splitlines()]
+        self.card_ids = [card["card_id"] for card in read_jsonl(self.cards_path)]
         self.returned = root / "returned"
         self.returned.mkdir()
 
@@ -237,8 +236,11 @@ def test_allow_missing_keeps_na(study: Study) -> None:
         study.read([partial])
 
 
-def test_every_problem_reported_at_once(study: Study) -> None:
-    # --- XLSX of ana: out of range, fraction, words, empty, unknown card, duplicated row ---
+def break_xlsx(study: Study) -> tuple[Path, list]:
+    """ana's workbook with out of range, fraction, word and empty scores, an unknown card, a repeated row.
+
+    Returns the path and the values row 7 held before its card id was overwritten.
+    """
     ana = study.fill_xlsx("ana", "ana.xlsx")
     workbook = load_workbook(ana)
     sheet = workbook[CARDS_SHEET]
@@ -251,7 +253,11 @@ def test_every_problem_reported_at_once(study: Study) -> None:
     sheet["A7"] = "Cdeadbeef"
     sheet.append([cell.value for cell in sheet[8]])  # row 14 repeats row 8
     workbook.save(ana)
-    # --- long CSV of bruno: unknown criterion, bad score, duplicated line, unknown card ---
+    return ana, bogus_row
+
+
+def break_long_csv(study: Study) -> Path:
+    """bruno's long CSV with an unknown criterion, a bad score, a duplicated line and an unknown card."""
     bruno = study.long_csv("bruno", "bruno.csv")
     lines = bruno.read_text(encoding="utf-8").splitlines()
     lines[1] = lines[1].replace(",format,", ",clarity,")  # line 2
@@ -261,7 +267,11 @@ def test_every_problem_reported_at_once(study: Study) -> None:
     lines.append(lines[5])  # line 38 duplicates line 6
     lines.append("C00000000,bruno,format,3,")  # line 39
     bruno.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    # --- Label Studio export: a score of 6, an unknown control, an unknown card, a missing choice ---
+    return bruno
+
+
+def break_label_studio(study: Study) -> Path:
+    """A Label Studio export with a score of 6, an unknown control, an unknown card and a missing choice."""
     export = study.label_studio_export(7, "export.json")
     tasks = json.loads(export.read_text(encoding="utf-8"))
     tasks[0]["annotations"][0]["result"][0]["value"]["choices"] = ["6"]
@@ -269,27 +279,22 @@ def test_every_problem_reported_at_once(study: Study) -> None:
     tasks[2]["data"]["card_id"] = "Cfeedface"
     del tasks[3]["annotations"][0]["result"][2]
     export.write_text(json.dumps(tasks), encoding="utf-8")
-    # --- key.csv that does not match cards.jsonl ---
+    return export
+
+
+def break_key(study: Study) -> str:
+    """key.csv without one card of cards.jsonl and with a card cards.jsonl lacks; returns the dropped card id."""
     key_lines = study.key_path.read_text(encoding="utf-8").splitlines()
     dropped = key_lines.pop(4).split(",")[0]
     key_lines.append("Cabad1dea,nota-9999,Modelo-Desconhecido,1")
     study.key_path.write_text("\n".join(key_lines) + "\n", encoding="utf-8")
+    return dropped
 
-    runner = CliRunner()
-    app = typer.Typer()
-    app.command()(ratings_command)
-    out = study.root / "ratings.csv"
-    result = runner.invoke(app, [str(ana), str(bruno), str(export), "--study-dir", str(study.dir), "--out", str(out)])
-    assert result.exit_code == 1
-    assert not out.exists()
-    assert not (study.dir / "ratings.csv").exists()
 
-    with pytest.raises(RatingsError) as caught:
-        study.read([ana, bruno, export])
-    message = str(caught.value)
-    problems = caught.value.problems
+def expected_problems(study: Study, ana: Path, bruno: Path, export: Path, dropped: str) -> list[str]:
+    """The start of every problem the broken inputs must be reported with, in no particular order."""
     c = study.card_ids
-    expected = [
+    return [
         # ana.xlsx
         f"{ana}, sheet Cards, cell D2 (card {c[0]}, format): score 0 is out of range",
         f"{ana}, sheet Cards, cell E3 (card {c[1]}, spelling): score 6 is out of range",
@@ -319,11 +324,33 @@ def test_every_problem_reported_at_once(study: Study) -> None:
         f"{study.key_path}: key mismatch: 1 card id(s) not in cards.jsonl: Cabad1dea",
         f"{study.key_path}: key mismatch: 1 card id(s) of cards.jsonl missing from the key: {dropped}",
     ]
+
+
+def test_every_problem_reported_at_once(study: Study) -> None:
+    ana, bogus_row = break_xlsx(study)
+    bruno = break_long_csv(study)
+    export = break_label_studio(study)
+    dropped = break_key(study)
+
+    runner = CliRunner()
+    app = typer.Typer()
+    app.command()(ratings_command)
+    out = study.root / "ratings.csv"
+    result = runner.invoke(app, [str(ana), str(bruno), str(export), "--study-dir", str(study.dir), "--out", str(out)])
+    assert result.exit_code == 1
+    assert not out.exists()
+    assert not (study.dir / "ratings.csv").exists()
+
+    with pytest.raises(RatingsError) as caught:
+        study.read([ana, bruno, export])
+    message = str(caught.value)
+    problems = caught.value.problems
+    expected = expected_problems(study, ana, bruno, export, dropped)
     for line in expected:
         assert any(problem.startswith(line) for problem in problems), f"not reported: {line}\n\n{message}"
     assert len(problems) == len(expected), message
     assert message.startswith(f"{len(expected)} problem(s) in the ratings:")
-    assert bogus_row[0] == c[5]  # the card whose id was overwritten is the one reported missing
+    assert bogus_row[0] == study.card_ids[5]  # the card whose id was overwritten is the one reported missing
     assert "Modelo-Desconhecido" not in message  # an unknown model in the key is no problem
 
 

@@ -19,7 +19,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
 from medfactory.plugins import lopes2019
 from medfactory.plugins.lopes2019 import (
     PLUGIN,

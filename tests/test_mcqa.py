@@ -12,6 +12,7 @@ import json
 import math
 import os
 import random
+import re
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -23,8 +24,10 @@ import typer
 from sklearn.metrics import accuracy_score, f1_score
 from typer.testing import CliRunner
 
+from medfactory.base.jsonl import write_jsonl
+from medfactory.corpus.mcq import McqItem
 from medfactory.eval import mcqa
-from medfactory.tiny import build_tiny_model
+from medfactory.run.tiny_model import build_tiny_model
 
 
 def _item(id, question, options, answer, category, year, exam, language="es", has_image=False):
@@ -59,25 +62,32 @@ TEST_ITEMS = [
     _item("pt-3", "O sinal de Murphy positivo sugere:",
           ["Apendicite", "Colecistite aguda", "Pancreatite", "Diverticulite"], 1, "cirurgia", 2020, "Revalida_2020", "pt"),
     _item("pt-4", "Na insuficiência cardíaca, os inibidores da ECA reduzem:",
-          ["A mortalidade", "A pressão intraocular", "A glicemia em jejum", "A função renal a zero", "O colesterol HDL"], 0, "clínica médica", 2021, "Revalida_2021", "pt"),
+          ["A mortalidade", "A pressão intraocular", "A glicemia em jejum", "A função renal a zero", "O colesterol HDL"], 0,
+          "clínica médica", 2021, "Revalida_2021", "pt"),
 ]  # fmt: skip
 
 POOL_ITEMS = [
     _item("es-1", "¿Cuál es el fármaco de elección en la neumonía adquirida en la comunidad sin comorbilidades?",
           ["Amoxicilina", "Vancomicina", "Insulina", "Metformina", "Omeprazol"], 0, "medicine", 2013, "Cuaderno_2013_1_M"),
-    _item("pool-dup", "¿Cuál es el pH normal de la sangre arterial?", ["6,8", "7,0", "7,35 a 7,45", "7,8"], 2, "chemistry", 2015, "Cuaderno_2015_1_Q"),
-    _item("pool-img", "Observe la radiografía adjunta:", ["Neumotórax", "Derrame", "Normal", "Atelectasia"], 0, "medicine", 2015, "Cuaderno_2015_1_M", has_image=True),
-    _item("pool-1", "La vitamina K es necesaria para la síntesis de:", ["Factores de coagulación II, VII, IX y X", "Insulina", "Hemoglobina", "Colágeno"], 0, "biology", 2015, "Cuaderno_2015_1_B"),
+    _item("pool-dup", "¿Cuál es el pH normal de la sangre arterial?", ["6,8", "7,0", "7,35 a 7,45", "7,8"], 2, "chemistry", 2015,
+          "Cuaderno_2015_1_Q"),
+    _item("pool-img", "Observe la radiografía adjunta:", ["Neumotórax", "Derrame", "Normal", "Atelectasia"], 0, "medicine", 2015,
+          "Cuaderno_2015_1_M", has_image=True),
+    _item("pool-1", "La vitamina K es necesaria para la síntesis de:", ["Factores de coagulación II, VII, IX y X", "Insulina", "Hemoglobina", "Colágeno"],
+          0, "biology", 2015, "Cuaderno_2015_1_B"),
     _item("pool-2", "El nervio que inerva el diafragma es:", ["Vago", "Frénico", "Facial", "Hipogloso"], 1, "medicine", 2015, "Cuaderno_2015_1_M"),
     _item("pool-3", "La unidad funcional del riñón es:", ["Alvéolo", "Nefrona", "Hepatocito", "Sarcómero"], 1, "biology", 2015, "Cuaderno_2015_1_B"),
-    _item("pool-4", "Una taquicardia se define por una frecuencia cardiaca mayor de:", ["40", "60", "100 latidos por minuto", "200"], 2, "nursery", 2015, "Cuaderno_2015_1_E"),
-    _item("pool-5", "O hormônio produzido pelas células beta do pâncreas é:", ["Glucagon", "Insulina", "Somatostatina", "Gastrina"], 1, "clínica médica", 2019, "Revalida_2019", "pt"),
-    _item("pool-6", "A principal via de transmissão da hepatite A é:", ["Fecal-oral", "Sexual", "Vertical", "Transfusional"], 0, "preventiva", 2019, "Revalida_2019", "pt"),
+    _item("pool-4", "Una taquicardia se define por una frecuencia cardiaca mayor de:", ["40", "60", "100 latidos por minuto", "200"], 2, "nursery",
+          2015, "Cuaderno_2015_1_E"),
+    _item("pool-5", "O hormônio produzido pelas células beta do pâncreas é:", ["Glucagon", "Insulina", "Somatostatina", "Gastrina"], 1,
+          "clínica médica", 2019, "Revalida_2019", "pt"),
+    _item("pool-6", "A principal via de transmissão da hepatite A é:", ["Fecal-oral", "Sexual", "Vertical", "Transfusional"], 0, "preventiva", 2019,
+          "Revalida_2019", "pt"),
 ]  # fmt: skip
 
 
 def _write_jsonl(path: Path, records: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    write_jsonl(path, records)
     return path
 
 
@@ -113,7 +123,7 @@ def loaded(tiny_models):
 
 
 @pytest.fixture(scope="module")
-def items(files) -> list[mcqa.Item]:
+def items(files) -> list[McqItem]:
     return mcqa.load_items(files["items"])
 
 
@@ -198,7 +208,7 @@ def test_letter_tokens_scored_are_recorded(loaded, items):
     assert scorer.stats.sequences == len(items) + sum(item.n_options for item in items)
     for a, b in zip(shared, separate):
         assert a.loglik == pytest.approx(b.loglik, abs=1e-5)
-    assert mcqa._letter_tokens(shared) == {letter: [["Ġ" + letter]] for letter in "ABCDE"}
+    assert mcqa.letter_tokens(shared) == {letter: [["Ġ" + letter]] for letter in "ABCDE"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -354,11 +364,12 @@ def test_command_outputs(app, tiny_models, files, tmp_path, protocol):
     assert (settings["protocol"], settings["shots"], settings["seed"], settings["model"]) == (protocol, 2, 1, str(tiny_models["mistral"]))
     assert settings["adapter"] is None and settings["dtype"] == "float32"
     assert {"torch", "transformers", "peft"} <= set(metrics["versions"])
-    assert "(primary) |" in report and "## Per category" in report and "## Exam points" in report
+    assert re.search(r"^\| (letter log-prob|loglik / bytes) \(primary\) +\|", report, re.MULTILINE)
+    assert "## Per category" in report and "## Exam points" in report
 
     if protocol == "loglik_norm":
         variants = metrics["variants"]
-        raw_argmax = per_item[[f"loglik_{l}" for l in "ABCDE"]].fillna(-math.inf).to_numpy().argmax(axis=1)
+        raw_argmax = per_item[[f"loglik_{letter}" for letter in "ABCDE"]].fillna(-math.inf).to_numpy().argmax(axis=1)
         assert list(per_item["prediction_unnorm"]) == ["ABCDE"[i] for i in raw_argmax]
         assert variants["unnormalised"]["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction_unnorm"]))
         assert variants["char_normalised"]["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction_char_norm"]))

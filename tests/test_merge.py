@@ -1,4 +1,4 @@
-"""TIES / DARE merges (medfactory.merge): per-tensor values computed by hand, full merges of tiny
+"""TIES / DARE merges (medfactory.run.merge): per-tensor values computed by hand, full merges of tiny
 Mistrals checked tensor by tensor, DARE's determinism and expectation, recipe validation, the command."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from medfactory.demo_corpus import generate_notes
-from medfactory.merge import (
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.merge import (
     MANIFEST_NAME,
     MergeError,
     MergeRecipeError,
@@ -28,7 +28,7 @@ from medfactory.merge import (
     ties_merge,
     trim_to_density,
 )
-from medfactory.tiny import build_tiny_model
+from medfactory.run.tiny_model import build_tiny_model
 
 HEADER = "# recipe: {name}\n# version: 1.0.0\n# source: tests/test_merge.py\n"
 GRID = 2.0**-20  # base weights and perturbations on this grid: every sum and difference is exact in float32
@@ -342,7 +342,7 @@ def test_merge_command_overrides_base_models_and_output(family: dict, tmp_path: 
     import typer
     from typer.testing import CliRunner
 
-    from medfactory.merge import merge_command
+    from medfactory.cli.run import merge_command
 
     app = typer.Typer()
     app.command()(merge_command)

@@ -1,7 +1,7 @@
 """MIMIC-CXR-PT-BR: the MIMIC-CXR subset and translation set, then the translations into multimodal sets.
 
 MIMIC-CXR is credentialed, so the corpus here is written in its PhysioNet layout by
-``medfactory.synthetic_mimic``: from invented English reports always, and from the Indiana University
+``testing_utils.synthetic_mimic``: from invented English reports always, and from the Indiana University
 chest X-ray reports in ``../shared/data/iu_xray_reports`` where that folder exists (those tests skip,
 with the reason, elsewhere). Every Portuguese translation below is invented for the tests.
 """
@@ -18,7 +18,8 @@ import typer
 from PIL import Image
 from typer.testing import CliRunner
 
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import read_jsonl, write_jsonl
 from medfactory.plugins import mimic_cxr
 from medfactory.plugins.mimic_cxr import (
     DIAGNOSIS_PROMPT,
@@ -36,16 +37,12 @@ from medfactory.plugins.mimic_cxr import (
     rejection_reason,
     square_resize,
 )
-from medfactory.synthetic_mimic import build_mimic_layout_from_indiana
+from testing_utils.synthetic_mimic import build_mimic_layout_from_indiana
 
 INDIANA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/iu_xray_reports"
 LAYOUT_COUNTS = {"train": 10, "validation": 6, "test": 8}
 SUBSET = {"train": 6, "validation": 3, "test": 4}
 OFFICIAL = {"train": "train", "validate": "validation", "test": "test"}
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 def studies_of(output_root: Path) -> list[dict]:
@@ -280,6 +277,10 @@ def test_manifest_counts(layout: Path, prepared: tuple[Path, dict]) -> None:
     labelled = next(s for s in studies if s["chexpert"] is not None)
     assert len(labelled["chexpert"]) == 14 and set(labelled["chexpert"].values()) <= {1, 0, -1, None}
     assert "There is" not in json.dumps(manifest)  # counts and ids, never report text
+    # The schema's datasets: each registered set with its record count (what `medfactory card` reports).
+    lines = (output_root / "data/mimic_cxr/translate.jsonl").read_text(encoding="utf-8").splitlines()
+    assert manifest["datasets"] == {"mimic_cxr_translate": {"file": "data/mimic_cxr/translate.jsonl", "records": len(lines)}}
+    assert json.loads((output_root / "data/mimic_cxr/manifest.json").read_text())["datasets"] == manifest["datasets"]
 
 
 def test_drops_and_shortfall_are_counted(tmp_path: Path) -> None:
@@ -394,10 +395,7 @@ def invented_translation(report_en: str) -> str:
 
 def write_predictions(path: Path, rows: list[tuple[str, str]]) -> Path:
     """``(report_en, predict)`` pairs as LLaMA-Factory's generated_predictions.jsonl."""
-    with open(path, "w", encoding="utf-8") as handle:
-        for report_en, predict in rows:
-            prompt = f"user\n{TRANSLATE_PROMPT}\n{report_en}\nmodel\n"
-            handle.write(json.dumps({"prompt": prompt, "predict": predict, "label": ""}, ensure_ascii=False) + "\n")
+    write_jsonl(path, ({"prompt": f"user\n{TRANSLATE_PROMPT}\n{report_en}\nmodel\n", "predict": predict, "label": ""} for report_en, predict in rows))
     return path
 
 
@@ -506,6 +504,19 @@ def test_ptbr_registry_entries(translated) -> None:
     assert "mimic_cxr_translate" in registry and "other" in registry
 
 
+def test_ptbr_manifest_counts_the_records_of_every_registered_set(translated) -> None:
+    output_root, manifest, *_ = translated
+    on_disk = json.loads((output_root / "data/mimic_cxr_ptbr/manifest.json").read_text())
+    assert on_disk["datasets"] == manifest["datasets"]
+    assert set(manifest["datasets"]) == set(PTBR_ENTRIES)
+    for name, entry in PTBR_ENTRIES.items():
+        items = json.loads((output_root / entry["file_name"]).read_text(encoding="utf-8"))
+        assert manifest["datasets"][name] == {"file": entry["file_name"], "records": len(items)}
+    for split, count in manifest["studies_by_split"].items():
+        assert manifest["datasets"][f"mimic_cxr_ptbr_{split}"]["records"] == count
+    assert manifest["datasets"]["mimic_cxr_ptbr_test_fewshot"]["records"] == manifest["studies_by_split"]["test"]
+
+
 def test_ptbr_command_prints_counts_and_ids_never_text(translated) -> None:
     output_root, manifest, *_ = translated
     args = ["--translations", str(output_root / "generated_predictions.jsonl"), "--output-root", str(output_root)]
@@ -539,9 +550,9 @@ def test_predictions_of_another_translate_set_are_refused(translated, tmp_path: 
 
 def test_everything_rejected_is_an_error(translated, tmp_path: Path) -> None:
     output_root, *_ = translated
-    rows = [json.loads(line) for line in (output_root / "generated_predictions.jsonl").read_text().splitlines()]
+    rows = read_jsonl(output_root / "generated_predictions.jsonl")
     empty = tmp_path / "generated_predictions.jsonl"
-    empty.write_text("".join(json.dumps({**row, "predict": ""}) + "\n" for row in rows))
+    write_jsonl(empty, ({**row, "predict": ""} for row in rows))
     before = (output_root / "data/mimic_cxr_ptbr/train.json").stat().st_mtime_ns
     with pytest.raises(CorpusError, match="every translation was rejected"):
         prepare_mimic_cxr_ptbr(empty, output_root=output_root)
@@ -551,6 +562,17 @@ def test_everything_rejected_is_an_error(translated, tmp_path: Path) -> None:
 def test_missing_prepared_studies_is_an_error(tmp_path: Path) -> None:
     predictions = write_predictions(tmp_path / "generated_predictions.jsonl", [("FINDINGS: x.", "ACHADOS: x.")])
     with pytest.raises(CorpusError, match="prepare mimic_cxr"):
+        prepare_mimic_cxr_ptbr(predictions, output_root=tmp_path)
+
+
+def test_unreadable_prediction_lines_name_the_file_and_line(tmp_path: Path) -> None:
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", [("FINDINGS: x.", "ACHADOS: x.")])
+    with open(predictions, "a", encoding="utf-8") as handle:
+        handle.write("{not json\n")
+    with pytest.raises(CorpusError, match=r"generated_predictions.jsonl, line 2: not valid JSON"):
+        prepare_mimic_cxr_ptbr(predictions, output_root=tmp_path)
+    write_jsonl(predictions, [{"prompt": "x", "predict": "ACHADOS: x."}, {"prompt": "x", "label": ""}])
+    with pytest.raises(CorpusError, match=r"generated_predictions.jsonl, line 2: no \"predict\" text"):
         prepare_mimic_cxr_ptbr(predictions, output_root=tmp_path)
 
 
@@ -588,6 +610,6 @@ def test_llamafactory_reads_the_registry_entries(translated) -> None:
     assert converted["_prompt"][0]["content"] == fewshot["messages"][0]["content"]
     assert converted["_response"][0]["content"] == fewshot["messages"][1]["content"]
     assert [Path(image) for image in converted["_images"]] == [output_root / image for image in fewshot["images"]]
-    translate_row = json.loads((output_root / attrs[2].dataset_name).read_text().splitlines()[0])
+    translate_row = read_jsonl(output_root / attrs[2].dataset_name)[0]
     converted = get_dataset_converter("alpaca", attrs[2], data_args)(translate_row)
     assert converted["_prompt"][0]["content"] == f"{TRANSLATE_PROMPT}\n{translate_row['input']}"

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo_corpus import generate_notes
-from medfactory.synthetic_mimic import build_mimic_layout_from_indiana
-from medfactory.tiny import build_constant_answer_model, build_tiny_bert, build_tiny_gemma3_text, build_tiny_gemma3_vlm, build_tiny_xlmr
+from medfactory.base.jsonl import read_jsonl
+from medfactory.corpus.synthetic_notes import generate_notes
+from testing_utils.synthetic_mimic import build_mimic_layout_from_indiana
+from testing_utils.tiny_models import build_constant_answer_model, build_tiny_bert, build_tiny_gemma3_text, build_tiny_gemma3_vlm, build_tiny_xlmr
 
 # What the stand-in translator always answers: a complete Portuguese report, long enough for any
 # Indiana report (the longest is 1,428 characters; a translation must keep at least half).
@@ -33,7 +34,7 @@ def test_mimic_cxr_ptbr_chain_on_tiny_models(repo_copy: Path, shared_data_or_non
     indiana = shared_data_or_none / "iu_xray_reports" if shared_data_or_none else None
     source = build_mimic_layout_from_indiana(indiana, root / "physionet", {"train": 8, "validate": 4, "test": 4}, seed=3)
     medfactory_cli(root, "prepare", "mimic_cxr", "--source", str(source), "--train", "6", "--validation", "3", "--test", "4")
-    studies = [json.loads(line) for line in (root / "data" / "mimic_cxr" / "studies.jsonl").read_text().splitlines()]
+    studies = read_jsonl(root / "data" / "mimic_cxr" / "studies.jsonl")
     assert [s["split"] for s in studies].count("test") == 4
     assert all(1 <= len(s["images"]) <= 2 for s in studies)
 

@@ -13,8 +13,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch.utils.flop_counter import FlopCounterMode
 
-from medfactory.bench_models import BASE_MODELS, base_config_path, shrink
-from medfactory.perf_model import (
+from medfactory.bench.models import BASE_MODELS, base_config_path, shrink
+from medfactory.bench.perf_model import (
     estimate_memory,
     load_config,
     mean_attended_keys,
@@ -84,7 +84,7 @@ def test_shipped_configs_have_the_published_parameter_counts() -> None:
 
 
 def test_every_base_model_of_a_training_recipe_has_a_config(repo_root: Path) -> None:
-    from medfactory.recipes import load_recipe
+    from medfactory.recipes.recipe_file import load_recipe
 
     for recipe in sorted((repo_root / "recipes").glob("*.yaml")):
         values = load_recipe(recipe)

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
 from medfactory.plugins import preferences
 from medfactory.plugins.preferences import PLUGIN, prepare_preferences
 

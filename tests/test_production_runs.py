@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo import DEMO_DATA_FILE, DEMO_RECIPE, demo_overrides, write_demo_corpus
-from medfactory.tiny import build_tiny_model
+from medfactory.run.demo import DEMO_DATA_FILE, DEMO_RECIPE, demo_overrides, write_demo_corpus
+from medfactory.run.tiny_model import build_tiny_model
 
 
 def train_command(model: Path, output_dir: Path, max_steps: int, **extra: object) -> list[str]:

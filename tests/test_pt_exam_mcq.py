@@ -11,8 +11,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from medfactory.errors import CorpusError
-from medfactory.mcq import read_items
+from medfactory.base.errors import CorpusError
+from medfactory.corpus.mcq import read_items
 from medfactory.plugins import pt_exam_mcq
 from medfactory.plugins.pt_exam_mcq import PLUGIN, ParseError, exam_year, prepare_pt_exam_mcq, refers_to_image, split_options
 
@@ -152,7 +152,7 @@ def test_synthetic_questions_are_parsed_and_failures_listed(prepared) -> None:
         {"numero": "24", "exam": EXAM_2013, "reason": "Número repeated in the exam"},
     ]
     assert (manifest["rows"], manifest["items"], manifest["image_questions"]) == (6, 3, 1)
-    assert manifest["options"] == {"4": 2, "5": 1} and manifest["answer_positions"] == {"B": 1, "D": 1, "E": 1}
+    assert manifest["option_counts"] == {"4": 2, "5": 1} and manifest["answer_positions"] == {"B": 1, "D": 1, "E": 1}
     assert manifest["outputs"]["test.jsonl"]["bytes"] == (output_root / "data/pt_exam_mcq/test.jsonl").stat().st_size
     assert not (output_root / "dataset_info.json").exists()  # evaluation only: nothing registered
 
@@ -211,7 +211,8 @@ def test_real_csv_parses_719_of_720(real) -> None:
     assert manifest["parse_failures"] == [
         {"numero": "23", "exam": EXAM_2013, "reason": "no (A)..(D) option markers in order (markers found: none)"}
     ]
-    assert manifest["options"] == {"4": 719}
+    assert manifest["option_counts"] == {"4": 719}
+    assert manifest["datasets"]["pt_exam_mcq"]["records"] == 719 and manifest["dropped"] == {"unparseable": 1}
     assert manifest["answer_positions"] == {"A": 180, "B": 179, "C": 180, "D": 180}
     assert manifest["years"] == {"2013": 119, "2019": 120, "2020": 120, "2021": 120, "2022": 120, "2023": 120}
     assert manifest["lowercase_option_markers"] == ["prova_consorcio_interinstitucional_nordeste_teste_do_progresso_2021-32"]

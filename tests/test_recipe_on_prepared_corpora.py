@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo import demo_overrides
-from medfactory.demo_corpus import generate_notes
-from medfactory.tiny import build_tiny_model
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.demo import demo_overrides
+from medfactory.run.tiny_model import build_tiny_model
 
 
 def write_export(path: Path, header: list[str], rows: list[list[str]]) -> None:

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.recipes import check_recipe, default_recipe_paths, lock_recipes
+from medfactory.recipes.check import check_recipe
+from medfactory.recipes.lock import lock_recipes
+from medfactory.recipes.recipe_file import default_recipe_paths
 
 MISTRAL = "recipes/clinical_br_mistral.yaml"
 

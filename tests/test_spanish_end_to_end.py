@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.demo_corpus import generate_notes
-from medfactory.tiny import build_tiny_model
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.tiny_model import build_tiny_model
 
 
 def synthetic_head_qa(folder: Path) -> Path:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from medfactory.demo_corpus import generate_notes
-from medfactory.tiny import build_tiny_model
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.tiny_model import build_tiny_model
 
 
 def test_tiny_mistral_is_built_once_and_loads_with_transformers() -> None:

@@ -19,18 +19,19 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import random
 import re
 import unicodedata
 import xml.etree.ElementTree as ET
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import typer
 
-from medfactory.atomic import atomic_write, write_json_atomic
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.jsonl import read_jsonl, write_jsonl
 
 from . import (
     CARDS_FILE,
@@ -77,31 +78,8 @@ _RATER_NAME = re.compile(r"^\w[\w.-]*$")
 # --------------------------------------------------------------------------------------------
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """One JSON object per non-blank line; a bad line raises ValueError naming file and line."""
-    path = Path(path)
-    records: list[dict[str, Any]] = []
-    problems: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                problems.append(f"{path}, line {number}: not valid JSON ({error.msg})")
-                continue
-            if not isinstance(record, dict):
-                problems.append(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
-                continue
-            records.append(record)
-    if problems:
-        raise ValueError("\n".join(problems))
-    return records
-
-
 def read_cards(path: Path) -> list[dict[str, Any]]:
-    """The cards of ``cards.jsonl``, in file order."""
+    """The cards of ``cards.jsonl``, in file order (ValueError naming file and line on a bad line)."""
     return read_jsonl(path)
 
 
@@ -110,27 +88,46 @@ def read_cards(path: Path) -> list[dict[str, Any]]:
 # --------------------------------------------------------------------------------------------
 
 
+def _record_problems(number: int, record: Any) -> list[str]:
+    """The problems of one completion record on its own (missing or non-string fields)."""
+    if not isinstance(record, dict):
+        return [f"record {number}: expected an object, got {type(record).__name__}"]
+    where = f"record {number}"
+    problems: list[str] = []
+    for field in ("note_id", "model"):
+        value = record.get(field)
+        if not isinstance(value, str) or not value.strip():
+            problems.append(f"{where}: '{field}' is missing or empty")
+    for field in ("excerpt", "completion"):
+        if not isinstance(record.get(field), str):
+            problems.append(f"{where}: '{field}' is missing or not a string")
+    return problems
+
+
+def _missing_model_problems(pairs: Iterable[tuple[str, str]]) -> list[str]:
+    """One line per note that lacks a completion of some model seen elsewhere."""
+    pairs = list(pairs)
+    models = sorted({model for _, model in pairs})
+    by_note: dict[str, set[str]] = defaultdict(set)
+    for note, model in pairs:
+        by_note[note].add(model)
+    problems: list[str] = []
+    for note in sorted(by_note):
+        missing = [model for model in models if model not in by_note[note]]
+        if missing:
+            problems.append(f"note '{note}': no completion for model(s) {', '.join(missing)}")
+    return problems
+
+
 def _check_completions(completions: list[dict]) -> list[str]:
     """Every problem of the completions, one line each (empty when they are fine)."""
     problems: list[str] = []
     seen: dict[tuple[str, str], int] = {}
     excerpts: dict[str, str] = {}
     for number, record in enumerate(completions, start=1):
-        if not isinstance(record, dict):
-            problems.append(f"record {number}: expected an object, got {type(record).__name__}")
-            continue
-        where = f"record {number}"
-        bad = False
-        for field in ("note_id", "model"):
-            value = record.get(field)
-            if not isinstance(value, str) or not value.strip():
-                problems.append(f"{where}: '{field}' is missing or empty")
-                bad = True
-        for field in ("excerpt", "completion"):
-            if not isinstance(record.get(field), str):
-                problems.append(f"{where}: '{field}' is missing or not a string")
-                bad = True
-        if bad:
+        record_problems = _record_problems(number, record)
+        if record_problems:
+            problems += record_problems
             continue
         note, model = record["note_id"], record["model"]
         where = f"record {number} (note '{note}', model '{model}')"
@@ -146,14 +143,7 @@ def _check_completions(completions: list[dict]) -> list[str]:
             problems.append(f"{where}: excerpt differs from the other models' excerpt of this note")
         else:
             excerpts.setdefault(note, record["excerpt"])
-    models = sorted({model for _, model in seen})
-    by_note: dict[str, set[str]] = defaultdict(set)
-    for note, model in seen:
-        by_note[note].add(model)
-    for note in sorted(by_note):
-        missing = [model for model in models if model not in by_note[note]]
-        if missing:
-            problems.append(f"note '{note}': no completion for model(s) {', '.join(missing)}")
+    problems += _missing_model_problems(seen)
     if not completions:
         problems.append("no completions at all")
     return problems
@@ -235,51 +225,74 @@ def parse_raters(raters: str | list[str]) -> list[str]:
     return names
 
 
-
 def _cell_text(text: str) -> str:
     """Text a worksheet cell accepts: model output can hold control characters XLSX forbids."""
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
     return ILLEGAL_CHARACTERS_RE.sub("\ufffd", text)
 
-def rater_workbook_bytes(cards: list[dict], note_indexes: dict[str, int], rater: str) -> bytes:
-    """The XLSX a rater fills in: sheets Cards, Critérios and Instruções (no model, no note id)."""
-    from openpyxl import Workbook
-    from openpyxl.comments import Comment
+
+# The Instruções sheet: numbered (Portuguese, English) pairs, one row each.
+INSTRUCTION_LINES: tuple[tuple[str, str], ...] = (
+    (
+        ("Estudo cego: cada continuação foi escrita por um de vários sistemas, e você não sabe qual. "
+         "Não tente adivinhar; avalie só o texto."),
+        ("Blind study: each continuation was written by one of several systems and you do not know which. "
+         "Do not try to guess; rate the text only."),
+    ),
+    (
+        (f"Cada linha da planilha {CARDS_SHEET} é um cartão: o início de uma nota clínica ({EXCERPT_HEADER}) e "
+         f"uma continuação ({COMPLETION_HEADER}). Avalie a continuação, considerando o início."),
+        (f"Each row of the {CARDS_SHEET} sheet is one card: the start of a clinical note ({EXCERPT_HEADER}) and "
+         f"a continuation ({COMPLETION_HEADER}). Rate the continuation, given the start."),
+    ),
+    (
+        (f"Dê uma nota de 1 a 5 (número inteiro) para cada critério em cada cartão; as definições estão na "
+         f"planilha {CRITERIA_SHEET}."),
+        (f"Give one score from 1 to 5 (whole number) per criterion per card; definitions are on the "
+         f"{CRITERIA_SHEET} sheet."),
+    ),
+    (
+        "Cartões do mesmo início de nota aparecem juntos (mesma cor de fundo); avalie cada continuação por si.",
+        "Cards of the same note start are grouped (same background); rate each continuation on its own.",
+    ),
+    (
+        f"A coluna {OBSERVATION_HEADER} é opcional.",
+        f"The {OBSERVATION_HEADER} (observations) column is optional.",
+    ),
+    (
+        ("Não altere card_id, o início nem a continuação; não renomeie nem apague colunas. Salve como .xlsx e "
+         "devolva o arquivo."),
+        ("Do not edit card_id, the start or the continuation; do not rename or delete columns. Save as .xlsx "
+         "and send the file back."),
+    ),
+)
+
+
+class _Styles(NamedTuple):
+    """The few cell styles of the rater workbook."""
+
+    wrap_top: Any
+    bold: Any
+    header_fill: Any
+    group_fill: Any
+
+
+def _workbook_styles() -> _Styles:
     from openpyxl.styles import Alignment, Font, PatternFill
+
+    return _Styles(
+        wrap_top=Alignment(wrap_text=True, vertical="top"),
+        bold=Font(bold=True),
+        header_fill=PatternFill("solid", start_color="DDEBF7"),
+        group_fill=PatternFill("solid", start_color="F2F2F2"),
+    )
+
+
+def _score_validation(n_cards: int) -> Any:
+    """Score cells accept a whole number 1-5 (or nothing), with a bilingual prompt and error."""
     from openpyxl.utils import get_column_letter
     from openpyxl.worksheet.datavalidation import DataValidation
-
-    wrap_top = Alignment(wrap_text=True, vertical="top")
-    bold = Font(bold=True)
-    header_fill = PatternFill("solid", start_color="DDEBF7")
-    group_fill = PatternFill("solid", start_color="F2F2F2")
-
-    workbook = Workbook()
-    sheet = workbook.active
-    sheet.title = CARDS_SHEET
-    headers = [CARD_ID_HEADER, EXCERPT_HEADER, COMPLETION_HEADER, *(c.name for c in CRITERIA), OBSERVATION_HEADER]
-    sheet.append(headers)
-    for column, header in enumerate(headers, start=1):
-        cell = sheet.cell(row=1, column=column)
-        cell.font = bold
-        cell.fill = header_fill
-        cell.alignment = wrap_top
-    for offset, criterion in enumerate(CRITERIA):
-        sheet.cell(row=1, column=4 + offset).comment = Comment(f"{criterion.question}\n(1–5)", "medfactory")
-    for row_number, card in enumerate(cards, start=2):
-        sheet.append([card["card_id"], _cell_text(card["excerpt"]), _cell_text(card["completion"]), *([None] * len(CRITERIA)), None])
-        shaded = note_indexes[card["card_id"]] % 2 == 0
-        for column in range(1, len(headers) + 1):
-            cell = sheet.cell(row=row_number, column=column)
-            cell.alignment = wrap_top
-            if shaded:
-                cell.fill = group_fill
-    widths = [13, 60, 60, *([20] * len(CRITERIA)), 40]
-    for column, width in enumerate(widths, start=1):
-        sheet.column_dimensions[get_column_letter(column)].width = width
-    sheet.row_dimensions[1].height = 45
-    sheet.freeze_panes = "B2"
 
     first, last = get_column_letter(4), get_column_letter(3 + len(CRITERIA))
     validation = DataValidation(
@@ -296,78 +309,89 @@ def rater_workbook_bytes(cards: list[dict], note_indexes: dict[str, int], rater:
         promptTitle="Nota 1–5 / Score 1–5",
         prompt="1 = muito ruim / very poor ... 5 = excelente / excellent",
     )
-    validation.add(f"{first}2:{last}{max(len(cards) + 1, 2)}")
-    sheet.add_data_validation(validation)
+    validation.add(f"{first}2:{last}{max(n_cards + 1, 2)}")
+    return validation
 
-    criteria_sheet = workbook.create_sheet(CRITERIA_SHEET)
-    criteria_sheet.append(["Critério / Criterion", "Definição / Definition"])
+
+def _fill_cards_sheet(sheet: Any, cards: list[dict], note_indexes: dict[str, int], styles: _Styles) -> None:
+    """One row per card (no model, no note id), the criteria as score columns, notes shaded in turn."""
+    from openpyxl.comments import Comment
+    from openpyxl.utils import get_column_letter
+
+    sheet.title = CARDS_SHEET
+    headers = [CARD_ID_HEADER, EXCERPT_HEADER, COMPLETION_HEADER, *(c.name for c in CRITERIA), OBSERVATION_HEADER]
+    sheet.append(headers)
+    for column in range(1, len(headers) + 1):
+        cell = sheet.cell(row=1, column=column)
+        cell.font = styles.bold
+        cell.fill = styles.header_fill
+        cell.alignment = styles.wrap_top
+    for offset, criterion in enumerate(CRITERIA):
+        sheet.cell(row=1, column=4 + offset).comment = Comment(f"{criterion.question}\n(1–5)", "medfactory")
+    for row_number, card in enumerate(cards, start=2):
+        sheet.append([card["card_id"], _cell_text(card["excerpt"]), _cell_text(card["completion"]), *([None] * len(CRITERIA)), None])
+        shaded = note_indexes[card["card_id"]] % 2 == 0
+        for column in range(1, len(headers) + 1):
+            cell = sheet.cell(row=row_number, column=column)
+            cell.alignment = styles.wrap_top
+            if shaded:
+                cell.fill = styles.group_fill
+    widths = [13, 60, 60, *([20] * len(CRITERIA)), 40]
+    for column, width in enumerate(widths, start=1):
+        sheet.column_dimensions[get_column_letter(column)].width = width
+    sheet.row_dimensions[1].height = 45
+    sheet.freeze_panes = "B2"
+    sheet.add_data_validation(_score_validation(len(cards)))
+
+
+def _fill_criteria_sheet(sheet: Any, styles: _Styles) -> None:
+    """The criteria with their definitions, then the meaning of each scale point."""
+    sheet.append(["Critério / Criterion", "Definição / Definition"])
     for criterion in CRITERIA:
-        criteria_sheet.append([criterion.name, criterion.question])
-    criteria_sheet.append([])
-    criteria_sheet.append(["Escala / Scale", "Significado / Meaning"])
-    scale_header_row = criteria_sheet.max_row
+        sheet.append([criterion.name, criterion.question])
+    sheet.append([])
+    sheet.append(["Escala / Scale", "Significado / Meaning"])
+    scale_header_row = sheet.max_row
     for score in SCORES:
-        criteria_sheet.append([score, SCALE_LABELS.get(score, "")])
-    for row in criteria_sheet.iter_rows():
+        sheet.append([score, SCALE_LABELS.get(score, "")])
+    for row in sheet.iter_rows():
         for cell in row:
-            cell.alignment = wrap_top
+            cell.alignment = styles.wrap_top
     for row_number in (1, scale_header_row):
-        for cell in criteria_sheet[row_number]:
-            cell.font = bold
-            cell.fill = header_fill
-    criteria_sheet.column_dimensions["A"].width = 40
-    criteria_sheet.column_dimensions["B"].width = 100
+        for cell in sheet[row_number]:
+            cell.font = styles.bold
+            cell.fill = styles.header_fill
+    sheet.column_dimensions["A"].width = 40
+    sheet.column_dimensions["B"].width = 100
 
-    instructions = workbook.create_sheet(INSTRUCTIONS_SHEET)
-    instructions["A1"] = RATER_LABEL
-    instructions[RATER_CELL] = rater
-    instructions["A1"].font = bold
-    lines = [
-        (
-            ("Estudo cego: cada continuação foi escrita por um de vários sistemas, e você não sabe qual. "
-             "Não tente adivinhar; avalie só o texto."),
-            ("Blind study: each continuation was written by one of several systems and you do not know which. "
-             "Do not try to guess; rate the text only."),
-        ),
-        (
-            (f"Cada linha da planilha {CARDS_SHEET} é um cartão: o início de uma nota clínica ({EXCERPT_HEADER}) e "
-             f"uma continuação ({COMPLETION_HEADER}). Avalie a continuação, considerando o início."),
-            (f"Each row of the {CARDS_SHEET} sheet is one card: the start of a clinical note ({EXCERPT_HEADER}) and "
-             f"a continuation ({COMPLETION_HEADER}). Rate the continuation, given the start."),
-        ),
-        (
-            (f"Dê uma nota de 1 a 5 (número inteiro) para cada critério em cada cartão; as definições estão na "
-             f"planilha {CRITERIA_SHEET}."),
-            (f"Give one score from 1 to 5 (whole number) per criterion per card; definitions are on the "
-             f"{CRITERIA_SHEET} sheet."),
-        ),
-        (
-            "Cartões do mesmo início de nota aparecem juntos (mesma cor de fundo); avalie cada continuação por si.",
-            "Cards of the same note start are grouped (same background); rate each continuation on its own.",
-        ),
-        (
-            f"A coluna {OBSERVATION_HEADER} é opcional.",
-            f"The {OBSERVATION_HEADER} (observations) column is optional.",
-        ),
-        (
-            ("Não altere card_id, o início nem a continuação; não renomeie nem apague colunas. Salve como .xlsx e "
-             "devolva o arquivo."),
-            ("Do not edit card_id, the start or the continuation; do not rename or delete columns. Save as .xlsx "
-             "and send the file back."),
-        ),
-    ]
-    instructions["A3"] = "Instruções"
-    instructions["B3"] = "Instructions"
-    instructions["A3"].font = bold
-    instructions["B3"].font = bold
-    for number, (portuguese, english) in enumerate(lines, start=1):
-        instructions.append([f"{number}. {portuguese}", f"{number}. {english}"])
-    for row in instructions.iter_rows(min_row=4):
+
+def _fill_instructions_sheet(sheet: Any, rater: str, styles: _Styles) -> None:
+    """The rater's name (read back by the ratings reader) and the numbered instructions."""
+    sheet["A1"] = RATER_LABEL
+    sheet[RATER_CELL] = rater
+    sheet["A1"].font = styles.bold
+    sheet["A3"] = "Instruções"
+    sheet["B3"] = "Instructions"
+    sheet["A3"].font = styles.bold
+    sheet["B3"].font = styles.bold
+    for number, (portuguese, english) in enumerate(INSTRUCTION_LINES, start=1):
+        sheet.append([f"{number}. {portuguese}", f"{number}. {english}"])
+    for row in sheet.iter_rows(min_row=4):
         for cell in row:
-            cell.alignment = wrap_top
-    instructions.column_dimensions["A"].width = 70
-    instructions.column_dimensions["B"].width = 70
+            cell.alignment = styles.wrap_top
+    sheet.column_dimensions["A"].width = 70
+    sheet.column_dimensions["B"].width = 70
 
+
+def rater_workbook_bytes(cards: list[dict], note_indexes: dict[str, int], rater: str) -> bytes:
+    """The XLSX a rater fills in: sheets Cards, Critérios and Instruções (no model, no note id)."""
+    from openpyxl import Workbook
+
+    styles = _workbook_styles()
+    workbook = Workbook()
+    _fill_cards_sheet(workbook.active, cards, note_indexes, styles)
+    _fill_criteria_sheet(workbook.create_sheet(CRITERIA_SHEET), styles)
+    _fill_instructions_sheet(workbook.create_sheet(INSTRUCTIONS_SHEET), rater, styles)
     workbook.properties.creator = "medfactory"
     buffer = io.BytesIO()
     workbook.save(buffer)
@@ -380,7 +404,7 @@ def has_filled_scores(path: Path) -> bool:
 
     try:
         workbook = load_workbook(path, read_only=True, data_only=True)
-    except Exception:  # noqa: BLE001 - an unreadable file is never overwritten silently
+    except Exception:
         return True
     try:
         if CARDS_SHEET not in workbook.sheetnames:
@@ -469,6 +493,19 @@ def _csv_text(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> str
     return buffer.getvalue()
 
 
+def _refuse_study_in_progress(key_path: Path, key_text: str, rater_paths: list[Path]) -> None:
+    """FileExistsError when a different key or a rater workbook with scores would be replaced."""
+    conflicts = []
+    if key_path.exists() and key_path.read_text(encoding="utf-8") != key_text:
+        conflicts.append(f"{key_path} holds a different key (other completions or seed)")
+    conflicts += [f"{path} already holds scores" for path in rater_paths if path.exists() and has_filled_scores(path)]
+    if conflicts:
+        raise FileExistsError(
+            "refusing to overwrite a study in progress (use a new folder, or force=True / --force):\n"
+            + "\n".join(conflicts)
+        )
+
+
 def write_study(
     completions_path: Path,
     out_dir: Path,
@@ -490,11 +527,10 @@ def write_study(
     note_indexes = _note_indexes(key)
 
     key_text = _csv_text(KEY_COLUMNS, [[row[column] for column in KEY_COLUMNS] for row in key])
-    cards_text = "".join(
-        json.dumps({"card_id": c["card_id"], "note_index": note_indexes[c["card_id"]], "excerpt": c["excerpt"],
-                    "completion": c["completion"]}, ensure_ascii=False) + "\n"
+    card_records = [
+        {"card_id": c["card_id"], "note_index": note_indexes[c["card_id"]], "excerpt": c["excerpt"], "completion": c["completion"]}
         for c in cards
-    )
+    ]
     template_text = _csv_text(
         LONG_COLUMNS,
         [[c["card_id"], rater, criterion.key, "", ""] for rater in rater_names for c in cards for criterion in CRITERIA],
@@ -511,20 +547,11 @@ def write_study(
     rater_paths = {rater: out_dir / RATERS_DIR / f"{rater}.xlsx" for rater in rater_names}
 
     if not force:
-        conflicts = []
-        if paths["key"].exists() and paths["key"].read_text(encoding="utf-8") != key_text:
-            conflicts.append(f"{paths['key']} holds a different key (other completions or seed)")
-        conflicts += [f"{path} already holds scores" for path in rater_paths.values() if path.exists() and has_filled_scores(path)]
-        if conflicts:
-            raise FileExistsError(
-                "refusing to overwrite a study in progress (use a new folder, or force=True / --force):\n"
-                + "\n".join(conflicts)
-            )
+        _refuse_study_in_progress(paths["key"], key_text, list(rater_paths.values()))
 
     with atomic_write(paths["key"]) as handle:
         handle.write(key_text)
-    with atomic_write(paths["cards"]) as handle:
-        handle.write(cards_text)
+    write_jsonl(paths["cards"], card_records)
     with atomic_write(paths["template"]) as handle:
         handle.write(template_text)
     for rater, path in rater_paths.items():

@@ -15,21 +15,20 @@ that every prediction's prompt ends with its excerpt).
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tqdm import tqdm
 
-from medfactory.atomic import atomic_write, write_json_atomic
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.jsonl import iter_jsonl, read_jsonl, write_jsonl
+from medfactory.base.overrides import to_cli_arguments
+from medfactory.base.registry import REGISTRY_NAME, register_datasets
 from medfactory.eval.likert import COMPLETIONS_FILE
-from medfactory.jsonl import iter_jsonl
-from medfactory.registry import REGISTRY_NAME, register_datasets
+from medfactory.run.launch import environment_with_venv_path, llamafactory_cli
 
 COMPLETE_RECIPE = Path("recipes/clinical_br_complete.yaml")
 PROMPTS_DATASET = "clinical_br_likert_prompts"
@@ -114,20 +113,13 @@ def write_prediction_set(notes: list[dict[str, str]], root: Path, rule: ExcerptR
         excerpt, reference = cut_excerpt(note["text"], rule)
         if excerpt and reference.strip():
             items.append({"note_id": note["id"], "excerpt": excerpt, "reference": reference})
-    with atomic_write(root / PROMPTS_FILE) as handle:
-        for item in items:
-            handle.write(json.dumps({"instruction": item["excerpt"], "input": "", "output": item["reference"]}, ensure_ascii=False) + "\n")
+    write_jsonl(root / PROMPTS_FILE, ({"instruction": item["excerpt"], "input": "", "output": item["reference"]} for item in items))
     write_json_atomic(root / PROMPT_IDS_FILE, [item["note_id"] for item in items])
     register_datasets(
         root / REGISTRY_NAME,
         {PROMPTS_DATASET: {"file_name": PROMPTS_FILE.as_posix(), "columns": {"prompt": "instruction", "query": "input", "response": "output"}}},
     )
     return items
-
-
-def _llamafactory_cli() -> str:
-    candidate = Path(sys.executable).parent / "llamafactory-cli"
-    return str(candidate) if candidate.exists() else "llamafactory-cli"
 
 
 def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict[str, Any]) -> Path:
@@ -139,8 +131,8 @@ def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict
         overrides["template"] = model.template
     overrides.update(extra_overrides)
     overrides.update(model.overrides)
-    command = [_llamafactory_cli(), "train", str(COMPLETE_RECIPE), *(f"{key}={value}" for key, value in overrides.items())]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    command = [llamafactory_cli(), "train", str(COMPLETE_RECIPE), *to_cli_arguments(overrides)]
+    env = environment_with_venv_path()
     run_dir.mkdir(parents=True, exist_ok=True)
     log_path = run_dir / "llamafactory.log"
     with open(log_path, "w", encoding="utf-8") as log:
@@ -154,7 +146,7 @@ def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict
 
 def join_predictions(predictions: Path, items: list[dict[str, str]], model: str) -> list[dict[str, str]]:
     """Completions of one model, joined to their notes by the recorded row order."""
-    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(predictions)
     if len(rows) != len(items):
         raise ValueError(
             f"{predictions}: {len(rows)} predictions for {len(items)} prompts; LLaMA-Factory dropped or added rows "
@@ -198,9 +190,7 @@ def generate_completions(
                 handle.write(prompts_digest)
         completions += join_predictions(predictions, items, model.name)
     out = study_dir / COMPLETIONS_FILE
-    with atomic_write(out) as handle:
-        for completion in completions:
-            handle.write(json.dumps(completion, ensure_ascii=False) + "\n")
+    write_jsonl(out, completions)
     write_json_atomic(
         study_dir / "completions_manifest.json",
         {

@@ -106,7 +106,7 @@ def write_judge_ratings(rows: list[dict[str, Any]], path: Path) -> Path:
     """The judge's ratings as the canonical long CSV (atomically)."""
     import csv
 
-    from medfactory.atomic import atomic_write
+    from medfactory.base.atomic import atomic_write
 
     with atomic_write(Path(path)) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(LONG_COLUMNS), lineterminator="\n")

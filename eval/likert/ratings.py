@@ -31,7 +31,8 @@ from typing import Annotated, Any
 import pandas as pd
 import typer
 
-from medfactory.atomic import atomic_write
+from medfactory.base.atomic import atomic_write
+from medfactory.base.jsonl import read_jsonl
 
 from . import CARDS_FILE, CRITERIA, CRITERION_KEYS, KEY_FILE, LONG_COLUMNS, SCORES
 from .cards import (
@@ -43,7 +44,6 @@ from .cards import (
     OBSERVATION_CONTROL,
     RATER_CELL,
     RATER_LABEL,
-    read_jsonl,
 )
 
 RATINGS_FILE = "ratings.csv"
@@ -159,33 +159,44 @@ def _xlsx_rater(workbook: Any, path: Path) -> str:
     return path.stem
 
 
-def _read_xlsx(path: Path, problems: _Problems, allow_missing: bool) -> list[_Rating]:
+@dataclass
+class _XlsxColumns:
+    """Where the card id, each criterion and the observation are in a Cards sheet (0-based)."""
+
+    card: int
+    criteria: dict[str, int]
+    observation: int | None
+
+
+def _load_cards_sheet(path: Path, problems: _Problems) -> tuple[str, list[tuple]] | None:
+    """(rater, rows of the Cards sheet as values), or None after reporting why it cannot be read."""
     from openpyxl import load_workbook
-    from openpyxl.utils import get_column_letter
 
     try:
         workbook = load_workbook(path, data_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable workbook is one reported problem
+    except Exception as error:
         problems.add(str(path), f"cannot read the workbook ({type(error).__name__}: {error})")
-        return []
+        return None
     try:
         rater = _xlsx_rater(workbook, path)
         if CARDS_SHEET not in workbook.sheetnames:
             problems.add(str(path), f"no sheet named {CARDS_SHEET!r} (sheets: {', '.join(workbook.sheetnames)})")
-            return []
-        sheet = workbook[CARDS_SHEET]
-        rows = list(sheet.iter_rows(values_only=True))
+            return None
+        rows = list(workbook[CARDS_SHEET].iter_rows(values_only=True))
     finally:
         workbook.close()
-    where = f"{path}, sheet {CARDS_SHEET}"
-    if not rows:
-        problems.add(where, "the sheet is empty")
-        return []
+    return rater, rows
+
+
+def _xlsx_columns(header_row: tuple, where: str, problems: _Problems) -> _XlsxColumns | None:
+    """The columns named by the header row, or None when a required one is absent or doubled."""
+    from openpyxl.utils import get_column_letter
+
     card_column: int | None = None
     observation_column: int | None = None
     criterion_columns: dict[str, int] = {}
     header_ok = True
-    for index, header in enumerate(rows[0]):
+    for index, header in enumerate(header_row):
         name = _text(header)
         folded = name.casefold()
         cell = f"{get_column_letter(index + 1)}1"
@@ -213,25 +224,46 @@ def _read_xlsx(path: Path, problems: _Problems, allow_missing: bool) -> list[_Ra
         if criterion.key not in criterion_columns:
             problems.add(f"{where}, row 1", f"no column for criterion {criterion.name!r}")
             header_ok = False
-    if not header_ok:
-        return []
+    return _XlsxColumns(card_column, criterion_columns, observation_column) if header_ok else None
+
+
+def _xlsx_ratings(
+    rows: list[tuple], columns: _XlsxColumns, rater: str, where: str, path: Path, problems: _Problems, allow_missing: bool
+) -> list[_Rating]:
+    """One rating per card row and criterion; a row without a card id must hold nothing."""
+    from openpyxl.utils import get_column_letter
 
     ratings: list[_Rating] = []
-    for row_number, values in enumerate(rows[1:], start=2):
-        rated = [_at(values, index) for index in criterion_columns.values()] + [_at(values, observation_column)]
-        card_id = _text(_at(values, card_column))
+    for row_number, values in enumerate(rows, start=2):
+        rated = [_at(values, index) for index in columns.criteria.values()] + [_at(values, columns.observation)]
+        card_id = _text(_at(values, columns.card))
         row_place = f"{where}, row {row_number}"
         if not card_id:
             if any(_text(value) for value in rated):
                 problems.add(row_place, f"scores or observation without a {CARD_ID_HEADER}")
             continue
-        observation = _text(_at(values, observation_column))
+        observation = _text(_at(values, columns.observation))
         for key in CRITERION_KEYS:
-            index = criterion_columns[key]
+            index = columns.criteria[key]
             place = f"{where}, cell {get_column_letter(index + 1)}{row_number} (card {card_id}, {key})"
             score = _score(_at(values, index), place, problems, allow_missing)
             ratings.append(_Rating(card_id, rater, key, score, observation, place, row_place, str(path)))
     return ratings
+
+
+def _read_xlsx(path: Path, problems: _Problems, allow_missing: bool) -> list[_Rating]:
+    loaded = _load_cards_sheet(path, problems)
+    if loaded is None:
+        return []
+    rater, rows = loaded
+    where = f"{path}, sheet {CARDS_SHEET}"
+    if not rows:
+        problems.add(where, "the sheet is empty")
+        return []
+    columns = _xlsx_columns(rows[0], where, problems)
+    if columns is None:
+        return []
+    return _xlsx_ratings(rows[1:], columns, rater, where, path, problems, allow_missing)
 
 
 def _read_long_csv(path: Path, problems: _Problems, allow_missing: bool) -> list[_Rating]:
@@ -309,6 +341,80 @@ def _ls_value(value: dict, place: str, problems: _Problems) -> Any:
     return None
 
 
+def _ls_results(annotation: dict, annotation_place: str, problems: _Problems) -> tuple[dict[str, Any], str]:
+    """The raw score per criterion and the observation text of one annotation's results."""
+    raw_scores: dict[str, Any] = {}
+    observation_parts: list[str] = []
+    for result_number, result in enumerate(annotation.get("result") or [], start=1):
+        result_place = f"{annotation_place}, result {result_number}"
+        if not isinstance(result, dict):
+            problems.add(result_place, "not a result object")
+            continue
+        name = _text(result.get("from_name"))
+        value = result.get("value") if isinstance(result.get("value"), dict) else {}
+        if name == OBSERVATION_CONTROL:
+            text = value.get("text")
+            parts = text if isinstance(text, list) else [text]
+            observation_parts += [_text(part) for part in parts if _text(part)]
+            continue
+        key = _CRITERION_BY_NAME.get(name.casefold())
+        if key is None:
+            problems.add(result_place, f"unknown criterion {name!r} (expected {', '.join(CRITERION_KEYS)})")
+            continue
+        if key in raw_scores:
+            problems.add(result_place, f"second result for criterion {key!r} in one annotation")
+            continue
+        raw_scores[key] = _ls_value(value, f"{result_place} ({key})", problems)
+    return raw_scores, "\n".join(observation_parts)
+
+
+def _ls_annotation_ratings(
+    annotation: Any, annotation_place: str, card_id: str, path: Path, problems: _Problems, allow_missing: bool
+) -> list[_Rating]:
+    """The ratings of one annotation of a task (none for a cancelled one)."""
+    if not isinstance(annotation, dict):
+        problems.add(annotation_place, "not an annotation object")
+        return []
+    if annotation.get("was_cancelled"):
+        return []  # a skipped task: no ratings (a missing score if it stays skipped)
+    rater = _ls_rater(annotation.get("completed_by"))
+    if rater is None:
+        problems.add(annotation_place, "no completed_by (cannot tell the rater)")
+        return []
+    annotation_place += f" ({rater})"
+    raw_scores, observation = _ls_results(annotation, annotation_place, problems)
+    ratings: list[_Rating] = []
+    for key in CRITERION_KEYS:
+        place = f"{annotation_place}, {key}"
+        score = _score(raw_scores.get(key), place, problems, allow_missing)
+        ratings.append(_Rating(card_id, rater, key, score, observation, place, annotation_place, str(path)))
+    return ratings
+
+
+def _ls_task_ratings(task: Any, task_place: str, path: Path, problems: _Problems, allow_missing: bool) -> list[_Rating]:
+    """The ratings of every annotation of one Label Studio task."""
+    if not isinstance(task, dict):
+        problems.add(task_place, "not a task object")
+        return []
+    if task.get("id") is not None:
+        task_place += f" (id {task['id']})"
+    data = task.get("data") if isinstance(task.get("data"), dict) else {}
+    card_id = _text(data.get("card_id"))
+    annotations = task.get("annotations", task.get("completions")) or []
+    if not isinstance(annotations, list):
+        problems.add(task_place, "'annotations' is not a list")
+        return []
+    if not card_id:
+        if annotations:
+            problems.add(task_place, "no data.card_id")
+        return []
+    ratings: list[_Rating] = []
+    for annotation_number, annotation in enumerate(annotations, start=1):
+        annotation_place = f"{task_place}, annotation {annotation_number}"
+        ratings += _ls_annotation_ratings(annotation, annotation_place, card_id, path, problems, allow_missing)
+    return ratings
+
+
 def _read_label_studio(path: Path, problems: _Problems, allow_missing: bool) -> list[_Rating]:
     try:
         tasks = json.loads(path.read_text(encoding="utf-8-sig"))
@@ -320,61 +426,7 @@ def _read_label_studio(path: Path, problems: _Problems, allow_missing: bool) -> 
         return []
     ratings: list[_Rating] = []
     for task_number, task in enumerate(tasks, start=1):
-        task_place = f"{path}, task {task_number}"
-        if not isinstance(task, dict):
-            problems.add(task_place, "not a task object")
-            continue
-        if task.get("id") is not None:
-            task_place += f" (id {task['id']})"
-        data = task.get("data") if isinstance(task.get("data"), dict) else {}
-        card_id = _text(data.get("card_id"))
-        annotations = task.get("annotations", task.get("completions")) or []
-        if not isinstance(annotations, list):
-            problems.add(task_place, "'annotations' is not a list")
-            continue
-        if not card_id:
-            if annotations:
-                problems.add(task_place, "no data.card_id")
-            continue
-        for annotation_number, annotation in enumerate(annotations, start=1):
-            if not isinstance(annotation, dict):
-                problems.add(f"{task_place}, annotation {annotation_number}", "not an annotation object")
-                continue
-            if annotation.get("was_cancelled"):
-                continue  # a skipped task: no ratings (a missing score if it stays skipped)
-            rater = _ls_rater(annotation.get("completed_by"))
-            annotation_place = f"{task_place}, annotation {annotation_number}"
-            if rater is None:
-                problems.add(annotation_place, "no completed_by (cannot tell the rater)")
-                continue
-            annotation_place += f" ({rater})"
-            raw_scores: dict[str, Any] = {}
-            observation_parts: list[str] = []
-            for result_number, result in enumerate(annotation.get("result") or [], start=1):
-                result_place = f"{annotation_place}, result {result_number}"
-                if not isinstance(result, dict):
-                    problems.add(result_place, "not a result object")
-                    continue
-                name = _text(result.get("from_name"))
-                value = result.get("value") if isinstance(result.get("value"), dict) else {}
-                if name == OBSERVATION_CONTROL:
-                    text = value.get("text")
-                    parts = text if isinstance(text, list) else [text]
-                    observation_parts += [_text(part) for part in parts if _text(part)]
-                    continue
-                key = _CRITERION_BY_NAME.get(name.casefold())
-                if key is None:
-                    problems.add(result_place, f"unknown criterion {name!r} (expected {', '.join(CRITERION_KEYS)})")
-                    continue
-                if key in raw_scores:
-                    problems.add(result_place, f"second result for criterion {key!r} in one annotation")
-                    continue
-                raw_scores[key] = _ls_value(value, f"{result_place} ({key})", problems)
-            observation = "\n".join(observation_parts)
-            for key in CRITERION_KEYS:
-                place = f"{annotation_place}, {key}"
-                score = _score(raw_scores.get(key), place, problems, allow_missing)
-                ratings.append(_Rating(card_id, rater, key, score, observation, place, annotation_place, str(path)))
+        ratings += _ls_task_ratings(task, f"{path}, task {task_number}", path, problems, allow_missing)
     return ratings
 
 
@@ -445,6 +497,114 @@ def _check_key(key_path: Path, card_ids: list[str] | None, problems: _Problems) 
 # --------------------------------------------------------------------------------------------
 
 
+_READERS = {
+    **{suffix: _read_xlsx for suffix in XLSX_SUFFIXES},
+    **{suffix: _read_long_csv for suffix in CSV_SUFFIXES},
+    **{suffix: _read_label_studio for suffix in JSON_SUFFIXES},
+}
+
+
+def _read_inputs(paths: list[Path], problems: _Problems, allow_missing: bool) -> list[_Rating]:
+    """Every rating of every input file, each file read by the reader of its suffix."""
+    ratings: list[_Rating] = []
+    if not paths:
+        problems.add("ratings", "no ratings files given")
+    for path in map(Path, paths):
+        reader = _READERS.get(path.suffix.lower())
+        if reader is None:
+            problems.add(str(path), "unsupported file type (expected .xlsx, .csv or a Label Studio .json export)")
+        elif not path.is_file():
+            problems.add(str(path), "no such file")
+        else:
+            ratings += reader(path, problems, allow_missing)
+    return ratings
+
+
+def _known_ratings(ratings: list[_Rating], card_ids: list[str] | None, problems: _Problems) -> list[_Rating]:
+    """The ratings of cards in ``cards.jsonl``; each card row with an unknown id is reported once."""
+    if card_ids is None:
+        return ratings
+    known = set(card_ids)
+    reported: set[str] = set()
+    for rating in ratings:
+        if rating.card_id not in known and rating.row_place not in reported:
+            reported.add(rating.row_place)
+            problems.add(rating.row_place, f"unknown card id {rating.card_id!r} (not in {CARDS_FILE})")
+    return [rating for rating in ratings if rating.card_id in known]
+
+
+def _by_triple(ratings: list[_Rating]) -> dict[tuple[str, str, str], list[_Rating]]:
+    """The ratings grouped by (card_id, rater, criterion)."""
+    groups: dict[tuple[str, str, str], list[_Rating]] = defaultdict(list)
+    for rating in ratings:
+        groups[(rating.card_id, rating.rater, rating.criterion)].append(rating)
+    return groups
+
+
+def _report_duplicates(by_triple: dict[tuple[str, str, str], list[_Rating]], problems: _Problems) -> None:
+    """One problem per card row rated twice by one rater, naming the criteria and both places."""
+    duplicated: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
+    for (card_id, rater, criterion), group in by_triple.items():
+        if len(group) > 1:
+            duplicated[(card_id, rater, tuple(dict.fromkeys(r.row_place for r in group)))].append(criterion)
+    for (card_id, rater, places), criteria in duplicated.items():
+        problems.add(
+            places[-1] if len(places) > 1 else places[0],
+            f"duplicated rating of card {card_id} by rater {rater!r} ({', '.join(criteria)}); "
+            f"also at {'; '.join(places[:-1]) if len(places) > 1 else 'the same place'}",
+        )
+
+
+def _missing_ratings(
+    ratings: list[_Rating],
+    by_triple: dict[tuple[str, str, str], list[_Rating]],
+    card_ids: list[str],
+    problems: _Problems,
+    allow_missing: bool,
+) -> list[_Rating]:
+    """Every rater present must rate every card on every criterion: NA rows, or problems."""
+    files_of: dict[str, list[str]] = defaultdict(list)
+    for rating in ratings:
+        if rating.source not in files_of[rating.rater]:
+            files_of[rating.rater].append(rating.source)
+    missing_rows: list[_Rating] = []
+    for rater in sorted(files_of):
+        for card_id in card_ids:
+            absent = [key for key in CRITERION_KEYS if (card_id, rater, key) not in by_triple]
+            if not absent:
+                continue
+            if allow_missing:
+                missing_rows += [_Rating(card_id, rater, key, None, "", "", "", "") for key in absent]
+            else:
+                problems.add(
+                    f"rater {rater!r} ({', '.join(files_of[rater])})",
+                    f"missing score: no rating of card {card_id} ({', '.join(absent)})",
+                )
+    return missing_rows
+
+
+def _long_frame(ratings: list[_Rating], card_ids: list[str] | None) -> pd.DataFrame:
+    """The long table, sorted by rater, then card (``cards.jsonl`` order), then criterion."""
+    order = {card_id: index for index, card_id in enumerate(card_ids or [])}
+    criterion_order = {key: index for index, key in enumerate(CRITERION_KEYS)}
+    rows = sorted(
+        ratings,
+        key=lambda r: (r.rater, order.get(r.card_id, len(order)), r.card_id, criterion_order[r.criterion]),
+    )
+    frame = pd.DataFrame(
+        {
+            "card_id": pd.Series([r.card_id for r in rows], dtype=object),
+            "rater": pd.Series([r.rater for r in rows], dtype=object),
+            "criterion": pd.Series([r.criterion for r in rows], dtype=object),
+            "score": pd.array([r.score for r in rows], dtype="Int64"),
+            "observation": pd.Series([r.observation for r in rows], dtype=object),
+        },
+        columns=list(LONG_COLUMNS),
+    )
+    frame.attrs["missing"] = int(frame["score"].isna().sum())
+    return frame
+
+
 def read_ratings(
     paths: list[Path],
     cards_path: Path,
@@ -462,86 +622,13 @@ def read_ratings(
     problems = _Problems()
     card_ids = _read_card_ids(Path(cards_path), problems)
     _check_key(Path(key_path), card_ids, problems)
-
-    readers = {**{s: _read_xlsx for s in XLSX_SUFFIXES}, **{s: _read_long_csv for s in CSV_SUFFIXES},
-               **{s: _read_label_studio for s in JSON_SUFFIXES}}
-    ratings: list[_Rating] = []
-    if not paths:
-        problems.add("ratings", "no ratings files given")
-    for path in map(Path, paths):
-        reader = readers.get(path.suffix.lower())
-        if reader is None:
-            problems.add(str(path), "unsupported file type (expected .xlsx, .csv or a Label Studio .json export)")
-        elif not path.is_file():
-            problems.add(str(path), "no such file")
-        else:
-            ratings += reader(path, problems, allow_missing)
-
-    if card_ids is not None:
-        known = set(card_ids)
-        reported: set[str] = set()
-        for rating in ratings:
-            if rating.card_id not in known and rating.row_place not in reported:
-                reported.add(rating.row_place)
-                problems.add(rating.row_place, f"unknown card id {rating.card_id!r} (not in {CARDS_FILE})")
-        ratings_known = [rating for rating in ratings if rating.card_id in known]
-    else:
-        ratings_known = ratings
-
-    by_triple: dict[tuple[str, str, str], list[_Rating]] = defaultdict(list)
-    for rating in ratings_known:
-        by_triple[(rating.card_id, rating.rater, rating.criterion)].append(rating)
-    duplicated: dict[tuple[str, str, tuple[str, ...]], list[str]] = defaultdict(list)
-    for (card_id, rater, criterion), group in by_triple.items():
-        if len(group) > 1:
-            duplicated[(card_id, rater, tuple(dict.fromkeys(r.row_place for r in group)))].append(criterion)
-    for (card_id, rater, places), criteria in duplicated.items():
-        problems.add(
-            places[-1] if len(places) > 1 else places[0],
-            f"duplicated rating of card {card_id} by rater {rater!r} ({', '.join(criteria)}); "
-            f"also at {'; '.join(places[:-1]) if len(places) > 1 else 'the same place'}",
-        )
-
-    missing_rows: list[_Rating] = []
-    if card_ids is not None:
-        files_of: dict[str, list[str]] = defaultdict(list)
-        for rating in ratings_known:
-            if rating.source not in files_of[rating.rater]:
-                files_of[rating.rater].append(rating.source)
-        for rater in sorted(files_of):
-            for card_id in card_ids:
-                absent = [key for key in CRITERION_KEYS if (card_id, rater, key) not in by_triple]
-                if not absent:
-                    continue
-                if allow_missing:
-                    missing_rows += [_Rating(card_id, rater, key, None, "", "", "", "") for key in absent]
-                else:
-                    problems.add(
-                        f"rater {rater!r} ({', '.join(files_of[rater])})",
-                        f"missing score: no rating of card {card_id} ({', '.join(absent)})",
-                    )
-
+    ratings = _known_ratings(_read_inputs(paths, problems, allow_missing), card_ids, problems)
+    by_triple = _by_triple(ratings)
+    _report_duplicates(by_triple, problems)
+    missing_rows = _missing_ratings(ratings, by_triple, card_ids, problems, allow_missing) if card_ids is not None else []
     if problems:
         raise RatingsError(problems)
-
-    order = {card_id: index for index, card_id in enumerate(card_ids or [])}
-    criterion_order = {key: index for index, key in enumerate(CRITERION_KEYS)}
-    rows = sorted(
-        ratings_known + missing_rows,
-        key=lambda r: (r.rater, order.get(r.card_id, len(order)), r.card_id, criterion_order[r.criterion]),
-    )
-    frame = pd.DataFrame(
-        {
-            "card_id": pd.Series([r.card_id for r in rows], dtype=object),
-            "rater": pd.Series([r.rater for r in rows], dtype=object),
-            "criterion": pd.Series([r.criterion for r in rows], dtype=object),
-            "score": pd.array([r.score for r in rows], dtype="Int64"),
-            "observation": pd.Series([r.observation for r in rows], dtype=object),
-        },
-        columns=list(LONG_COLUMNS),
-    )
-    frame.attrs["missing"] = int(frame["score"].isna().sum())
-    return frame
+    return _long_frame(ratings + missing_rows, card_ids)
 
 
 def write_ratings(df: pd.DataFrame, path: Path) -> Path:

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from medfactory.atomic import atomic_write
+from medfactory.base.atomic import atomic_write
+from medfactory.base.tables import markdown_table
 
 from . import CRITERIA, CRITERION_KEYS, SCORES
 
@@ -501,17 +502,9 @@ def _fmt_p(value: object) -> str:
     return f"{float(value):.3g}"
 
 
-def markdown_table(frame: pd.DataFrame) -> str:
-    """A GitHub Markdown table of already formatted cells (``tabulate`` is not a dependency)."""
-
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
-
-    header = [cell(column) for column in frame.columns]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
-    for row in frame.itertuples(index=False):
-        lines.append("| " + " | ".join(cell(value) for value in row) + " |")
-    return "\n".join(lines) + "\n"
+def _markdown(frame: pd.DataFrame) -> str:
+    """A frame of already formatted cells as a Markdown table, newline-terminated."""
+    return markdown_table([str(column) for column in frame.columns], frame.itertuples(index=False)) + "\n"
 
 
 def _write_csv(frame: pd.DataFrame, path: Path) -> None:
@@ -533,7 +526,131 @@ def _summary_markdown(summary: pd.DataFrame) -> str:
             "n": summary["n"].astype(int),
         }
     )
-    return markdown_table(shown)
+    return _markdown(shown)
+
+
+def _counts_section(title: str, key: pd.DataFrame, merged: pd.DataFrame, humans: list[str], judges: list[str]) -> list[str]:
+    """The title, the counts table and the criteria legend."""
+    models = _models(key)
+    n_cards = int(key["card_id"].nunique())
+    scored = int(merged["score"].notna().sum())
+    expected = n_cards * (len(humans) + len(judges)) * len(CRITERION_KEYS)
+    counts = pd.DataFrame(
+        [
+            ("cards", n_cards),
+            ("notes", int(key["note_id"].nunique())),
+            ("models", f"{len(models)} ({', '.join(models)})"),
+            ("human raters", f"{len(humans)} ({', '.join(humans)})" if humans else "0"),
+            ("LLM judges", f"{len(judges)} ({', '.join(judges)})" if judges else "0"),
+            ("ratings (scores given)", scored),
+            ("missing (of cards × raters × criteria)", f"{expected - scored} of {expected}"),
+        ],
+        columns=["", "count"],
+    )
+    return [
+        f"# {title}\n\n",
+        "## Counts\n\n",
+        _markdown(counts),
+        "\nCriteria: " + "; ".join(f"`{c.key}` = {c.name}" for c in CRITERIA) + ".\n",
+    ]
+
+
+def _tables_section(summary: pd.DataFrame, frequencies: pd.DataFrame, panel: list[str]) -> list[str]:
+    """Table 1 (scores) and Table 2 (frequencies, count and percentage per score)."""
+    freq_shown = frequencies[["model", "criterion", "n"]].copy()
+    for score in SCORES:
+        freq_shown[str(score)] = [
+            f"{count} ({_fmt_number(pct, 1)}%)" for count, pct in zip(frequencies[f"count_{score}"], frequencies[f"pct_{score}"])
+        ]
+    return [
+        f"\n## Table 1 — scores per model and criterion (raters: {', '.join(panel)})\n\n",
+        _summary_markdown(summary),
+        "\n## Table 2 — score frequencies, count (% of the model's ratings)\n\n",
+        _markdown(freq_shown),
+    ]
+
+
+def _agreement_section(agreement: pd.DataFrame) -> list[str]:
+    """Krippendorff's alpha per criterion and comparison, with its bootstrap interval."""
+    agree_shown = pd.DataFrame(
+        {
+            "criterion": agreement["criterion"],
+            "comparison": agreement["comparison"],
+            "units": agreement["n_units"],
+            "alpha (ordinal)": agreement["alpha"].map(lambda v: _fmt_number(v, 3)),
+            f"{round(100 * agreement['confidence'].iloc[0]) if len(agreement) else 95}% CI": [
+                f"[{_fmt_number(lo, 3)}, {_fmt_number(hi, 3)}]" for lo, hi in zip(agreement["ci_low"], agreement["ci_high"])
+            ],
+        }
+    )
+    n_boot = int(agreement["n_boot"].iloc[0]) if len(agreement) else 0
+    return [
+        "\n## Inter-rater agreement\n\n",
+        (
+            f"Krippendorff's alpha (ordinal) over cards, percentile bootstrap over cards ({n_boot} resamples). "
+            "Judge rows compare each LLM judge with the per-card median of the human raters.\n\n"
+        ),
+        _markdown(agree_shown),
+    ]
+
+
+def _wilcoxon_markdown(pairs: pd.DataFrame) -> str:
+    return _markdown(
+        pd.DataFrame(
+            {
+                "model A": pairs["model_a"],
+                "model B": pairs["model_b"],
+                "W": pairs["statistic"].map(lambda v: _fmt_number(v, 1)),
+                "p": pairs["p"].map(_fmt_p),
+                "p (Holm)": pairs["p_holm"].map(_fmt_p),
+                "median diff": pairs["median_diff"].map(lambda v: _fmt_number(v, 2)),
+                "n": pairs["n"],
+            }
+        )
+    )
+
+
+def _significance_section(significance: dict[str, pd.DataFrame], panel: list[str]) -> list[str]:
+    """Per criterion: the Friedman test, then the Holm-corrected pairwise Wilcoxon table."""
+    parts = [
+        "\n## Significance tests\n\n",
+        (
+            f"Scores averaged over raters ({', '.join(panel)}) per note and model; notes scored for every "
+            "model only. Friedman test across models; pairwise two-sided Wilcoxon signed-rank tests "
+            "(zero_method=wilcox), Holm-corrected within each criterion. "
+            "median diff = median(model A − model B).\n"
+        ),
+    ]
+    friedman = significance["friedman"].set_index("criterion")
+    for criterion in CRITERIA:
+        row = friedman.loc[criterion.key]
+        parts.append(f"\n### {criterion.key} — {criterion.name}\n\n")
+        parts.append(
+            f"Friedman χ² = {_fmt_number(row['statistic'], 2)}, p = {_fmt_p(row['p'])}, "
+            f"n_notes = {int(row['n_notes'])}, models = {int(row['n_models'])}.\n\n"
+        )
+        parts.append(_wilcoxon_markdown(significance[f"wilcoxon_{criterion.key}"]))
+    return parts
+
+
+def _judges_section(ratings: pd.DataFrame, key: pd.DataFrame, judges: list[str]) -> list[str]:
+    """Each LLM judge's own Table 1."""
+    parts = ["\n## LLM judges — scores per model and criterion\n"]
+    for judge in judges:
+        parts += [f"\n### {judge}\n\n", _summary_markdown(summary_table(ratings, key, [judge]))]
+    return parts
+
+
+def _write_csv_tables(
+    out_dir: Path, summary: pd.DataFrame, frequencies: pd.DataFrame, agreement: pd.DataFrame, significance: dict[str, pd.DataFrame]
+) -> None:
+    """A CSV copy of every table of the report."""
+    _write_csv(summary, out_dir / SUMMARY_CSV)
+    _write_csv(frequencies, out_dir / FREQUENCIES_CSV)
+    _write_csv(agreement, out_dir / AGREEMENT_CSV)
+    _write_csv(significance["friedman"], out_dir / FRIEDMAN_CSV)
+    for criterion in CRITERION_KEYS:
+        _write_csv(significance[f"wilcoxon_{criterion}"], out_dir / f"wilcoxon_{criterion}.csv")
 
 
 def write_report(ratings: pd.DataFrame, key: pd.DataFrame, out_dir: Path, title: str = "Likert study") -> Path:
@@ -551,111 +668,25 @@ def write_report(ratings: pd.DataFrame, key: pd.DataFrame, out_dir: Path, title:
     humans = [r for r in present if not is_judge(r)]
     judges = [r for r in present if is_judge(r)]
     panel = humans or present
-    models = _models(key)
 
     summary = summary_table(ratings, key, panel)
     frequencies = frequency_table(ratings, key, panel)
     agreement = agreement_table(ratings, key)
     significance = significance_tables(ratings, key, panel)
     figure = stacked_bars(ratings, key, out_dir / FIGURE_FILE, panel)
+    _write_csv_tables(out_dir, summary, frequencies, agreement, significance)
 
-    _write_csv(summary, out_dir / SUMMARY_CSV)
-    _write_csv(frequencies, out_dir / FREQUENCIES_CSV)
-    _write_csv(agreement, out_dir / AGREEMENT_CSV)
-    _write_csv(significance["friedman"], out_dir / FRIEDMAN_CSV)
-    for criterion in CRITERION_KEYS:
-        _write_csv(significance[f"wilcoxon_{criterion}"], out_dir / f"wilcoxon_{criterion}.csv")
-
-    n_cards = int(key["card_id"].nunique())
-    scored = int(merged["score"].notna().sum())
-    expected = n_cards * len(present) * len(CRITERION_KEYS)
-    counts = pd.DataFrame(
-        [
-            ("cards", n_cards),
-            ("notes", int(key["note_id"].nunique())),
-            ("models", f"{len(models)} ({', '.join(models)})"),
-            ("human raters", f"{len(humans)} ({', '.join(humans)})" if humans else "0"),
-            ("LLM judges", f"{len(judges)} ({', '.join(judges)})" if judges else "0"),
-            ("ratings (scores given)", scored),
-            ("missing (of cards × raters × criteria)", f"{expected - scored} of {expected}"),
-        ],
-        columns=["", "count"],
-    )
-
-    parts = [f"# {title}\n\n", "## Counts\n\n", markdown_table(counts)]
-    parts.append("\nCriteria: " + "; ".join(f"`{c.key}` = {c.name}" for c in CRITERIA) + ".\n")
-    parts += [
-        f"\n## Table 1 — scores per model and criterion (raters: {', '.join(panel)})\n\n",
-        _summary_markdown(summary),
-    ]
-    freq_shown = frequencies[["model", "criterion", "n"]].copy()
-    for score in SCORES:
-        freq_shown[str(score)] = [
-            f"{count} ({_fmt_number(pct, 1)}%)" for count, pct in zip(frequencies[f"count_{score}"], frequencies[f"pct_{score}"])
-        ]
-    parts += ["\n## Table 2 — score frequencies, count (% of the model's ratings)\n\n", markdown_table(freq_shown)]
     rel_figure = figure.relative_to(out_dir).as_posix()
-    parts += ["\n## Figure 3 — share of each score\n\n", f"![Share of each score per model and criterion]({rel_figure})\n"]
-
-    agree_shown = pd.DataFrame(
-        {
-            "criterion": agreement["criterion"],
-            "comparison": agreement["comparison"],
-            "units": agreement["n_units"],
-            "alpha (ordinal)": agreement["alpha"].map(lambda v: _fmt_number(v, 3)),
-            f"{round(100 * agreement['confidence'].iloc[0]) if len(agreement) else 95}% CI": [
-                f"[{_fmt_number(lo, 3)}, {_fmt_number(hi, 3)}]" for lo, hi in zip(agreement["ci_low"], agreement["ci_high"])
-            ],
-        }
-    )
-    n_boot = int(agreement["n_boot"].iloc[0]) if len(agreement) else 0
-    parts += [
-        "\n## Inter-rater agreement\n\n",
-        (
-            f"Krippendorff's alpha (ordinal) over cards, percentile bootstrap over cards ({n_boot} resamples). "
-            "Judge rows compare each LLM judge with the per-card median of the human raters.\n\n"
-        ),
-        markdown_table(agree_shown),
+    parts = [
+        *_counts_section(title, key, merged, humans, judges),
+        *_tables_section(summary, frequencies, panel),
+        "\n## Figure 3 — share of each score\n\n",
+        f"![Share of each score per model and criterion]({rel_figure})\n",
+        *_agreement_section(agreement),
+        *_significance_section(significance, panel),
     ]
-
-    parts += [
-        "\n## Significance tests\n\n",
-        (
-            f"Scores averaged over raters ({', '.join(panel)}) per note and model; notes scored for every "
-            "model only. Friedman test across models; pairwise two-sided Wilcoxon signed-rank tests "
-            "(zero_method=wilcox), Holm-corrected within each criterion. "
-            "median diff = median(model A − model B).\n"
-        ),
-    ]
-    friedman = significance["friedman"].set_index("criterion")
-    for criterion in CRITERIA:
-        row = friedman.loc[criterion.key]
-        parts.append(f"\n### {criterion.key} — {criterion.name}\n\n")
-        parts.append(
-            f"Friedman χ² = {_fmt_number(row['statistic'], 2)}, p = {_fmt_p(row['p'])}, "
-            f"n_notes = {int(row['n_notes'])}, models = {int(row['n_models'])}.\n\n"
-        )
-        pairs = significance[f"wilcoxon_{criterion.key}"]
-        parts.append(
-            markdown_table(
-                pd.DataFrame(
-                    {
-                        "model A": pairs["model_a"],
-                        "model B": pairs["model_b"],
-                        "W": pairs["statistic"].map(lambda v: _fmt_number(v, 1)),
-                        "p": pairs["p"].map(_fmt_p),
-                        "p (Holm)": pairs["p_holm"].map(_fmt_p),
-                        "median diff": pairs["median_diff"].map(lambda v: _fmt_number(v, 2)),
-                        "n": pairs["n"],
-                    }
-                )
-            )
-        )
-
     if judges and humans:
-        parts.append("\n## LLM judges — scores per model and criterion\n")
-        for judge in judges:
-            parts += [f"\n### {judge}\n\n", _summary_markdown(summary_table(ratings, key, [judge]))]
+        parts += _judges_section(ratings, key, judges)
 
     report = out_dir / REPORT_FILE
     with atomic_write(report) as handle:
@@ -669,7 +700,6 @@ __all__ = [
     "frequency_table",
     "is_judge",
     "krippendorff_alpha",
-    "markdown_table",
     "note_model_matrix",
     "significance_tables",
     "stacked_bars",

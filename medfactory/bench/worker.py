@@ -1,6 +1,6 @@
 """One benchmark run in its own process: LLaMA-Factory's own training entry point plus a timing callback.
 
-``python -m medfactory.bench_worker ARGS.json RESULT.json``. ``run_exp`` is what
+``python -m medfactory.bench.worker ARGS.json RESULT.json``. ``run_exp`` is what
 ``llamafactory-cli train`` calls; the only addition is a ``TrainerCallback`` that times each
 optimizer step (after a CUDA synchronize) and reads the trainer's own count of non-padding input
 tokens. A separate process per run gives each run clean GPU memory and a clean peak.
@@ -73,7 +73,7 @@ def main(args_path: str, result_path: str) -> int:
     try:
         run_exp(args, callbacks=[timer])
         result["ok"] = True
-    except Exception as error:  # noqa: BLE001 reported to the parent: a variant that fails (OOM, missing kernel) is a result too
+    except Exception as error:
         import torch
 
         out_of_memory = isinstance(error, torch.OutOfMemoryError) or "out of memory" in str(error).lower()

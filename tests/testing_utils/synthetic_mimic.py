@@ -30,6 +30,7 @@ import io
 import random
 import re
 import textwrap
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -201,6 +202,103 @@ def _dicom_id(rng: random.Random) -> str:
     return "-".join(f"{rng.getrandbits(32):08x}" for _ in range(5))
 
 
+@dataclass
+class _Layout:
+    """The layout being written: where, the table rows so far, and the ids and counters already used."""
+
+    out_root: Path
+    jpg_root: Path
+    rng: random.Random
+    reports: list[dict[str, str]]
+    split_rows: list[list[object]] = field(default_factory=list)
+    metadata_rows: list[list[object]] = field(default_factory=list)
+    chexpert_rows: list[list[object]] = field(default_factory=list)
+    used_subjects: set[int] = field(default_factory=set)
+    used_studies: set[int] = field(default_factory=set)
+    report_index: int = 0
+    image_index: int = 0
+
+
+def _new_study_id(layout: _Layout) -> int:
+    study = layout.rng.randint(50_000_000, 59_999_999)
+    while study in layout.used_studies:
+        study = layout.rng.randint(50_000_000, 59_999_999)
+    layout.used_studies.add(study)
+    return study
+
+
+def _write_report(layout: _Layout, subject: int, study: int) -> None:
+    report = layout.reports[layout.report_index]
+    subject_dir = layout.out_root / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
+    subject_dir.mkdir(parents=True, exist_ok=True)
+    (subject_dir / f"s{study}.txt").write_text(
+        mimic_report(
+            report["findings"],
+            report["impression"],
+            indication=report["indication"],
+            technique=report["technique"],
+            comparison=report["comparison"],
+            wet_read="No pneumothorax." if layout.report_index % 5 == 2 else None,
+        ),
+        encoding="utf-8",
+    )
+
+
+def _write_images(layout: _Layout, subject: int, study: int, official: str) -> None:
+    rng = layout.rng
+    image_dir = layout.jpg_root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
+    image_dir.mkdir(parents=True, exist_ok=True)
+    for view in _VIEW_SETS[layout.report_index % len(_VIEW_SETS)]:
+        dicom = _dicom_id(rng)
+        # Alternate wide and tall images; frontal radiographs are often wider than tall.
+        width, height = _image_size(rng, wide=layout.image_index % 2 == 0)
+        synthetic_xray(width, height, rng).save(image_dir / f"{dicom}.jpg", quality=85)
+        layout.split_rows.append([dicom, study, subject, official])
+        layout.metadata_rows.append(
+            [dicom, subject, study, f"CHEST ({view})", view, height, width, 21800101 + layout.image_index, "101500.000"]
+        )
+        layout.image_index += 1
+
+
+def _write_study(layout: _Layout, subject: int, official: str) -> None:
+    """One study of ``subject``: its report, its images and (most of the time) its CheXpert labels."""
+    study = _new_study_id(layout)
+    _write_report(layout, subject, study)
+    _write_images(layout, subject, study, official)
+    if layout.report_index % 6 != 4:  # some studies have no CheXpert labels
+        labels = [layout.rng.choice(("1.0", "0.0", "-1.0", "", "")) for _ in CHEXPERT_LABELS]
+        layout.chexpert_rows.append([subject, study, *labels])
+    layout.report_index += 1
+
+
+def _write_split(layout: _Layout, official: str, count: int) -> None:
+    """``count`` studies of new subjects (1 or 2 studies each) in the official split ``official``."""
+    remaining = count
+    while remaining > 0:
+        subject = layout.rng.randint(10_000_000, 19_999_999)
+        if subject in layout.used_subjects:
+            continue
+        layout.used_subjects.add(subject)
+        for _ in range(min(remaining, layout.rng.choice((1, 1, 2)))):
+            _write_study(layout, subject, official)
+            remaining -= 1
+
+
+def _write_tables(layout: _Layout, compress: bool) -> None:
+    jpg_root = layout.jpg_root
+    jpg_root.mkdir(parents=True, exist_ok=True)
+    # The official tables are not in study order; neither are these.
+    layout.rng.shuffle(layout.metadata_rows)
+    _write_table(jpg_root / SPLIT_TABLE, ["dicom_id", "study_id", "subject_id", "split"], layout.split_rows, compress)
+    _write_table(
+        jpg_root / METADATA_TABLE,
+        ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime"],
+        layout.metadata_rows,
+        compress,
+    )
+    _write_table(jpg_root / CHEXPERT_TABLE, ["subject_id", "study_id", *CHEXPERT_LABELS], layout.chexpert_rows, compress)
+
+
 def build_mimic_layout_from_indiana(
     indiana_dir: Path | None,
     out_root: Path,
@@ -227,68 +325,8 @@ def build_mimic_layout_from_indiana(
     rng = random.Random(seed)
     total = sum(studies_per_split.values())
     reports = _indiana_reports(indiana_dir, total, rng) if indiana_dir is not None else _generated_reports(total, rng)
-
-    split_rows: list[list[object]] = []
-    metadata_rows: list[list[object]] = []
-    chexpert_rows: list[list[object]] = []
-    used_subjects: set[int] = set()
-    used_studies: set[int] = set()
-    report_index = 0
-    image_index = 0
+    layout = _Layout(out_root, jpg_root, rng, reports)
     for split_name, count in studies_per_split.items():
-        official = _OFFICIAL_SPLIT[split_name]
-        remaining = count
-        while remaining > 0:
-            subject = rng.randint(10_000_000, 19_999_999)
-            if subject in used_subjects:
-                continue
-            used_subjects.add(subject)
-            for _ in range(min(remaining, rng.choice((1, 1, 2)))):
-                study = rng.randint(50_000_000, 59_999_999)
-                while study in used_studies:
-                    study = rng.randint(50_000_000, 59_999_999)
-                used_studies.add(study)
-                report = reports[report_index]
-                subject_dir = out_root / "files" / f"p{str(subject)[:2]}" / f"p{subject}"
-                subject_dir.mkdir(parents=True, exist_ok=True)
-                (subject_dir / f"s{study}.txt").write_text(
-                    mimic_report(
-                        report["findings"],
-                        report["impression"],
-                        indication=report["indication"],
-                        technique=report["technique"],
-                        comparison=report["comparison"],
-                        wet_read="No pneumothorax." if report_index % 5 == 2 else None,
-                    ),
-                    encoding="utf-8",
-                )
-                image_dir = jpg_root / "files" / f"p{str(subject)[:2]}" / f"p{subject}" / f"s{study}"
-                image_dir.mkdir(parents=True, exist_ok=True)
-                for view in _VIEW_SETS[report_index % len(_VIEW_SETS)]:
-                    dicom = _dicom_id(rng)
-                    # Alternate wide and tall images; frontal radiographs are often wider than tall.
-                    width, height = _image_size(rng, wide=image_index % 2 == 0)
-                    synthetic_xray(width, height, rng).save(image_dir / f"{dicom}.jpg", quality=85)
-                    split_rows.append([dicom, study, subject, official])
-                    metadata_rows.append(
-                        [dicom, subject, study, f"CHEST ({view})", view, height, width, 21800101 + image_index, "101500.000"]
-                    )
-                    image_index += 1
-                if report_index % 6 != 4:  # some studies have no CheXpert labels
-                    labels = [rng.choice(("1.0", "0.0", "-1.0", "", "")) for _ in CHEXPERT_LABELS]
-                    chexpert_rows.append([subject, study, *labels])
-                report_index += 1
-                remaining -= 1
-
-    jpg_root.mkdir(parents=True, exist_ok=True)
-    # The official tables are not in study order; neither are these.
-    rng.shuffle(metadata_rows)
-    _write_table(jpg_root / SPLIT_TABLE, ["dicom_id", "study_id", "subject_id", "split"], split_rows, compress_tables)
-    _write_table(
-        jpg_root / METADATA_TABLE,
-        ["dicom_id", "subject_id", "study_id", "PerformedProcedureStepDescription", "ViewPosition", "Rows", "Columns", "StudyDate", "StudyTime"],
-        metadata_rows,
-        compress_tables,
-    )
-    _write_table(jpg_root / CHEXPERT_TABLE, ["subject_id", "study_id", *CHEXPERT_LABELS], chexpert_rows, compress_tables)
+        _write_split(layout, _OFFICIAL_SPLIT[split_name], count)
+    _write_tables(layout, compress_tables)
     return out_root

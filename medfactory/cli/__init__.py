@@ -1,4 +1,8 @@
-"""The ``medfactory`` command: thin wrappers; the work lives in the modules it calls."""
+"""The ``medfactory`` command: every command is registered here; each lives in a thin module of ``medfactory.cli``.
+
+The work is in the stage packages (``medfactory.corpus``, ``recipes``, ``run``, ``bench``) and in
+``medfactory.plugins`` / ``medfactory.eval``; these modules only parse options and print.
+"""
 
 from __future__ import annotations
 
@@ -7,67 +11,21 @@ from typing import Annotated
 
 import typer
 
-from medfactory.bench import bench_command
-from medfactory.card import card_command
-from medfactory.contamination import contamination_command
-from medfactory.eval.bertscore import bertscore_command
-from medfactory.eval.mcqa import mcqa_command
-from medfactory.merge import merge_command
-from medfactory.plugins import discover_plugins
+from medfactory.cli.bench import bench_command
+from medfactory.cli.contamination import contamination_command
+from medfactory.cli.demo import demo_command
+from medfactory.cli.evaluate import eval_app
+from medfactory.cli.prepare import prepare_app
+from medfactory.cli.recipes import recipes_app
+from medfactory.cli.run import card_command, merge_command
 
 app = typer.Typer(help="Recipes, corpus plugins and evaluation for medical LMs in pt-BR and es.", no_args_is_help=True)
-recipes_app = typer.Typer(help="Check and lock the LLaMA-Factory recipes in recipes/.", no_args_is_help=True)
-prepare_app = typer.Typer(help="Prepare a corpus into data/ and register it in dataset_info.json.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 app.add_typer(prepare_app, name="prepare")
-eval_app = typer.Typer(help="Evaluations that run after training (scores, tables, figures in reports/).", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 likert_app = typer.Typer(help="The blind Likert study: completions, cards, ratings, report, LLM judge.", no_args_is_help=True)
 app.add_typer(likert_app, name="likert")
-
-for _plugin in discover_plugins().values():
-    prepare_app.command(name=_plugin.name, help=_plugin.summary)(_plugin.command)
-
-
-@recipes_app.command("check")
-def recipes_check(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Recipe files; default: recipes/*.yaml")] = None,
-    registry: Annotated[Path | None, typer.Option(help="Dataset registry; default: dataset_dir/dataset_info.json")] = None,
-) -> None:
-    """Parse every recipe with LLaMA-Factory's own parser and check it against the paper values."""
-    from medfactory.recipes import check_recipes, default_recipe_paths, read_header
-
-    results = check_recipes(paths or default_recipe_paths(), registry)
-    for path, problems in results.items():
-        for problem in problems:
-            typer.secho(str(problem), fg=typer.colors.RED, err=True)
-        if not problems:
-            typer.echo(f"{path}: ok (version {read_header(path).get('version')})")
-    failed = sum(1 for problems in results.values() if problems)
-    if failed:
-        typer.secho(f"{failed} of {len(results)} recipes have problems.", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1)
-
-
-@recipes_app.command("lock")
-def recipes_lock(
-    paths: Annotated[list[Path] | None, typer.Argument(help="Recipe files; default: recipes/*.yaml")] = None,
-) -> None:
-    """Record the values hash of each recipe's current version (after a version bump)."""
-    from medfactory.recipes import default_recipe_paths, lock_recipes
-
-    for line in lock_recipes(paths or default_recipe_paths()):
-        typer.echo(line)
-
-
-app.command("contamination", help="Exact and near-duplicate overlap between two prepared sets (counts and ids only).")(
-    contamination_command
-)
-
-
-eval_app.command("mcqa", help="Multiple-choice accuracy, macro-F1 and exam points (HEAD-QA, Portuguese exams); letter or log-likelihood protocol.")(
-    mcqa_command
-)
+app.command("contamination", help="Exact and near-duplicate overlap between two prepared sets (counts and ids only).")(contamination_command)
 app.command("card", help="Provenance (recipe version and hashes, data manifests, versions, git) and a model card for saves/<run>; --push uploads.")(
     card_command
 )
@@ -75,9 +33,7 @@ app.command("bench", help="Tokens/s, step time, peak memory, MFU and projected c
     bench_command
 )
 app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
-eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(
-    bertscore_command
-)
+app.command("demo")(demo_command)
 
 STUDIES = Path("reports/likert")
 
@@ -164,18 +120,3 @@ def likert_report(
         raise typer.Exit(1) from error
     report = write_report(table, pd.read_csv(study_dir / KEY_FILE, dtype=str), study_dir / "report", title=f"Likert study {study}")
     typer.echo(f"report: {report}")
-
-
-@app.command()
-def demo(
-    workdir: Annotated[Path, typer.Option(help="Where the demo writes data/ and saves/")] = Path("."),
-    max_steps: Annotated[int, typer.Option(help="Training steps of the tiny CPU run")] = 800,
-) -> None:
-    """Offline CPU demo: tiny Mistral + synthetic pt-BR notes through the real Clinical-BR recipe."""
-    from medfactory.demo import run_demo
-
-    run_demo(workdir=workdir, max_steps=max_steps)
-
-
-if __name__ == "__main__":
-    app()

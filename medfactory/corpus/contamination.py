@@ -4,7 +4,7 @@ Typical use: ``medfactory contamination data/corpus/test.jsonl data/corpus/train
 training, to check that copy-forward notes did not leak across the split. Each side is a
 ``.jsonl`` file or a prepared dataset folder (its ``*.jsonl`` files, sorted). Both are streamed
 one record at a time; side B is indexed (sha256 of the normalised text for exact copies, a
-:class:`~medfactory.neardup.NearDuplicateIndex` for near copies), then A is scanned against it.
+:class:`~medfactory.corpus.dedup.NearDuplicateIndex` for near copies), then A is scanned against it.
 
 Clinical text is sensitive: the report, the summary and every error message carry counts, file
 names, line numbers, note ids and hashes, never note text.
@@ -15,18 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-import typer
 from tqdm import tqdm
 
-from medfactory.atomic import write_json_atomic
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
 
 if TYPE_CHECKING:
-    from medfactory.neardup import NearDuplicateIndex
+    from medfactory.corpus.dedup import NearDuplicateIndex
 
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_NUM_PERM = 128
@@ -154,6 +152,102 @@ def _fraction(part: int, whole: int) -> float:
     return round(part / whole, 6) if whole else 0.0
 
 
+@dataclass
+class _BIndex:
+    """Side B, indexed: exact keys, labels by ordinal, and the MinHash index keyed by those ordinals."""
+
+    index: NearDuplicateIndex
+    exact_keys: dict[bytes, int] = field(default_factory=dict)  # sha256(normalised text) -> ordinal of its first B record
+    labels: list[str] = field(default_factory=list)  # ordinal -> label
+
+
+@dataclass
+class _Scan:
+    """What scanning A against B found."""
+
+    by_file: dict[str, dict[str, int]]
+    exact: int = 0
+    near: int = 0
+    matched_b: set[int] = field(default_factory=set)
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _exact_key(normalised: str) -> bytes:
+    return hashlib.sha256(normalised.encode("utf-8")).digest()
+
+
+def _index_side_b(side_b: _Side, index: NearDuplicateIndex, progress: bool) -> _BIndex:
+    """Every distinct (normalised) text of B, in the exact and the near-duplicate index."""
+    from medfactory.corpus.dedup import normalise_for_dedup
+
+    indexed = _BIndex(index)
+    for record in _progress(side_b.records(), f"index B ({side_b.path.name})", progress):
+        normalised = normalise_for_dedup(record.text)
+        key = _exact_key(normalised)
+        if key in indexed.exact_keys:
+            continue  # an exact repeat inside B adds nothing to either index
+        ordinal = len(indexed.labels)
+        indexed.exact_keys[key] = ordinal
+        indexed.labels.append(record.label)
+        index.add(str(ordinal), normalised)
+    return indexed
+
+
+def _scan_side_a(side_a: _Side, b: _BIndex, max_examples: int, progress: bool) -> _Scan:
+    """Count A's exact and near copies of B; keep the first ``max_examples`` pairs (labels only)."""
+    from medfactory.corpus.dedup import normalise_for_dedup
+
+    scan = _Scan(by_file={entry.name: {"exact": 0, "near": 0} for entry in side_a.files})
+    for record in _progress(side_a.records(), f"scan A ({side_a.path.name})", progress):
+        normalised = normalise_for_dedup(record.text)
+        ordinal = b.exact_keys.get(_exact_key(normalised))
+        if ordinal is not None:
+            kind, jaccard = "exact", 1.0
+            scan.exact += 1
+        else:
+            matches = b.index.query_minhash(b.index.minhash(normalised))
+            if not matches:
+                continue
+            best, jaccard = matches[0]
+            kind, ordinal = "near", int(best)
+            scan.near += 1
+        scan.by_file[record.file][kind] += 1
+        scan.matched_b.add(ordinal)
+        if len(scan.examples) < max_examples:
+            scan.examples.append({"a": record.label, "b": b.labels[ordinal], "kind": kind, "jaccard": round(jaccard, 4)})
+    return scan
+
+
+def _report(side_a: _Side, side_b: _Side, b: _BIndex, scan: _Scan, max_examples: int) -> dict[str, Any]:
+    """The JSON report (format ``REPORT_FORMAT``): sides, counts, example ids and settings."""
+    a_info, b_info = side_a.describe(), side_b.describe()
+    for entry in a_info["files"]:
+        entry.update(scan.by_file[entry["file"]])
+    b_info["distinct_texts"] = len(b.labels)
+    contaminated = scan.exact + scan.near
+    return {
+        "format": REPORT_FORMAT,
+        "a": a_info,
+        "b": b_info,
+        "counts": {
+            "a_records": a_info["records"],
+            "b_records": b_info["records"],
+            "a_exact_in_b": scan.exact,
+            "a_near_in_b": scan.near,
+            "a_contaminated": contaminated,
+            "a_contaminated_fraction": _fraction(contaminated, a_info["records"]),
+            "b_records_matched": len(scan.matched_b),
+        },
+        "examples": scan.examples,
+        "examples_left_out": contaminated - len(scan.examples),
+        "settings": {
+            **b.index.settings(),
+            "exact_key": "sha256 of the normalised text",
+            "max_examples": max_examples,
+        },
+    }
+
+
 def contamination_report(
     a: Path,
     b: Path,
@@ -166,12 +260,12 @@ def contamination_report(
     """How many records of ``a`` are exact or near (estimated Jaccard >= ``threshold``) copies of
     records of ``b``; up to ``max_examples`` example pairs (ids only, first found in A's order).
 
-    "Exact" means equal after :func:`~medfactory.neardup.normalise_for_dedup` (case, whitespace,
+    "Exact" means equal after :func:`~medfactory.corpus.dedup.normalise_for_dedup` (case, whitespace,
     Unicode form); "near" means not exact but a near duplicate by MinHash over word shingles.
     Raises CorpusError (file, line and fix) on a missing input, a folder without .jsonl files or
     a bad line; ValueError on bad settings.
     """
-    from medfactory.neardup import DEFAULT_SHINGLE_SIZE, NearDuplicateIndex, normalise_for_dedup
+    from medfactory.corpus.dedup import DEFAULT_SHINGLE_SIZE, NearDuplicateIndex
 
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"threshold must be in (0, 1], got {threshold}")
@@ -179,70 +273,10 @@ def contamination_report(
         raise ValueError(f"max_examples must be >= 0, got {max_examples}")
     # Resolve both sides before the (long) indexing, so a typo in A fails at once.
     side_a, side_b = _Side(a), _Side(b)
-    index: NearDuplicateIndex = NearDuplicateIndex(
-        threshold=threshold, num_perm=num_perm, shingle_size=shingle_size or DEFAULT_SHINGLE_SIZE
-    )
-
-    exact_keys: dict[bytes, int] = {}  # sha256(normalised text) -> ordinal of its first B record
-    b_labels: list[str] = []  # ordinal -> label; the index keys are the ordinals
-    for record in _progress(side_b.records(), f"index B ({side_b.path.name})", progress):
-        normalised = normalise_for_dedup(record.text)
-        key = hashlib.sha256(normalised.encode("utf-8")).digest()
-        if key in exact_keys:
-            continue  # an exact repeat inside B adds nothing to either index
-        ordinal = len(b_labels)
-        exact_keys[key] = ordinal
-        b_labels.append(record.label)
-        index.add(str(ordinal), normalised)
-
-    exact = near = 0
-    by_file = {entry.name: {"exact": 0, "near": 0} for entry in side_a.files}
-    matched_b: set[int] = set()
-    examples: list[dict[str, Any]] = []
-    for record in _progress(side_a.records(), f"scan A ({side_a.path.name})", progress):
-        normalised = normalise_for_dedup(record.text)
-        ordinal = exact_keys.get(hashlib.sha256(normalised.encode("utf-8")).digest())
-        if ordinal is not None:
-            kind, jaccard = "exact", 1.0
-            exact += 1
-        else:
-            matches = index.query_minhash(index.minhash(normalised))
-            if not matches:
-                continue
-            best, jaccard = matches[0]
-            kind, ordinal = "near", int(best)
-            near += 1
-        by_file[record.file][kind] += 1
-        matched_b.add(ordinal)
-        if len(examples) < max_examples:
-            examples.append({"a": record.label, "b": b_labels[ordinal], "kind": kind, "jaccard": round(jaccard, 4)})
-
-    a_info, b_info = side_a.describe(), side_b.describe()
-    for entry in a_info["files"]:
-        entry.update(by_file[entry["file"]])
-    b_info["distinct_texts"] = len(b_labels)
-    contaminated = exact + near
-    return {
-        "format": REPORT_FORMAT,
-        "a": a_info,
-        "b": b_info,
-        "counts": {
-            "a_records": a_info["records"],
-            "b_records": b_info["records"],
-            "a_exact_in_b": exact,
-            "a_near_in_b": near,
-            "a_contaminated": contaminated,
-            "a_contaminated_fraction": _fraction(contaminated, a_info["records"]),
-            "b_records_matched": len(matched_b),
-        },
-        "examples": examples,
-        "examples_left_out": contaminated - len(examples),
-        "settings": {
-            **index.settings(),
-            "exact_key": "sha256 of the normalised text",
-            "max_examples": max_examples,
-        },
-    }
+    index = NearDuplicateIndex(threshold=threshold, num_perm=num_perm, shingle_size=shingle_size or DEFAULT_SHINGLE_SIZE)
+    indexed = _index_side_b(side_b, index, progress)
+    scan = _scan_side_a(side_a, indexed, max_examples, progress)
+    return _report(side_a, side_b, indexed, scan, max_examples)
 
 
 def _percent(part: int, whole: int) -> str:
@@ -281,46 +315,3 @@ def format_summary(report: dict[str, Any]) -> list[str]:
         if report["examples_left_out"]:
             lines.append(f"  ... and {report['examples_left_out']:,} more (see the JSON report)")
     return lines
-
-
-def contamination_command(
-    a: Annotated[Path, typer.Argument(help="Set checked for leaks (e.g. test): a .jsonl file or a prepared dataset folder")],
-    b: Annotated[Path, typer.Argument(help="Reference set (e.g. train): a .jsonl file or a prepared dataset folder")],
-    threshold: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Estimated Jaccard (word 5-gram shingles) from which a note is a near duplicate"),
-    ] = DEFAULT_THRESHOLD,
-    output: Annotated[Path | None, typer.Option(help="write the JSON report here")] = None,
-    max_examples: Annotated[
-        int, typer.Option(min=0, help="Example pairs (ids only) in the summary and the report")
-    ] = DEFAULT_MAX_EXAMPLES,
-    num_perm: Annotated[
-        int, typer.Option(min=16, help="MinHash permutations (more: finer estimate, more memory)")
-    ] = DEFAULT_NUM_PERM,
-    fail_on_overlap: Annotated[
-        bool, typer.Option("--fail-on-overlap", help="Exit with code 2 if any exact or near overlap is found (CI)")
-    ] = False,
-) -> None:
-    """Count notes of A that are exact or near copies (copy-forward) of notes of B; ids only, never text."""
-    try:
-        report = contamination_report(a, b, threshold=threshold, num_perm=num_perm, max_examples=max_examples)
-    except ValueError as error:  # CorpusError (bad input) or a bad setting
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
-    for line in format_summary(report):
-        typer.echo(line)
-    if output is not None:
-        try:
-            write_json_atomic(output, report)
-        except OSError as error:
-            reason = error.strerror or error
-            typer.secho(f"error: cannot write the report to {output}: {reason}", fg=typer.colors.RED, err=True)
-            raise typer.Exit(1) from error
-        typer.echo(f"report written to {output}")
-    if fail_on_overlap and report["counts"]["a_contaminated"]:
-        typer.secho(
-            f"{report['counts']['a_contaminated']:,} records of A overlap B (--fail-on-overlap).",
-            fg=typer.colors.RED,
-            err=True,
-        )
-        raise typer.Exit(2)

@@ -15,14 +15,15 @@ key is an error, so that a misspelt field never passes silently.
 from __future__ import annotations
 
 import json
+import re
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from medfactory.atomic import atomic_write
-from medfactory.errors import CorpusError
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import iter_jsonl, write_jsonl
 
 LANGUAGES = ("es", "en", "pt")
 LETTERS = tuple(string.ascii_uppercase)
@@ -51,6 +52,10 @@ class McqItem:
     @property
     def answer_text(self) -> str:
         return self.options[self.answer]
+
+    @property
+    def n_options(self) -> int:
+        return len(self.options)
 
     def problems(self) -> list[str]:
         """What is wrong with the item (an empty list when it is valid)."""
@@ -112,6 +117,24 @@ def lettered_options(item: McqItem) -> str:
     return "\n".join(f"{letter}) {option}" for letter, option in zip(item.letters, item.options))
 
 
+def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``iter_jsonl``'s (line number, object) pairs, its errors re-worded as this format's CorpusError."""
+    try:
+        yield from iter_jsonl(path)
+    except UnicodeDecodeError:
+        raise  # not a line's fault: the file is not UTF-8 (as before, left to the caller)
+    except ValueError as error:
+        # iter_jsonl names file and line as "<path>, line <n>: <reason>"; keep that line, say it our way
+        found = re.match(rf"{re.escape(str(path))}, line (\d+): ", str(error))
+        if found is None:
+            raise CorpusError(str(error)) from error
+        where = f"{path}, line {found.group(1)}"
+        cause = error.__cause__
+        if isinstance(cause, json.JSONDecodeError):
+            raise CorpusError(f"{where}: invalid JSON ({cause.msg}, column {cause.colno}).") from cause
+        raise CorpusError(f"{where}: not an MCQ item: {str(error)[found.end():]}.") from error
+
+
 def read_items(path: Path) -> list[McqItem]:
     """Every item of a ``.jsonl`` file; a bad line raises CorpusError naming the file and line.
 
@@ -122,35 +145,31 @@ def read_items(path: Path) -> list[McqItem]:
         raise CorpusError(f"{path}: not found. Prepare the exam set first (medfactory prepare head_qa / pt_exam_mcq).")
     items: list[McqItem] = []
     first_line_of: dict[str, int] = {}
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                item = McqItem.from_dict(json.loads(line))
-            except json.JSONDecodeError as error:
-                raise CorpusError(f"{path}, line {number}: invalid JSON ({error.msg}, column {error.colno}).") from error
-            except (TypeError, ValueError) as error:
-                raise CorpusError(f"{path}, line {number}: not an MCQ item: {error}.") from error
-            if item.id in first_line_of:
-                raise CorpusError(f"{path}, line {number}: id {item.id!r} already used on line {first_line_of[item.id]}.")
-            first_line_of[item.id] = number
-            items.append(item)
+    for number, record in _records(path):
+        try:
+            item = McqItem.from_dict(record)
+        except (TypeError, ValueError) as error:
+            raise CorpusError(f"{path}, line {number}: not an MCQ item: {error}.") from error
+        if item.id in first_line_of:
+            raise CorpusError(f"{path}, line {number}: id {item.id!r} already used on line {first_line_of[item.id]}.")
+        first_line_of[item.id] = number
+        items.append(item)
     return items
+
+
+def _checked_records(path: Path, items: Iterable[McqItem]) -> Iterator[dict[str, Any]]:
+    """Each item as a JSON object; an invalid or repeated item raises CorpusError (the write is then abandoned)."""
+    seen: set[str] = set()
+    for item in items:
+        problems = item.problems()
+        if problems:
+            raise CorpusError(f"{path}: item {item.id!r}: {'; '.join(problems)}")
+        if item.id in seen:
+            raise CorpusError(f"{path}: item {item.id!r}: duplicate id")
+        seen.add(item.id)
+        yield item.to_dict()
 
 
 def write_items(path: Path, items: Iterable[McqItem]) -> int:
     """Write items as JSONL, atomically (all or nothing); return how many. An invalid item raises CorpusError."""
-    count = 0
-    seen: set[str] = set()
-    with atomic_write(Path(path)) as handle:
-        for item in items:
-            problems = item.problems()
-            if problems:
-                raise CorpusError(f"{path}: item {item.id!r}: {'; '.join(problems)}")
-            if item.id in seen:
-                raise CorpusError(f"{path}: item {item.id!r}: duplicate id")
-            seen.add(item.id)
-            handle.write(json.dumps(item.to_dict(), ensure_ascii=False) + "\n")
-            count += 1
-    return count
+    return write_jsonl(Path(path), _checked_records(path, items))

@@ -1,4 +1,4 @@
-"""`medfactory recipes check` and `recipes lock`: every recipe parsed the way LLaMA-Factory parses it.
+"""`medfactory recipes check`: every recipe parsed the way LLaMA-Factory parses it.
 
 What is checked, per recipe (each problem names the recipe, the key and the fix):
 
@@ -9,7 +9,7 @@ What is checked, per recipe (each problem names the recipe, the key and the fix)
   fields, so ``quantization_method: bitsandbytes`` parses and quantizes nothing;
 * LLaMA-Factory's and transformers' own argument validation, deprecations included;
 * every dataset named in ``dataset`` / ``eval_dataset`` registered in ``dataset_info.json``;
-* the source paper's values (``medfactory/paper_values.py``);
+* the source paper's values (``medfactory/recipes/paper_values.yaml``);
 * local logging only (``report_to: none``) and automatic resume (no ``overwrite_output_dir``);
 * the version rule: the values of a version are locked in ``recipes/versions.lock.json`` and
   the version has a ``recipes/CHANGELOG.md`` entry, so any changed value forces a version bump.
@@ -22,8 +22,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import enum
-import hashlib
-import json
 import logging
 import math
 import re
@@ -32,16 +30,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medfactory.atomic import write_json_atomic
-from medfactory.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
-from medfactory.registry import REGISTRY_NAME, load_registry
-
-RECIPES_DIR = Path("recipes")
-LOCK_NAME = "versions.lock.json"
-CHANGELOG_NAME = "CHANGELOG.md"
-HEADER_KEYS = ("recipe", "version", "source")
-VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
-HEADER_RE = re.compile(r"^#\s*(recipe|version|source):\s*(.*?)\s*$")
+from medfactory.base.registry import REGISTRY_NAME, load_registry
+from medfactory.recipes.lock import CHANGELOG_NAME, load_lock, lock_path
+from medfactory.recipes.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
+from medfactory.recipes.recipe_file import HEADER_KEYS, RECIPES_DIR, VERSION_RE, load_recipe, read_header, values_hash
 
 # Values that parse but that LLaMA-Factory does not act on, with the value it does act on.
 KNOWN_IGNORED_VALUES: dict[str, dict[str, str]] = {
@@ -61,41 +53,6 @@ class RecipeProblem:
     def __str__(self) -> str:
         where = f"{self.recipe}" + (f": `{self.key}`" if self.key else "")
         return f"{where}: {self.message} Fix: {self.fix}"
-
-
-def default_recipe_paths(recipes_dir: Path = RECIPES_DIR) -> list[Path]:
-    """Every LLaMA-Factory recipe: the top-level ``recipes/*.yaml`` files."""
-    if not recipes_dir.is_dir():
-        raise FileNotFoundError(f"{recipes_dir}: no recipes folder here. Run medfactory from the repository root.")
-    return sorted(recipes_dir.glob("*.yaml"))
-
-
-def read_header(path: Path) -> dict[str, str]:
-    """The ``# recipe: / # version: / # source:`` lines of the leading comment block."""
-    header: dict[str, str] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        if not line.startswith("#"):
-            break
-        match = HEADER_RE.match(line)
-        if match and match.group(1) not in header:
-            header[match.group(1)] = match.group(2)
-    return header
-
-
-def load_recipe(path: Path) -> dict[str, Any]:
-    """The recipe's values, loaded with OmegaConf as ``llamafactory-cli train`` loads them."""
-    from omegaconf import OmegaConf
-
-    values = OmegaConf.to_container(OmegaConf.load(Path(path)))
-    if not isinstance(values, dict):
-        raise ValueError(f"{path}: a recipe is a YAML mapping of LLaMA-Factory arguments, got {type(values).__name__}.")
-    return values
-
-
-def values_hash(values: dict[str, Any]) -> str:
-    """Hash of a recipe's values (not its comments): what the version rule locks."""
-    canonical = json.dumps(values, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
 def _llamafactory_fields() -> dict[str, dataclasses.Field]:
@@ -244,7 +201,7 @@ def _check_paper_values(path: Path, name: str, values: dict[str, Any]) -> list[R
                     path,
                     key,
                     f"is {values[key]!r} but {source} uses {paper_value!r}.",
-                    f"set `{key}: {paper_value}`, or change medfactory/paper_values.py if the paper says otherwise.",
+                    f"set `{key}: {paper_value}`, or change medfactory/recipes/paper_values.yaml if the paper says otherwise.",
                 )
             )
     if name in SIXTEEN_BIT_RECIPES and not (values.get("bf16") or values.get("fp16") or values.get("pure_bf16")):
@@ -294,20 +251,12 @@ def _check_header(path: Path, header: dict[str, str]) -> list[RecipeProblem]:
     return problems
 
 
-def _lock_path(path: Path) -> Path:
-    return Path(path).parent / LOCK_NAME
-
-
-def _load_lock(lock_path: Path) -> dict[str, dict[str, str]]:
-    return json.loads(lock_path.read_text(encoding="utf-8")) if lock_path.is_file() else {}
-
-
 def _check_version_rule(path: Path, header: dict[str, str], values: dict[str, Any]) -> list[RecipeProblem]:
     version = header.get("version")
     if not version:
         return []
     name = path.stem
-    locked = _load_lock(_lock_path(path)).get(name, {})
+    locked = load_lock(lock_path(path)).get(name, {})
     digest = values_hash(values)
     problems = []
     if version not in locked:
@@ -315,7 +264,7 @@ def _check_version_rule(path: Path, header: dict[str, str], values: dict[str, An
             RecipeProblem(
                 path,
                 "# version:",
-                f"version {version} is not locked in {_lock_path(path)}.",
+                f"version {version} is not locked in {lock_path(path)}.",
                 f"add a `{name} {version}` entry to {path.parent / CHANGELOG_NAME}, then run `medfactory recipes lock`.",
             )
         )
@@ -361,29 +310,3 @@ def check_recipe(path: Path, registry_path: Path | None = None) -> list[RecipePr
 def check_recipes(paths: Iterable[Path], registry_path: Path | None = None) -> dict[Path, list[RecipeProblem]]:
     """Problems per recipe, for every recipe given."""
     return {Path(path): check_recipe(Path(path), registry_path) for path in paths}
-
-
-def lock_recipes(paths: Iterable[Path]) -> list[str]:
-    """Record the values hash of each recipe's current version; refuse to re-lock a version with new values."""
-    messages = []
-    for path in map(Path, paths):
-        header = read_header(path)
-        version = header.get("version")
-        if not version or not VERSION_RE.match(version):
-            raise ValueError(f"{path}: the header has no `# version: x.y.z` line; add one before locking.")
-        lock_path = _lock_path(path)
-        lock = _load_lock(lock_path)
-        digest = values_hash(load_recipe(path))
-        locked = lock.setdefault(path.stem, {})
-        if version in locked and locked[version] != digest:
-            raise ValueError(
-                f"{path}: version {version} is already locked with other values. Bump `# version:` and add a "
-                f"{CHANGELOG_NAME} entry; a released version never changes."
-            )
-        if locked.get(version) == digest:
-            messages.append(f"{path}: {version} already locked")
-            continue
-        locked[version] = digest
-        write_json_atomic(lock_path, lock)
-        messages.append(f"{path}: locked {version} ({digest[:12]})")
-    return messages

@@ -3,7 +3,7 @@
 One pass, streaming: memory holds one note at a time plus an 8-byte key per kept note (exact
 de-duplication) and, only when near-duplicate removal is asked for, a MinHash signature per note.
 
-Per note, in this order: normalise (:func:`medfactory.text.normalise_note`); drop empty and
+Per note, in this order: normalise (:func:`medfactory.corpus.text.normalise_note`); drop empty and
 too-short notes; scan for personal identifiers and report, mask or refuse (before anything is
 written); drop exact duplicates; optionally drop near duplicates (copy-forward notes); assign the
 patient's split; write. Outputs go to a staging folder that replaces ``data/<name>/`` in one step
@@ -13,7 +13,7 @@ or is killed leaves the previously prepared dataset and the registry as they wer
 
 from __future__ import annotations
 
-import datetime as dt
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,21 +25,29 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medfactory.atomic import atomic_directory, sha256_file, write_json_atomic
-from medfactory.errors import CorpusError
-from medfactory.manifest import CHARS_PER_TOKEN_ESTIMATE, estimate_tokens
-from medfactory.readers import ColumnMapping, ReadOptions, SourceFile, list_source_files, read_notes
-from medfactory.registry import REGISTRY_NAME, load_registry, register_datasets
-from medfactory.splits import SPLITS, HeldOutSampler, SplitPlan, group_of
-from medfactory.text import AUTO_ENCODING, normalise_note
-from medfactory.versions import package_versions
+from medfactory.base.atomic import atomic_directory
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import jsonl_line
+from medfactory.base.manifest import (
+    CHARS_PER_TOKEN_ESTIMATE,
+    MANIFEST_FILE,
+    dataset_records,
+    estimate_tokens,
+    manifest_header,
+    output_facts,
+    write_manifest,
+)
+from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.base.versions import package_versions
+from medfactory.corpus.readers import ColumnMapping, ReadOptions, SourceFile, list_source_files, read_notes
+from medfactory.corpus.splits import SPLITS, HeldOutSampler, SplitPlan, group_of
+from medfactory.corpus.text import AUTO_ENCODING, normalise_note
 
 log = logging.getLogger(__name__)
 
 IDENTIFIER_MODES = ("report", "mask", "refuse")
 ON_ERROR_CHOICES = ("fail", "skip")
 LIKERT_FILE = "likert_heldout.jsonl"
-MANIFEST_FILE = "manifest.json"
 # Past this many input files the manifest lists a combined hash instead of one entry per file.
 MAX_LISTED_SOURCES = 1000
 TOKEN_BATCH = 512
@@ -165,145 +173,171 @@ def _sources_summary(files: list[SourceFile]) -> dict[str, Any]:
 
 def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Path = Path(".")) -> dict[str, Any]:
     """Prepare ``sources`` into ``output_root/data/<name>/`` and register the splits; return the manifest."""
-    from medfactory.identifiers import IdentifierScanner
-
     options.validate()
     output_root = Path(output_root)
     registry = output_root / REGISTRY_NAME
-    if registry.exists():
-        try:
-            load_registry(registry)  # checked first: a broken registry must not leave data and registry out of step
-        except ValueError as error:
-            raise CorpusError(f"{error} Fix or delete {registry}, then run again.") from error
+    load_registry_before_writing(registry)
     files = [path for source in sources for path in list_source_files(Path(source))]
-    total_bytes = sum(path.stat().st_size for path in files)
-    scanner = IdentifierScanner(locales=options.identifier_locales)
-    near_index = None
-    if options.near_duplicate_threshold is not None:
-        from medfactory.neardup import NearDuplicateIndex
+    notes_pass = _NotesPass(options)
+    with atomic_directory(output_root / "data" / options.name) as staging:
+        notes_pass.run(files, staging)
+        manifest = notes_pass.finish(staging, sources)
+        write_manifest(staging / MANIFEST_FILE, manifest)
+    register_datasets(registry, registry_entries(options.name))
+    log.info("%s: %d records read, %d notes kept, dropped %s", options.name, notes_pass.records_read, manifest["documents"], dict(notes_pass.dropped))
+    return manifest
 
-        near_index = NearDuplicateIndex(threshold=options.near_duplicate_threshold)
-    tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
 
-    dropped: Counter = Counter()
-    findings: Counter = Counter()
-    notes_with_identifiers = 0
-    group_kinds: Counter = Counter()
-    split_stats = {split: SplitStats() for split in SPLITS}
-    seen = SeenKeys()
-    sampler = HeldOutSampler(options.likert_notes, options.split.seed, options.likert_min_characters)
-    read_options = ReadOptions(
-        mapping=options.mapping, encoding=options.encoding, delimiter=options.delimiter, on_error=options.on_error, drop=lambda reason: dropped.update((reason,))
-    )
-    infos: list[SourceFile] = []
-    records_read = 0
-    dataset_dir = output_root / "data" / options.name
+class _NotesPass:
+    """One streaming pass over the source files: each note is cleaned, scanned, de-duplicated, split, written."""
 
-    with atomic_directory(dataset_dir) as staging:
-        handles = {split: open(staging / f"{split}.jsonl", "w", encoding="utf-8") for split in SPLITS}
-        try:
-            with tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{options.name}", smoothing=0.1) as bar:
-                for path in files:
-                    info = SourceFile(path=path)
-                    infos.append(info)
-                    reported = 0
-                    for raw in read_notes(path, info, read_options):
-                        records_read += 1
-                        if info.bytes - reported > 1 << 20:
-                            bar.update(info.bytes - reported)
-                            reported = info.bytes
-                            bar.set_postfix(notes=records_read, refresh=False)
-                        text = normalise_note(raw.text or "")
-                        if not text:
-                            dropped["empty"] += 1
-                            continue
-                        if len(text) < options.min_characters:
-                            dropped["too_short"] += 1
-                            continue
-                        found = scanner.find(text)
-                        if found:
-                            notes_with_identifiers += 1
-                            findings.update(finding.kind for finding in found)
-                            if options.identifier_mode == "refuse":
-                                kinds = ", ".join(sorted({finding.kind for finding in found}))
-                                raise CorpusError(
-                                    f"{raw.where}: the note contains personal identifiers ({kinds}; values not shown) and "
-                                    "--identifier-mode is refuse, so nothing was written. Fix: de-identify the source, or "
-                                    "use --identifier-mode mask to replace them with placeholders."
-                                )
-                            if options.identifier_mode == "mask":
-                                text = scanner.mask(text, found)
-                        key_bytes = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-                        key = int.from_bytes(key_bytes, "big", signed=True)
-                        if not seen.add_if_new(key):
-                            dropped["duplicate"] += 1
-                            continue
-                        if near_index is not None and near_index.add_if_new(key_bytes.hex(), text) is not None:
-                            dropped["near_duplicate"] += 1
-                            continue
-                        kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
-                        group_kinds[kind] += 1
-                        split = options.split.split_of(group)
-                        record = {"text": text, "id": raw.note_id or raw.where}
-                        if raw.date:
-                            record["date"] = raw.date
-                        line = json.dumps(record, ensure_ascii=False) + "\n"
-                        handles[split].write(line)
-                        split_stats[split].documents += 1
-                        split_stats[split].characters += len(text)
-                        if tokens is not None and split != "test":  # test is counted once the Likert notes left it
-                            tokens.add(split, text)
-                        if split == "test":
-                            sampler.offer(group, key_bytes.hex(), line, len(text))
-                    bar.update(info.bytes - reported)
-        finally:
-            for handle in handles.values():
-                handle.close()
+    def __init__(self, options: PrepareOptions) -> None:
+        from medfactory.corpus.identifiers import IdentifierScanner
 
-        kept = sum(stats.documents for stats in split_stats.values())
+        self.options = options
+        self.scanner = IdentifierScanner(locales=options.identifier_locales)
+        self.near_index = None
+        if options.near_duplicate_threshold is not None:
+            from medfactory.corpus.dedup import NearDuplicateIndex
+
+            self.near_index = NearDuplicateIndex(threshold=options.near_duplicate_threshold)
+        self.tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
+        self.dropped: Counter = Counter()
+        self.findings: Counter = Counter()
+        self.notes_with_identifiers = 0
+        self.group_kinds: Counter = Counter()
+        self.split_stats = {split: SplitStats() for split in SPLITS}
+        self.seen = SeenKeys()
+        self.sampler = HeldOutSampler(options.likert_notes, options.split.seed, options.likert_min_characters)
+        self.read_options = ReadOptions(
+            mapping=options.mapping, encoding=options.encoding, delimiter=options.delimiter, on_error=options.on_error,
+            drop=lambda reason: self.dropped.update((reason,)),
+        )  # fmt: skip
+        self.infos: list[SourceFile] = []
+        self.records_read = 0
+
+    def run(self, files: list[Path], staging: Path) -> None:
+        """Stream every file into ``staging/<split>.jsonl``, with a progress bar in bytes."""
+        total_bytes = sum(path.stat().st_size for path in files)
+        with contextlib.ExitStack() as stack:
+            handles = {split: stack.enter_context(open(staging / f"{split}.jsonl", "w", encoding="utf-8")) for split in SPLITS}
+            bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{self.options.name}", smoothing=0.1))
+            for path in files:
+                self._read_file(path, handles, bar)
+
+    def _read_file(self, path: Path, handles: dict[str, Any], bar: tqdm) -> None:
+        info = SourceFile(path=path)
+        self.infos.append(info)
+        reported = 0
+        for raw in read_notes(path, info, self.read_options):
+            self.records_read += 1
+            if info.bytes - reported > 1 << 20:
+                bar.update(info.bytes - reported)
+                reported = info.bytes
+                bar.set_postfix(notes=self.records_read, refresh=False)
+            self._take(raw, handles)
+        bar.update(info.bytes - reported)
+
+    def _clean(self, raw: Any) -> str | None:
+        """The normalised, identifier-handled text of a note, or None when it is dropped."""
+        text = normalise_note(raw.text or "")
+        if not text:
+            self.dropped["empty"] += 1
+            return None
+        if len(text) < self.options.min_characters:
+            self.dropped["too_short"] += 1
+            return None
+        found = self.scanner.find(text)
+        if not found:
+            return text
+        self.notes_with_identifiers += 1
+        self.findings.update(finding.kind for finding in found)
+        if self.options.identifier_mode == "refuse":
+            kinds = ", ".join(sorted({finding.kind for finding in found}))
+            raise CorpusError(
+                f"{raw.where}: the note contains personal identifiers ({kinds}; values not shown) and "
+                "--identifier-mode is refuse, so nothing was written. Fix: de-identify the source, or "
+                "use --identifier-mode mask to replace them with placeholders."
+            )
+        return self.scanner.mask(text, found) if self.options.identifier_mode == "mask" else text
+
+    def _is_duplicate(self, text: str) -> tuple[bool, bytes]:
+        key_bytes = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
+        if not self.seen.add_if_new(int.from_bytes(key_bytes, "big", signed=True)):
+            self.dropped["duplicate"] += 1
+            return True, key_bytes
+        if self.near_index is not None and self.near_index.add_if_new(key_bytes.hex(), text) is not None:
+            self.dropped["near_duplicate"] += 1
+            return True, key_bytes
+        return False, key_bytes
+
+    def _take(self, raw: Any, handles: dict[str, Any]) -> None:
+        text = self._clean(raw)
+        if text is None:
+            return
+        duplicate, key_bytes = self._is_duplicate(text)
+        if duplicate:
+            return
+        kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
+        self.group_kinds[kind] += 1
+        split = self.options.split.split_of(group)
+        record = {"text": text, "id": raw.note_id or raw.where}
+        if raw.date:
+            record["date"] = raw.date
+        line = jsonl_line(record)
+        handles[split].write(line)
+        self.split_stats[split].documents += 1
+        self.split_stats[split].characters += len(text)
+        if self.tokens is not None and split != "test":  # test is counted once the Likert notes left it
+            self.tokens.add(split, text)
+        if split == "test":
+            self.sampler.offer(group, key_bytes.hex(), line, len(text))
+
+    def finish(self, staging: Path, sources: list[Path]) -> dict[str, Any]:
+        """Carve the Likert notes out of test, finish the token counts and return the manifest."""
+        kept = sum(stats.documents for stats in self.split_stats.values())
         if kept == 0:
             raise CorpusError(
-                f"{', '.join(map(str, sources))}: no notes kept from {records_read} records read "
-                f"(dropped: {dict(dropped) or 'none'}). Fix: check the text column (--text-column) and the files."
+                f"{', '.join(map(str, sources))}: no notes kept from {self.records_read} records read "
+                f"(dropped: {dict(self.dropped) or 'none'}). Fix: check the text column (--text-column) and the files."
             )
-        likert = _carve_held_out(staging, sampler.records(), split_stats, tokens)
-        if tokens is not None:
-            for split in tokens.pending:
-                tokens.flush(split)
+        likert = _carve_held_out(staging, self.sampler.records(), self.split_stats, self.tokens)
+        if self.tokens is not None:
+            for split in self.tokens.pending:
+                self.tokens.flush(split)
             for split in SPLITS:
-                split_stats[split].tokens = tokens.totals[split]
-        outputs = sorted(staging.glob("*.jsonl"))
-        manifest = {
+                self.split_stats[split].tokens = self.tokens.totals[split]
+        return self._manifest(staging, sources, kept, likert)
+
+    def _manifest(self, staging: Path, sources: list[Path], kept: int, likert: SplitStats) -> dict[str, Any]:
+        options, characters = self.options, sum(stats.characters for stats in self.split_stats.values())
+        return {
+            **manifest_header(options.name, sources, _options_record(options)),
             "dataset": options.name,
             "plugin": options.plugin,
-            "created_utc": dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat(),
             "versions": _package_versions(),
-            "options": _options_record(options),
-            "sources": _sources_summary(infos),
-            "records_read": records_read,
+            "sources": _sources_summary(self.infos),
+            "records_read": self.records_read,
             "documents": kept,
-            "characters": sum(stats.characters for stats in split_stats.values()),
-            "estimated_tokens": estimate_tokens(sum(stats.characters for stats in split_stats.values())),
+            "characters": characters,
+            "estimated_tokens": estimate_tokens(characters),
             "tokens_estimate_rule": f"characters / {CHARS_PER_TOKEN_ESTIMATE:g}",
             "tokenizer": options.tokenizer,
             "splits": {
                 split: {**asdict(stats), "estimated_tokens": estimate_tokens(stats.characters)}
-                for split, stats in {**split_stats, "likert": likert}.items()
+                for split, stats in {**self.split_stats, "likert": likert}.items()
             },
-            "notes_by_group_kind": dict(group_kinds),
-            "dropped": dict(sorted(dropped.items())),
+            "notes_by_group_kind": dict(self.group_kinds),
+            "dropped": dict(sorted(self.dropped.items())),
             "identifiers": {
                 "mode": options.identifier_mode,
                 "locales": list(options.identifier_locales),
-                "notes_with_findings": notes_with_identifiers,
-                "findings_by_type": dict(sorted(findings.items())),
+                "notes_with_findings": self.notes_with_identifiers,
+                "findings_by_type": dict(sorted(self.findings.items())),
             },
-            "outputs": {path.name: {"sha256": sha256_file(path), "bytes": path.stat().st_size} for path in outputs},
+            "datasets": dataset_records(staging, registry_entries(options.name), Path("data") / options.name),
+            "outputs": output_facts(sorted(staging.glob("*.jsonl"))),
         }
-        write_json_atomic(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, registry_entries(options.name))
-    log.info("%s: %d records read, %d notes kept, dropped %s", options.name, records_read, kept, dict(dropped))
-    return manifest
 
 
 def _carve_held_out(staging: Path, chosen_lines: list[str], split_stats: dict[str, SplitStats], tokens: _TokenCounter | None) -> SplitStats:

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from medfactory.atomic import write_json_atomic
+from medfactory.base.atomic import write_json_atomic
+from medfactory.base.errors import CorpusError
 
 REGISTRY_NAME = "dataset_info.json"
 
@@ -27,6 +28,20 @@ def load_registry(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: line {error.lineno}, column {error.colno}: invalid JSON ({error.msg}).") from error
+
+
+def load_registry_before_writing(path: Path) -> dict[str, Any]:
+    """The registry a plugin is about to update ({} when there is none yet), read BEFORE any data is written.
+
+    Checked first so that a broken registry can never leave a replaced dataset unregistered.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        return load_registry(path)
+    except ValueError as error:
+        raise CorpusError(f"{error} Fix or delete {path}, then run again.") from error
 
 
 def register_datasets(path: Path, entries: dict[str, dict[str, Any]]) -> bool:

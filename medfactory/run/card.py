@@ -25,14 +25,14 @@ import json
 import re
 import subprocess
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from medfactory.atomic import atomic_write, sha256_file, write_json_atomic
-from medfactory.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
-from medfactory.recipes import RECIPES_DIR, load_recipe, read_header, values_hash
-from medfactory.versions import package_versions
+from medfactory.base.atomic import atomic_write, sha256_file, write_json_atomic
+from medfactory.base.jsonl import read_jsonl
+from medfactory.base.tables import markdown_table
+from medfactory.base.versions import package_versions
+from medfactory.recipes.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
+from medfactory.recipes.recipe_file import RECIPES_DIR, load_recipe, read_header, values_hash
 
 PROVENANCE_NAME = "provenance.json"
 CARD_NAME = "README.md"
@@ -103,7 +103,7 @@ def find_recipe(run_dir: Path, recipes_dir: Path = RECIPES_DIR) -> Path:
     for path in sorted(recipes_dir.glob("*.yaml")):
         try:
             output_dir = load_recipe(path).get("output_dir")
-        except Exception:  # noqa: BLE001, S112 - a broken recipe cannot be this run's; `recipes check` reports it
+        except Exception:
             continue
         if output_dir and Path(str(output_dir)).resolve() == target:
             matches.append(path)
@@ -164,6 +164,11 @@ def dataset_manifests(values: dict[str, Any]) -> dict[str, Any]:
             for key in ("documents", "characters", "tokens", "estimated_tokens")
             if isinstance(manifest.get(key), int | float)
         }
+        # The one manifest schema gives each registered dataset's own record count (an SFT or DPO
+        # set has records but no notes to count).
+        records = (manifest.get("datasets") or {}).get(name, {}).get("records")
+        if isinstance(records, int):
+            counts["records"] = records
         outputs = {
             file: info.get("sha256") if isinstance(info, dict) else info
             for file, info in (manifest.get("outputs") or {}).items()
@@ -229,13 +234,7 @@ def training_results(run_dir: Path) -> dict[str, Any]:
     eval_losses = [entry["eval_loss"] for entry in history if "eval_loss" in entry]
     summary = next((entry for entry in reversed(history) if "train_loss" in entry), {})
     if not logged_losses and (run_dir / "trainer_log.jsonl").is_file():
-        for line in (
-            (run_dir / "trainer_log.jsonl").read_text(encoding="utf-8").splitlines()
-        ):
-            if line.strip():
-                record = json.loads(line)
-                if record.get("loss") is not None:
-                    logged_losses.append(record["loss"])
+        logged_losses = [record["loss"] for record in read_jsonl(run_dir / "trainer_log.jsonl") if record.get("loss") is not None]
     results = {
         "train_loss": merged.get("train_loss", summary.get("train_loss")),
         "final_logged_train_loss": logged_losses[-1] if logged_losses else None,
@@ -478,26 +477,14 @@ def _limitations(name: str) -> list[str]:
 
 
 def _table(header: list[str], rows: list[tuple[Any, ...]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(_fmt(cell) for cell in row) + " |" for row in rows]
-    return "\n".join(lines)
+    return markdown_table(header, [[_fmt(cell) for cell in row] for row in rows])
 
 
-def build_card_body(
-    provenance: dict[str, Any], reports: list[dict[str, Any]], license_note: str
-) -> str:
+def _description_section(provenance: dict[str, Any], base: str, langs: str) -> list[str]:
     recipe = provenance["recipe"]
-    name, values = recipe["name"], recipe["values"]
-    adapter = provenance.get("adapter_config")
-    base = (adapter or {}).get("base_model_name_or_path") or values.get(
-        "model_name_or_path", "unknown"
-    )
-    language = {"pt": "Brazilian Portuguese", "es": "Spanish", "en": "English"}
-    langs = " / ".join(language.get(code, code) for code in languages_for(name))
-    out: list[str] = [CARD_MARKER, "", f"# {Path(provenance['run_dir']).name}", ""]
-
-    out += ["## Model description", ""]
-    kind = "A LoRA adapter" if adapter else "A model"
+    name = recipe["name"]
+    kind = "A LoRA adapter" if provenance.get("adapter_config") else "A model"
+    out = ["## Model description", ""]
     out.append(
         f"{kind} for `{base}` ({langs}), trained with LLaMA-Factory from the medfactory recipe "
         f"`{name}` version {recipe['version']}."
@@ -505,17 +492,12 @@ def build_card_body(
     if recipe.get("source"):
         out += ["", f"Source: {recipe['source']}"]
     if name in PAPER_SOURCE:
-        out += [
-            "",
-            f"Values marked *paper* are those of {PAPER_SOURCE[name]}; *ours* are not in the source.",
-        ]
+        out += ["", f"Values marked *paper* are those of {PAPER_SOURCE[name]}; *ours* are not in the source."]
+    return out
 
-    out += [
-        "",
-        "## Training values",
-        "",
-        _table(["value", "setting", "from"], training_value_rows(name, values)),
-    ]
+
+def _training_values_section(name: str, values: dict[str, Any], adapter: dict[str, Any] | None) -> list[str]:
+    out = ["## Training values", "", _table(["value", "setting", "from"], training_value_rows(name, values))]
     if adapter:
         out += [
             "",
@@ -524,73 +506,45 @@ def build_card_body(
                 f"targets {_fmt(adapter.get('target_modules'))}."
             ),
         ]
+    return out
 
-    out += ["", "## Training data", ""]
+
+def _training_data_section(datasets: dict[str, Any]) -> list[str]:
     rows = []
-    for dataset, info in provenance["datasets"].items():
+    for dataset, info in datasets.items():
         counts = info.get("counts", {})
         tokens = counts.get("tokens", counts.get("estimated_tokens"))
-        rows.append(
-            (
-                dataset,
-                info["status"],
-                counts.get("documents"),
-                counts.get("characters"),
-                tokens,
-            )
-        )
-    out.append(
-        _table(["dataset", "status", "documents", "characters", "tokens"], rows)
-        if rows
-        else "No dataset named in the recipe."
-    )
+        rows.append((dataset, info["status"], counts.get("records"), counts.get("documents"), counts.get("characters"), tokens))
+    out = ["## Training data", ""]
+    out.append(_table(["dataset", "status", "records", "documents", "characters", "tokens"], rows) if rows else "No dataset named in the recipe.")
     if any(
-        info.get("counts", {}).get("estimated_tokens") is not None
-        and "tokens" not in info.get("counts", {})
-        for info in provenance["datasets"].values()
+        info.get("counts", {}).get("estimated_tokens") is not None and "tokens" not in info.get("counts", {})
+        for info in datasets.values()
     ):
-        out += [
-            "",
-            "Token counts are estimates (characters / 4) from the corpus manifests.",
-        ]
+        out += ["", "Token counts are estimates (characters / 4) from the corpus manifests."]
+    return out
 
-    out += ["", "## Evaluation", ""]
-    training = provenance["training"]
-    run_rows = [
-        (key, training[key])
-        for key in (
-            "train_loss",
-            "final_logged_train_loss",
-            "eval_loss",
-            "global_step",
-            "epoch",
-            "train_runtime_s",
-        )
-        if key in training
-    ]
-    out.append(
-        _table(["run", "value"], run_rows)
-        if run_rows
-        else "No trainer results in the run folder."
-    )
+
+def _report_table(report: dict[str, Any]) -> str:
+    if report["kind"] == "mcqa":
+        return _table(["n", "accuracy", "macro-F1"], [(report.get("n"), report.get("accuracy"), report.get("macro_f1"))])
+    if report["kind"] == "bertscore":
+        return _table(["scenario", "metric", "mean", "n"], report["rows"])
+    return _table(["model", "criterion", "mean (Likert)", "n"], report["rows"])
+
+
+def _evaluation_section(training: dict[str, Any], reports: list[dict[str, Any]]) -> list[str]:
+    keys = ("train_loss", "final_logged_train_loss", "eval_loss", "global_step", "epoch", "train_runtime_s")
+    run_rows = [(key, training[key]) for key in keys if key in training]
+    out = ["## Evaluation", ""]
+    out.append(_table(["run", "value"], run_rows) if run_rows else "No trainer results in the run folder.")
     for report in reports:
-        out += ["", f"From `{report['source']}` ({report['kind']}):", ""]
-        if report["kind"] == "mcqa":
-            out.append(
-                _table(
-                    ["n", "accuracy", "macro-F1"],
-                    [(report.get("n"), report.get("accuracy"), report.get("macro_f1"))],
-                )
-            )
-        elif report["kind"] == "bertscore":
-            out.append(_table(["scenario", "metric", "mean", "n"], report["rows"]))
-        else:
-            out.append(
-                _table(["model", "criterion", "mean (Likert)", "n"], report["rows"])
-            )
+        out += ["", f"From `{report['source']}` ({report['kind']}):", "", _report_table(report)]
+    return out
 
-    out += [
-        "",
+
+def _use_and_limitations_sections(name: str, langs: str) -> list[str]:
+    out = [
         "## Intended use",
         "",
         (
@@ -598,27 +552,46 @@ def build_card_body(
             "treatment, and not for use on patients without independent validation and human review."
         ),
     ]
-    out += ["", "## Limitations", ""] + [f"- {item}" for item in _limitations(name)]
+    return out + ["", "## Limitations", ""] + [f"- {item}" for item in _limitations(name)]
 
-    git = provenance["git"]
+
+def _provenance_section(provenance: dict[str, Any]) -> list[str]:
+    recipe, git = provenance["recipe"], provenance["git"]
     dirty = {True: " (uncommitted changes)", False: "", None: ""}[git.get("dirty")]
-    out += [
-        "",
+    out = [
         "## Provenance",
         "",
         f"- recipe: `{recipe['path']}` version {recipe['version']}, sha256 `{recipe['sha256']}`, values hash `{recipe['values_hash']}`",
         f"- medfactory git commit: `{git['commit']}`{dirty}",
     ]
     for dataset, info in provenance["datasets"].items():
-        detail = (
-            f"manifest sha256 `{info['sha256']}`"
-            if info["status"] == "prepared"
-            else info["status"]
-        )
+        detail = f"manifest sha256 `{info['sha256']}`" if info["status"] == "prepared" else info["status"]
         out.append(f"- {dataset}: {detail}")
     out.append(f"- full record: `{PROVENANCE_NAME}` in this folder")
-    out += ["", "## License", "", license_note, ""]
-    return "\n".join(out)
+    return out
+
+
+def build_card_body(provenance: dict[str, Any], reports: list[dict[str, Any]], license_note: str) -> str:
+    """The model card's markdown below its YAML front matter: one section after the other."""
+    recipe = provenance["recipe"]
+    name, values = recipe["name"], recipe["values"]
+    adapter = provenance.get("adapter_config")
+    base = (adapter or {}).get("base_model_name_or_path") or values.get("model_name_or_path", "unknown")
+    language = {"pt": "Brazilian Portuguese", "es": "Spanish", "en": "English"}
+    langs = " / ".join(language.get(code, code) for code in languages_for(name))
+    sections = [
+        _description_section(provenance, base, langs),
+        _training_values_section(name, values, adapter),
+        _training_data_section(provenance["datasets"]),
+        _evaluation_section(provenance["training"], reports),
+        _use_and_limitations_sections(name, langs),
+        _provenance_section(provenance),
+        ["## License", "", license_note],
+    ]
+    out = [CARD_MARKER, "", f"# {Path(provenance['run_dir']).name}"]
+    for section in sections:
+        out += ["", *section]
+    return "\n".join([*out, ""])
 
 
 def build_model_card(
@@ -732,58 +705,3 @@ def push_card(
         ignore_patterns=PUSH_IGNORE_PATTERNS,
         commit_message=f"medfactory card: {run_dir.name}",
     )
-
-
-def card_command(
-    run_dir: Annotated[
-        Path, typer.Argument(help="The run folder, e.g. saves/clinical_br_mistral")
-    ],
-    recipe: Annotated[
-        Path | None,
-        typer.Option(
-            help="The recipe that produced the run; default: the recipe whose output_dir is RUN_DIR"
-        ),
-    ] = None,
-    reports: Annotated[
-        list[Path] | None,
-        typer.Option(
-            "--reports",
-            help="Evaluation report folder (metrics.json, summary.csv, table1_summary.csv); repeatable",
-        ),
-    ] = None,
-    license: Annotated[
-        str,
-        typer.Option(
-            "--license",
-            help="Licence id for the card; default `other`: the base model's licence applies",
-        ),
-    ] = "other",
-    push: Annotated[
-        str | None,
-        typer.Option(
-            "--push", help="Upload to this Hugging Face repo id (only when given)"
-        ),
-    ] = None,
-    private: Annotated[
-        bool, typer.Option(help="Create the pushed repository as private")
-    ] = True,
-) -> None:
-    """Write the run's provenance.json and a Hugging Face model card (README.md) into the run folder."""
-    try:
-        for path in write_card(run_dir, recipe, reports, license):
-            typer.echo(str(path))
-        if push:
-            push_card(run_dir, push, private=private)
-            typer.echo(f"pushed {run_dir} to https://huggingface.co/{push}")
-    except (CardError, FileNotFoundError, OSError) as error:
-        typer.secho(f"Error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(code=1) from error
-    except Exception as error:  # hub errors (auth, network) from --push
-        if push and type(error).__module__.startswith(
-            ("huggingface_hub", "requests", "httpx")
-        ):
-            typer.secho(
-                f"Error: push to {push} failed: {error}", fg=typer.colors.RED, err=True
-            )
-            raise typer.Exit(code=1) from error
-        raise

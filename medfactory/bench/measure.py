@@ -4,7 +4,7 @@ A model with random weights and the exact configuration of the recipe's base mod
 (``medfactory/model_configs/``), a synthetic token stream that fills the recipe's context length,
 and the recipe itself with only what a benchmark must change (model path, dataset, step count,
 no checkpoints or evaluation) are run by LLaMA-Factory's own ``run_exp`` in a child process
-(``medfactory/bench_worker.py``). It prints tokens/s per GPU, step time, peak memory, model FLOPs
+(``medfactory/bench/worker.py``). It prints tokens/s per GPU, step time, peak memory, model FLOPs
 utilisation and the projected hours and cost of the Clinical-BR workload. Without a GPU it runs the
 same path on a tiny configuration. ``--sweep`` measures the speed settings that leave the training
 the same. See docs/benchmarks.md.
@@ -22,21 +22,18 @@ import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from medfactory.atomic import atomic_write
-from medfactory.bench_models import (
+from medfactory.base import tables
+from medfactory.base.atomic import atomic_write
+from medfactory.bench.models import (
     BASE_MODELS,
     base_config_path,
     build_adapter,
     build_bench_model,
     shrink,
 )
-from medfactory.demo import run_with_progress
-from medfactory.demo_corpus import generate_notes
-from medfactory.perf_model import (
+from medfactory.bench.perf_model import (
     PEAK_BF16_TFLOPS,
     FlopsPerToken,
     MemoryEstimate,
@@ -48,7 +45,9 @@ from medfactory.perf_model import (
     peak_bf16_tflops,
     training_flops_per_token,
 )
-from medfactory.recipes import load_recipe, read_header
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.recipes.recipe_file import load_recipe, read_header
+from medfactory.run.launch import run_with_progress
 
 # The paper's run (Clinical-BR, Pinto et al. 2024): 309,151,121 tokens x 2 epochs on one A100.
 PAPER_TOKENS = 309_151_121
@@ -139,27 +138,30 @@ def training_differences(recipe: dict[str, Any], variant: dict[str, Any]) -> lis
     return changed
 
 
+def _missing(module: str, package: str) -> str | None:
+    """Why a variant that needs ``module`` is skipped, or None when it is installed."""
+    return None if importlib.util.find_spec(module) else f"{package} not installed"
+
+
+def _batch_variant(micro: int, accumulation: int) -> tuple[str, dict[str, Any], str | None]:
+    """Micro-batch x accumulation of the same product: the same effective batch, another split."""
+    overrides = {"per_device_train_batch_size": micro, "gradient_accumulation_steps": accumulation}
+    return f"micro-batch {micro} x accumulation {accumulation}", overrides, None
+
+
 def sweep_variants(recipe: dict[str, Any], on_gpu: bool) -> list[tuple[str, dict[str, Any], str | None]]:
     """(name, overrides, reason to skip or None) for each speed setting worth measuring on this recipe."""
     cuda_only = None if on_gpu else "needs a GPU"
     variants: list[tuple[str, dict[str, Any], str | None]] = [("as written", {}, None), ("attention: sdpa", {"flash_attn": "sdpa"}, None)]
-    variants.append(
-        ("attention: fa2", {"flash_attn": "fa2"}, cuda_only or (None if importlib.util.find_spec("flash_attn") else "flash-attn not installed"))
-    )
-    variants.append(
-        ("Liger kernels", {"enable_liger_kernel": True}, cuda_only or (None if importlib.util.find_spec("liger_kernel") else "liger-kernel not installed"))
-    )
+    variants.append(("attention: fa2", {"flash_attn": "fa2"}, cuda_only or _missing("flash_attn", "flash-attn")))
+    variants.append(("Liger kernels", {"enable_liger_kernel": True}, cuda_only or _missing("liger_kernel", "liger-kernel")))
     if recipe.get("optim", "adamw_torch") == "adamw_torch":
         variants.append(("fused AdamW", {"optim": "adamw_torch_fused"}, None))
     micro, accumulation = int(recipe.get("per_device_train_batch_size", 1)), int(recipe.get("gradient_accumulation_steps", 1))
     if accumulation % 2 == 0:
-        variants.append(
-            (f"micro-batch {micro * 2} x accumulation {accumulation // 2}", {"per_device_train_batch_size": micro * 2, "gradient_accumulation_steps": accumulation // 2}, None)
-        )
+        variants.append(_batch_variant(micro * 2, accumulation // 2))
     if micro % 2 == 0:
-        variants.append(
-            (f"micro-batch {micro // 2} x accumulation {accumulation * 2}", {"per_device_train_batch_size": micro // 2, "gradient_accumulation_steps": accumulation * 2}, None)
-        )
+        variants.append(_batch_variant(micro // 2, accumulation * 2))
     if not recipe.get("disable_gradient_checkpointing", False):
         variants.append(("no gradient checkpointing", {"disable_gradient_checkpointing": True}, None))
     variants.append(("torch.compile", {"torch_compile": True}, cuda_only))
@@ -193,7 +195,10 @@ def write_synthetic_dataset(
     """
     rng = random.Random(seed)
     words = sorted({word for note in generate_notes(200, seed=seed) for word in note.split()})
-    words_for = lambda tokens: int(tokens / tokens_per_word * 1.2) + 8  # 20 % margin for the tokenizer's variance
+
+    def words_for(tokens: int) -> int:
+        return int(tokens / tokens_per_word * 1.2) + 8  # 20 % margin for the tokenizer's variance
+
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / "bench.jsonl"
     with atomic_write(path) as handle:
@@ -349,7 +354,7 @@ def run_variant(
         # One process on one GPU: with several visible, the HF Trainer would wrap the model in DataParallel.
         env["CUDA_VISIBLE_DEVICES"] = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
     console_log = run_dir / "llamafactory.log"
-    command = [sys.executable, "-m", "medfactory.bench_worker", str(args_path), str(result_path)]
+    command = [sys.executable, "-m", "medfactory.bench.worker", str(args_path), str(result_path)]
     run_with_progress(command, env, console_log, Path(args["output_dir"]) / "trainer_log.jsonl", setup.warmup + setup.steps, desc=name)
     if not result_path.is_file():
         tail = "\n".join(console_log.read_text(encoding="utf-8", errors="replace").splitlines()[-20:])
@@ -495,41 +500,74 @@ def _slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_") or "run"
 
 
-def format_result(result: BenchResult, setup: BenchSetup) -> str:
-    """The human-readable block ``medfactory bench`` prints for one run."""
+def _model_line(setup: BenchSetup) -> str:
+    model = str(setup.recipe["model_name_or_path"])
+    source = BASE_MODELS.get(model, (None, str(setup.config_path)))[1]
+    tiny = " (TINY CPU configuration: says nothing about a GPU)" if setup.tiny else ""
+    return f"  model        {model}: {source}; random weights{tiny}"
+
+
+def _settings_line(result: BenchResult, setup: BenchSetup) -> str:
+    """Stage, context, batch, LoRA or full, quantization, attention and checkpointing of the run."""
     recipe = setup.recipe
-    version = read_header(setup.recipe_path).get("version", "?")
-    lines = [f"medfactory bench: {setup.recipe_path} (version {version}), variant: {result.variant}"]
-    source = BASE_MODELS.get(str(recipe["model_name_or_path"]), (None, str(setup.config_path)))[1]
-    lines.append(f"  model        {recipe['model_name_or_path']}: {source}; random weights{' (TINY CPU configuration: says nothing about a GPU)' if setup.tiny else ''}")
-    peak = f" (dense bf16 peak {result.peak_tflops:g} TFLOP/s)" if result.peak_tflops else ""
-    lines.append(f"  device       {result.device}{peak}")
     continued = " (continued adapter)" if recipe.get("adapter_name_or_path") else ""
-    lora = f"LoRA r={setup.lora.get('lora_rank', 8)} on {setup.lora.get('lora_target', 'all')}{continued}" if recipe.get("finetuning_type") == "lora" else "full"
+    lora = "full"
+    if recipe.get("finetuning_type") == "lora":
+        lora = f"LoRA r={setup.lora.get('lora_rank', 8)} on {setup.lora.get('lora_target', 'all')}{continued}"
     quant = f", {recipe['quantization_bit']}-bit {recipe.get('quantization_type', '')}" if recipe.get("quantization_bit") else ""
     effective = {**recipe, **result.settings}
-    lines.append(
-        f"  settings     stage {recipe['stage']}, context {result.context} ({result.sequence_length} trained tokens per sequence), micro-batch {effective.get('per_device_train_batch_size', 1)} x "
-        f"accumulation {effective.get('gradient_accumulation_steps', 1)}, {lora}{quant}, attention {effective.get('flash_attn', 'auto')}, "
+    return (
+        f"  settings     stage {recipe['stage']}, context {result.context} ({result.sequence_length} trained tokens per sequence), "
+        f"micro-batch {effective.get('per_device_train_batch_size', 1)} x accumulation {effective.get('gradient_accumulation_steps', 1)}, "
+        f"{lora}{quant}, attention {effective.get('flash_attn', 'auto')}, "
         f"gradient checkpointing {'off' if effective.get('disable_gradient_checkpointing') else 'on'}"
     )
+
+
+def _memory_line(result: BenchResult) -> str:
+    if result.peak_memory_gib is None:
+        return f"  peak memory  {result.peak_rss_gib:.2f} GiB process RSS (CPU); GPU estimate {result.estimated_memory_gib:.1f} GiB"
+    return (
+        f"  peak memory  {result.peak_memory_gib:.1f} GiB reserved, {result.peak_allocated_gib:.1f} GiB allocated; "
+        f"estimate {result.estimated_memory_gib:.1f} GiB; {fits(result.peak_memory_gib)}"
+    )
+
+
+def _measurement_lines(result: BenchResult) -> list[str]:
+    """Steps, throughput, step time, memory, FLOPs and MFU, and the projected workload of a run that succeeded."""
+    spread = statistics.pstdev(result.step_seconds) if len(result.step_seconds) > 1 else 0.0
+    parts = f"{result.flops_per_token / 1e9:.2f} GFLOP/token"
+    if result.flops_per_image:
+        parts += f" + {result.flops_per_image / 1e12:.2f} TFLOP/image"
+    mfu_text = f"{result.mfu:.1%}" if result.mfu is not None else "n/a (unknown peak: pass --peak-tflops)"
+    return [
+        f"  steps        {result.warmup_steps} warm-up + {result.measured_steps} measured; {result.tokens:,} tokens trained in the measured steps",
+        f"  throughput   {result.tokens_per_second:,.0f} tokens/s per GPU",
+        f"  step time    {result.mean_step_seconds:.3f} s (sd {spread:.3f})",
+        _memory_line(result),
+        f"  model FLOPs  {parts}; MFU {mfu_text}",
+        (
+            f"  workload     {result.workload_tokens:,} tokens -> {result.workload_hours:,.1f} GPU-hours, "
+            f"R$ {result.workload_cost:,.0f} at R$ {result.price_per_gpu_hour:.2f}/GPU-hour "
+            f"(paper: {PAPER_SECONDS / 3600:.1f} h, R$ {PAPER_COST_BRL:,.0f} on one A100)"
+        ),
+    ]
+
+
+def format_result(result: BenchResult, setup: BenchSetup) -> str:
+    """The human-readable block ``medfactory bench`` prints for one run."""
+    version = read_header(setup.recipe_path).get("version", "?")
+    peak = f" (dense bf16 peak {result.peak_tflops:g} TFLOP/s)" if result.peak_tflops else ""
+    lines = [
+        f"medfactory bench: {setup.recipe_path} (version {version}), variant: {result.variant}",
+        _model_line(setup),
+        f"  device       {result.device}{peak}",
+        _settings_line(result, setup),
+    ]
     if not result.ok:
         lines.append(f"  FAILED       {result.error}")
         return "\n".join(lines)
-    spread = statistics.pstdev(result.step_seconds) if len(result.step_seconds) > 1 else 0.0
-    lines.append(f"  steps        {result.warmup_steps} warm-up + {result.measured_steps} measured; {result.tokens:,} tokens trained in the measured steps")
-    lines.append(f"  throughput   {result.tokens_per_second:,.0f} tokens/s per GPU")
-    lines.append(f"  step time    {result.mean_step_seconds:.3f} s (sd {spread:.3f})")
-    if result.peak_memory_gib is not None:
-        lines.append(f"  peak memory  {result.peak_memory_gib:.1f} GiB reserved, {result.peak_allocated_gib:.1f} GiB allocated; estimate {result.estimated_memory_gib:.1f} GiB; {fits(result.peak_memory_gib)}")
-    else:
-        lines.append(f"  peak memory  {result.peak_rss_gib:.2f} GiB process RSS (CPU); GPU estimate {result.estimated_memory_gib:.1f} GiB")
-    parts = f"{result.flops_per_token / 1e9:.2f} GFLOP/token" + (f" + {result.flops_per_image / 1e12:.2f} TFLOP/image" if result.flops_per_image else "")
-    lines.append(f"  model FLOPs  {parts}; MFU {f'{result.mfu:.1%}' if result.mfu is not None else 'n/a (unknown peak: pass --peak-tflops)'}")
-    lines.append(
-        f"  workload     {result.workload_tokens:,} tokens -> {result.workload_hours:,.1f} GPU-hours, R$ {result.workload_cost:,.0f} at R$ {result.price_per_gpu_hour:.2f}/GPU-hour "
-        f"(paper: {PAPER_SECONDS / 3600:.1f} h, R$ {PAPER_COST_BRL:,.0f} on one A100)"
-    )
+    lines += _measurement_lines(result)
     if result.same_training:
         lines.append(f"  NOT the recipe's training: {'; '.join(result.same_training)}")
     return "\n".join(lines)
@@ -540,50 +578,43 @@ def fits(gib: float) -> str:
     return ", ".join(f"A100 {size} GB: {'fits' if gib + 1 <= size * 1e9 / 1024**3 else 'does not fit'}" for size in (40, 80))
 
 
+RESULTS_HEADER = ("variant", "same training", "device", "context", "tokens/s per GPU", "step s", "peak GiB", "MFU", "workload h")
+
+
+def _result_row(r: BenchResult) -> list[str]:
+    """One run as formatted cells; a failed run's error stands in its tokens/s cell."""
+    same = "yes" if not r.same_training else "no"
+    if not r.ok:
+        return [r.variant, same, r.device, str(r.context), str(r.error), "", "", "", ""]
+    memory = r.peak_memory_gib if r.peak_memory_gib is not None else r.peak_rss_gib
+    mfu_text = f"{r.mfu:.1%}" if r.mfu is not None else "n/a"
+    return [
+        r.variant, same, r.device, str(r.context), f"{r.tokens_per_second:,.0f}", f"{r.mean_step_seconds:.3f}", f"{memory:.1f}",
+        mfu_text, f"{r.workload_hours:,.1f}",
+    ]  # fmt: skip
+
+
 def markdown_table(results: list[BenchResult]) -> str:
     """The rows docs/benchmarks.md keeps, one per run."""
-    rows = ["| variant | same training | device | context | tokens/s per GPU | step s | peak GiB | MFU | workload h |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
-    for r in results:
-        same = "yes" if not r.same_training else "no"
-        if not r.ok:
-            rows.append(f"| {r.variant} | {same} | {r.device} | {r.context} | {r.error} | | | | |")
-            continue
-        memory = r.peak_memory_gib if r.peak_memory_gib is not None else r.peak_rss_gib
-        rows.append(
-            f"| {r.variant} | {same} | {r.device} | {r.context} | {r.tokens_per_second:,.0f} | {r.mean_step_seconds:.3f} | {memory:.1f} | "
-            f"{f'{r.mfu:.1%}' if r.mfu is not None else 'n/a'} | {r.workload_hours:,.1f} |"
-        )
-    return "\n".join(rows)
+    return tables.markdown_table(RESULTS_HEADER, [_result_row(r) for r in results])
 
 
-def bench_command(
-    recipe: Annotated[Path, typer.Argument(help="A training recipe, e.g. recipes/clinical_br_mistral.yaml")],
-    steps: Annotated[int, typer.Option(help="Measured optimizer steps")] = 10,
-    warmup: Annotated[int, typer.Option(help="Optimizer steps run before measuring (kernel compilation, caches)")] = 3,
-    tiny: Annotated[bool | None, typer.Option("--tiny/--full-size", help="Tiny configuration (default: tiny without a GPU)")] = None,
-    context: Annotated[int | None, typer.Option(help="Tokens per sequence (default: the recipe's cutoff_len; 256 when tiny)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE on top of the recipe (repeat); reported if it changes the training")] = None,
-    sweep: Annotated[bool, typer.Option(help="Measure every speed setting that keeps the training the same (see docs/benchmarks.md)")] = False,
-    model_config: Annotated[Path | None, typer.Option(help="config.json of the base model, for a model with no shipped configuration")] = None,
-    peak_tflops: Annotated[float | None, typer.Option(help="Dense bf16 peak of the GPU, when it is not in the table")] = None,
-    price_per_gpu_hour: Annotated[float, typer.Option(help="Price of one GPU-hour (default: the paper's A100 rate, R$ 26.08)")] = PAPER_PRICE_PER_GPU_HOUR,
-    workload_tokens: Annotated[int, typer.Option(help="Tokens to project (default: Clinical-BR, 309,151,121 x 2 epochs)")] = PAPER_TOKENS * PAPER_EPOCHS,
-    estimate: Annotated[bool, typer.Option(help="Only compute FLOPs per token and memory at the real size; run nothing")] = False,
-    workdir: Annotated[Path | None, typer.Option(help="Scratch folder (default: saves/bench/<recipe>)")] = None,
-    output: Annotated[Path | None, typer.Option(help="Results JSON (default: reports/bench/<recipe>.json)")] = None,
-) -> None:
-    """Tokens/s per GPU, step time, peak memory, MFU and projected cost of a training recipe, through LLaMA-Factory."""
-    if estimate:
-        print(format_estimate(estimate_recipe(recipe, model_config)))
-        return
-    variants: list[tuple[str, dict[str, Any], str | None]]
-    user = dict(_parse_set(item) for item in set_ or [])
-    setup = prepare_bench(recipe, workdir or Path("saves/bench") / recipe.stem, warmup, steps, tiny, context, model_config)
+def bench_variants(setup: BenchSetup, user: dict[str, Any], sweep: bool) -> list[tuple[str, dict[str, Any], str | None]]:
+    """What to run: the recipe with the user's ``--set`` values, or (``sweep``) every speed setting on top of them."""
     if sweep:
-        variants = [(name, {**user, **values}, skip) for name, values, skip in sweep_variants(setup.recipe, setup.on_gpu)]
-    else:
-        variants = [("as written" if not user else ", ".join(f"{k}={v}" for k, v in user.items()), user, None)]
-    print(f"[2/3] Running {len(variants)} variant(s) through LLaMA-Factory: {warmup} warm-up + {steps} measured steps each")
+        return [(name, {**user, **values}, skip) for name, values, skip in sweep_variants(setup.recipe, setup.on_gpu)]
+    return [("as written" if not user else ", ".join(f"{k}={v}" for k, v in user.items()), user, None)]
+
+
+def run_variants(
+    setup: BenchSetup,
+    variants: list[tuple[str, dict[str, Any], str | None]],
+    peak_tflops: float | None = None,
+    price_per_gpu_hour: float = PAPER_PRICE_PER_GPU_HOUR,
+    workload_tokens: int = PAPER_TOKENS * PAPER_EPOCHS,
+) -> list[BenchResult]:
+    """Run every variant not skipped, printing each skip and each result as it comes."""
+    print(f"[2/3] Running {len(variants)} variant(s) through LLaMA-Factory: {setup.warmup} warm-up + {setup.steps} measured steps each")
     results: list[BenchResult] = []
     for name, values, skip in variants:
         if skip:
@@ -592,24 +623,20 @@ def bench_command(
         result = run_variant(setup, name, values, peak_tflops, price_per_gpu_hour, workload_tokens)
         results.append(result)
         print(format_result(result, setup))
-    destination = output or Path("reports/bench") / f"{recipe.stem}{'-sweep' if sweep else ''}.json"
+    return results
+
+
+def write_results(destination: Path, results: list[BenchResult]) -> None:
+    """The results JSON: every field of every run, atomically."""
     with atomic_write(destination) as handle:
         json.dump([asdict(r) for r in results], handle, indent=2)
-    print(f"[3/3] Results: {destination}")
-    print(markdown_table(results))
+
+
+def fastest_summary(results: list[BenchResult]) -> str | None:
+    """The fastest variant that keeps the training, and its gain over the recipe as written (the first result)."""
     identical = [r for r in results if r.ok and not r.same_training]
-    if sweep and identical:
-        best, baseline = max(identical, key=lambda r: r.tokens_per_second), results[0]
-        gain = f" ({best.tokens_per_second / baseline.tokens_per_second - 1:+.1%} over as written)" if baseline.ok else ""
-        print(f"Fastest with the same training: {best.variant}{gain}")
-    if not all(r.ok for r in results) and not sweep:
-        raise typer.Exit(code=1)
-
-
-def _parse_set(item: str) -> tuple[str, Any]:
-    import yaml
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. --set flash_attn=fa2")
-    return key.strip(), yaml.safe_load(value)
+    if not identical:
+        return None
+    best, baseline = max(identical, key=lambda r: r.tokens_per_second), results[0]
+    gain = f" ({best.tokens_per_second / baseline.tokens_per_second - 1:+.1%} over as written)" if baseline.ok else ""
+    return f"Fastest with the same training: {best.variant}{gain}"

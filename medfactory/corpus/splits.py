@@ -21,7 +21,7 @@ SPLITS = ("train", "validation", "test")
 
 def unit_hash(seed: int, key: str) -> float:
     """A uniform number in [0, 1) from (seed, key): the same on every machine and run."""
-    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{seed}\x1f{key}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") / 2**64
 
 

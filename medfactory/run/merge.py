@@ -1,68 +1,8 @@
 """`medfactory merge`: BioMistral-style TIES and DARE merges on whole task vectors, streamed tensor by tensor.
 
-What it computes
-----------------
-For every tensor of the base model, each model's task vector is ``tau_i = theta_i - theta_base``
-(in float32, whatever the checkpoints' dtype). Then, with per-model ``weight`` w_i and ``density`` d_i:
-
-* ``ties`` (Yadav et al. 2023): trim each tau_i to exactly its ``k = max(1, int(d_i * numel))`` largest
-  magnitudes (equal magnitudes at the cut, common in bfloat16, are kept lowest index first); elect one sign per entry, the sign of ``sum_i w_i * trimmed_i`` (a zero sum counts as +);
-  keep, per entry, only the trimmed values whose sign agrees (a trimmed zero never agrees); merge them by
-  the disjoint weighted mean ``sum_i w_i m_i tau_i / sum_i w_i m_i`` (``normalize: true``, the default,
-  which with equal weights is exactly the paper's disjoint mean) or the weighted sum
-  ``sum_i w_i m_i tau_i`` (``normalize: false``).
-* ``dare_ties`` / ``dare_linear`` (Yu et al. 2023): drop each entry of tau_i with probability ``1 - d_i``
-  and rescale the survivors by ``1 / d_i`` (so the expected task vector is unchanged); then combine by
-  the TIES sign election and disjoint merge (``dare_ties``) or by the weighted sum ``sum_i w_i tau_i``
-  (``dare_linear``). ``normalize`` defaults to false for both. The drop mask of one tensor of one model
-  comes from its own ``torch.Generator`` seeded from (recipe seed, model index, tensor name): the
-  result is the same whatever the order, sharding or machine.
-
-Result: ``theta_base + merged_tau``, cast to the recipe's ``dtype``. The defaults (which method
-normalizes, the sign-election rule, ``k``) are mergekit's, because BioMistral's published merges were
-made with mergekit: BioMistral-7B-TIES is ``ties``, density 0.5, weight 0.5, ``normalize: true``,
-bfloat16; BioMistral-7B-DARE is ``dare_ties``, density 0.5, weight 0.5, bfloat16 (normalize left at
-its default, false). With one model and ``normalize: true`` the weight cancels (``base + trimmed tau``);
-with ``normalize: false`` it scales the task vector (``base + 0.5 * dropped tau``).
-
-Why this engine (and not mergekit or PEFT)
------------------------------------------
-* PEFT 0.18.1 ``LoraModel.add_weighted_adapter`` is not TIES/DARE on task vectors. With
-  ``combination_type="ties" | "dare_ties" | "dare_linear"`` it runs the merge separately on the stacked
-  ``lora_A`` factors and on the stacked ``lora_B`` factors, each with weight ``sqrt(w * scaling)``
-  (``_generalized_task_arithmetic_weighted_adapter``), and the new delta is the product of the two
-  merged factors: trimming / sign election happen on factor entries, which have no meaning of their
-  own (``B R, R^-1 A`` is the same update), and all adapters must share one rank. With a single adapter
-  it silently switches to ``linear`` (``_check_add_weighted_adapter``): density is ignored. The ``*_svd``
-  variants do apply TIES/DARE to each module's whole delta ``B A * scaling`` (``get_delta_weight``), but
-  then truncate the merged delta back to rank r by SVD, so the result is only a rank-r approximation.
-  Its disjoint merge divides by the *count* of agreeing entries, not by their weights. Its DARE
-  ``random_pruning`` computes ``torch.div(pruned, density)`` and discards the result: survivors are not
-  rescaled. It draws from the global RNG. And it only sees modules that carry a LoRA: it cannot merge
-  full fine-tunes (embeddings, norms) at all.
-* mergekit 0.1.5 does compute TIES/DARE on whole task vectors, and ``pip install --dry-run
-  mergekit==0.1.5`` against this project's environment changes nothing pinned (it would only add
-  ``mergekit-0.1.5`` and ``immutables-0.21``; its requirements ``transformers<6,>=5``, ``peft>=0.18``,
-  ``accelerate<2,>=1.6``, ``pydantic<3,>=2.10.6``, ``tqdm<5``, ``safetensors<1`` are all met). It is
-  still not the engine: it is not a declared dependency of this project (pyproject / constraints.txt),
-  its ranges are open-ended, so a later mergekit or llamafactory release can make them collide; its
-  0.1.5 DARE rescales survivors to match the L1 norm of the un-dropped tensor (``RescaleNorm.l1`` in
-  ``sparsify.bernoulli``), not by ``1 / density`` as the DARE paper and the mergekit of BioMistral's time
-  did; its DARE masks come from the global torch RNG (``set_seed``), so they depend on the order the
-  tensors are processed in; and it computes task vectors in the output dtype (bfloat16 here). TIES
-  results of this module equal mergekit 0.1.5's (``tests/test_merge.py`` checks it whenever mergekit is
-  importable).
-* This module: about one tensor per model in memory (tensors are read from the safetensors shards one
-  at a time and the output shards are written as a stream, header first), float32 arithmetic, a normal
-  Hugging Face checkpoint out (config, tokenizer and generation config copied from the base; sharded
-  safetensors with an index). Disk: the output only (a 7B model is ~14.5 GB in bfloat16); an input that
-  is a LoRA adapter folder is first merged into the base with PEFT's ``merge_and_unload`` into a
-  scratch folder beside the output (float32 by default: ~29 GB of RAM and of scratch disk for a 7B,
-  removed at the end; ``adapter_merge_dtype: bfloat16`` halves both, at the cost of rounding small
-  LoRA updates to the bfloat16 grid before the task vector is taken).
-
-Recipes live in ``recipes/merge/*.yaml`` (see the README there); ``merge_manifest.json`` beside the
-merged checkpoint records the recipe (path, version, sha256), the inputs, the method and its values.
+Task vectors are taken in float32 against the base and the defaults are mergekit's (BioMistral's merges were
+made with it). What exactly is computed, and why this module rather than PEFT or mergekit: docs/merge.md.
+Recipes: recipes/merge/*.yaml; ``merge_manifest.json`` beside the output records the recipe, inputs and values.
 """
 
 from __future__ import annotations
@@ -80,11 +20,9 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Any, Self
 
-import typer
-
-from medfactory.versions import package_versions
+from medfactory.base.versions import package_versions
 
 logger = logging.getLogger(__name__)
 
@@ -265,15 +203,10 @@ def _validate_model(path: Path, index: int, entry: Any) -> MergeModel:
     return MergeModel(model=model, weight=float(weight), density=float(density))
 
 
-def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None) -> MergeRecipe:
-    """Read and validate a merge recipe; ``overrides`` replace top-level values (``models``: a list of
-    paths replaces the models' paths in order). Every error names the file and the key."""
+def _read_recipe_mapping(path: Path) -> dict[str, Any]:
+    """The recipe file's YAML mapping; an error when the file is missing, not YAML or not a mapping."""
     import yaml
 
-    from medfactory.atomic import sha256_file
-    from medfactory.recipes import read_header
-
-    path = Path(recipe_path)
     if not path.is_file():
         raise MergeRecipeError(f"{path}: no such recipe file. Fix: give a file under recipes/merge/.")
     try:
@@ -282,6 +215,12 @@ def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None
         raise MergeRecipeError(f"{path}: not valid YAML ({error}).") from error
     if not isinstance(raw, dict):
         raise MergeRecipeError(f"{path}: a merge recipe is a YAML mapping, got {type(raw).__name__}.")
+    return raw
+
+
+def _read_recipe_header(path: Path) -> dict[str, str]:
+    """The ``# recipe:`` / ``# version:`` / ``# source:`` header, checked like the other recipes'."""
+    from medfactory.recipes.recipe_file import read_header
 
     header = read_header(path)
     for key in ("recipe", "version", "source"):
@@ -298,7 +237,10 @@ def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None
         )
     if not VERSION_RE.match(header["version"]):
         raise _problem(path, "# version:", f"{header['version']!r} is not x.y.z.", "write e.g. `# version: 1.0.0`.")
+    return header
 
+
+def _check_top_level_keys(path: Path, raw: dict[str, Any]) -> None:
     for key in raw:
         if key not in TOP_LEVEL_KEYS:
             raise _problem(
@@ -307,55 +249,108 @@ def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None
                 "is not a merge recipe key.",
                 f"{_suggest(str(key), list(TOP_LEVEL_KEYS))}keys: {', '.join(TOP_LEVEL_KEYS)}.",
             )
-    values = _apply_overrides(path, raw, dict(overrides or {}))
+
+
+def _check_required(path: Path, values: dict[str, Any]) -> None:
     for key in REQUIRED_TOP_LEVEL:
         if values.get(key) is None:
             raise _problem(path, key, "is missing (or has no value).", f"write `{key}:` ({TOP_LEVEL_KEYS[key]}).")
 
-    method = values["method"]
+
+def _validate_method(path: Path, method: Any) -> str:
     if method not in METHODS:
         raise _problem(path, "method", f"{method!r} is not a merge method here.", f"write one of {', '.join(METHODS)}.")
-    base_model = values["base_model"]
+    return method
+
+
+def _validate_base_model(path: Path, base_model: Any) -> str:
     if not isinstance(base_model, str) or not base_model.strip():
         raise _problem(
             path, "base_model", f"{base_model!r} is not a path or hub id.", "write e.g. `base_model: BioMistral/BioMistral-7B`."
         )
-    models = values["models"]
+    return base_model
+
+
+def _validate_models(path: Path, models: Any) -> tuple[MergeModel, ...]:
     if not isinstance(models, list) or not models:
         raise _problem(
             path, "models", "must be a non-empty list.", "write `models:` with one `- model: ...` entry per model merged."
         )
-    entries = tuple(_validate_model(path, index, entry) for index, entry in enumerate(models))
+    return tuple(_validate_model(path, index, entry) for index, entry in enumerate(models))
+
+
+def _validate_dtypes(path: Path, values: dict[str, Any]) -> tuple[str, str]:
+    """(output dtype, adapter merge dtype)."""
     dtype = values["dtype"]
     if dtype not in DTYPES:
         raise _problem(path, "dtype", f"{dtype!r} is not an output dtype.", f"write one of {', '.join(DTYPES)}.")
     adapter_dtype = values.get("adapter_merge_dtype") or "float32"
     if adapter_dtype not in DTYPES:
         raise _problem(path, "adapter_merge_dtype", f"{adapter_dtype!r} is not a dtype.", f"write one of {', '.join(DTYPES)}.")
-    seed = values.get("seed")
+    return dtype, adapter_dtype
+
+
+def _validate_seed(path: Path, seed: Any, method: str) -> int:
     if seed is None:
         if method.startswith("dare"):
             raise _problem(path, "seed", f"is missing: {method} drops entries at random.", "write e.g. `seed: 42`.")
-        seed = 0
+        seed = 0  # ties draws nothing at random
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise _problem(path, "seed", f"{seed!r} is not a non-negative integer.", "write e.g. `seed: 42`.")
-    normalize = values.get("normalize")
+    return seed
+
+
+def _validate_normalize(path: Path, normalize: Any, method: str) -> bool:
     if normalize is None:
         normalize = DEFAULT_NORMALIZE[method]
     if not isinstance(normalize, bool):
         raise _problem(
             path, "normalize", f"{normalize!r} is not true or false.", "write `normalize: true` or `normalize: false`."
         )
-    max_shard = values.get("max_shard_size") or DEFAULT_MAX_SHARD_SIZE
+    return normalize
+
+
+def _validate_max_shard_size(path: Path, max_shard: Any) -> str:
+    max_shard = max_shard or DEFAULT_MAX_SHARD_SIZE
     try:
         if parse_size(max_shard) <= 0:
             raise ValueError("must be positive")
     except ValueError as error:
         raise _problem(path, "max_shard_size", f"{max_shard!r}: {error}.", "write e.g. `max_shard_size: 5GB`.") from error
-    output = values["output"]
+    return str(max_shard)
+
+
+def _validate_output(path: Path, output: Any) -> Path:
     if not isinstance(output, str) or not output.strip():
         raise _problem(path, "output", f"{output!r} is not a folder path.", "write e.g. `output: saves/spanish_medical_ties`.")
+    return Path(output)
 
+
+def _recorded_overrides(overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """The overrides that were given (not None), paths as strings, as the manifest records them."""
+    return {key: (str(value) if isinstance(value, Path) else value) for key, value in (overrides or {}).items() if value is not None}
+
+
+def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None) -> MergeRecipe:
+    """Read and validate a merge recipe; ``overrides`` replace top-level values (``models``: a list of
+    paths replaces the models' paths in order). Every error names the file and the key."""
+    from medfactory.base.atomic import sha256_file
+
+    path = Path(recipe_path)
+    raw = _read_recipe_mapping(path)
+    header = _read_recipe_header(path)
+    _check_top_level_keys(path, raw)
+    values = _apply_overrides(path, raw, dict(overrides or {}))
+    _check_required(path, values)
+    # Checked in this order so that a recipe with several problems always reports the same one first.
+    method = _validate_method(path, values["method"])
+    base_model = _validate_base_model(path, values["base_model"])
+    models = _validate_models(path, values["models"])
+    dtype, adapter_dtype = _validate_dtypes(path, values)
+    seed = _validate_seed(path, values.get("seed"), method)
+    normalize = _validate_normalize(path, values.get("normalize"), method)
+    max_shard_size = _validate_max_shard_size(path, values.get("max_shard_size"))
+    output = _validate_output(path, values["output"])
     return MergeRecipe(
         path=path,
         name=header["recipe"],
@@ -363,19 +358,16 @@ def load_merge_recipe(recipe_path: Path, overrides: dict[str, Any] | None = None
         sha256=sha256_file(path),
         method=method,
         base_model=base_model,
-        models=entries,
+        models=models,
         dtype=dtype,
-        output=Path(output),
+        output=output,
         seed=seed,
         normalize=normalize,
         adapter_merge_dtype=adapter_dtype,
-        max_shard_size=str(max_shard),
-        overrides={
-            key: (str(value) if isinstance(value, Path) else value)
-            for key, value in (overrides or {}).items()
-            if value is not None
-        },
+        max_shard_size=max_shard_size,
+        overrides=_recorded_overrides(overrides),
     )
+
 
 
 # --------------------------------------------------------------------------------------------------
@@ -787,21 +779,8 @@ def _versions() -> dict[str, str | None]:
     return package_versions(("medfactory", "torch", "safetensors", "transformers", "peft"))
 
 
-def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
-    """Run the merge of a ``recipes/merge/*.yaml`` recipe; returns the merged checkpoint's folder.
-
-    ``overrides``: top-level recipe keys (``base_model``, ``output``, ``dtype``, ``seed``, ...); ``models``
-    as a list of paths replaces the models' paths in order. The output is written to a staging folder
-    beside it and renamed into place only when complete (a failure leaves any previous output intact).
-    """
-    from tqdm.auto import tqdm
-
-    from medfactory.atomic import atomic_directory
-
-    if sys.byteorder != "little":
-        raise MergeError("safetensors are little-endian; this machine is not")
-    recipe = load_merge_recipe(Path(recipe_path), overrides)
-    output = recipe.output.expanduser().resolve()
+def _resolve_inputs(recipe: MergeRecipe, output: Path) -> tuple[Path, list[tuple[int, MergeModel, Path]]]:
+    """The base's folder and (index, entry, folder) of every model; refuses an output over any input."""
     base_dir = resolve_model_dir(recipe.base_model, "base_model", recipe.path)
     inputs = [
         (index, entry, resolve_model_dir(entry.model, f"models[{index}].model", recipe.path))
@@ -815,148 +794,209 @@ def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
                 f"{output} would overwrite the input `{key}` ({folder}).",
                 "write the merge to a new folder.",
             )
+    return base_dir, inputs
+
+
+def _lora_adapter_config(recipe: MergeRecipe, index: int, folder: Path) -> dict[str, Any]:
+    """The adapter's ``adapter_config.json``; only LoRA adapters can be merged into the base."""
+    adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+    if adapter_config.get("peft_type", "LORA") != "LORA":
+        raise _problem(
+            recipe.path,
+            f"models[{index}].model",
+            f"{folder} is a {adapter_config.get('peft_type')} adapter.",
+            "only LoRA adapters are merged into the base here; export a full model first.",
+        )
+    return adapter_config
+
+
+def _prepare_models(
+    recipe: MergeRecipe,
+    base_dir: Path,
+    inputs: list[tuple[int, MergeModel, Path]],
+    output: Path,
+    stack: contextlib.ExitStack,
+) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The manifest record and the checkpoint folder of every model. A LoRA adapter is merged into the
+    base first, into a scratch folder beside ``output`` that ``stack`` removes at the end."""
+    scratch: Path | None = None
+    records: list[dict[str, Any]] = []
+    folders: list[Path] = []
+    for index, entry, folder in inputs:
+        record: dict[str, Any] = {"model": entry.model, "path": str(folder), "weight": entry.weight, "density": entry.density}
+        if is_adapter(folder):
+            adapter_config = _lora_adapter_config(recipe, index, folder)
+            if scratch is None:
+                scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{output.name}.adapters.", dir=output.parent)))
+            target = merge_adapter_into_base(base_dir, folder, scratch / f"model-{index}", recipe.adapter_merge_dtype)
+            record.update(
+                kind="lora_adapter",
+                merged_into="base_model",
+                adapter_merge_dtype=recipe.adapter_merge_dtype,
+                adapter_declared_base=adapter_config.get("base_model_name_or_path"),
+                adapter_config_sha256=hashlib.sha256((folder / "adapter_config.json").read_bytes()).hexdigest(),
+            )
+            folders.append(target)
+        else:
+            record["kind"] = "full"
+            folders.append(folder)
+        records.append(record)
+    return records, folders
+
+
+def _plan_tensors(base: Checkpoint, out_dtype: Any) -> list[_Planned]:
+    """Every tensor of the base in its order: floating point ones in the output dtype, the others as they are."""
+    planned = []
+    for name in base.names():
+        shape, st_dtype = base.shape_and_dtype(name)
+        dtype = out_dtype if st_dtype in _ST_FLOATS else base.get(name).dtype
+        planned.append(_Planned(name, shape, dtype))
+    return planned
+
+
+def _shard_file_names(count: int) -> list[str]:
+    if count == 1:
+        return ["model.safetensors"]
+    return [f"model-{number:05d}-of-{count:05d}.safetensors" for number in range(1, count + 1)]
+
+
+class _TensorMerger:
+    """The output tensor of each name: floating point tensors merged, the others copied from the base (counted)."""
+
+    def __init__(self, recipe: MergeRecipe, base: Checkpoint, others: list[Checkpoint], out_dtype: Any) -> None:
+        self.recipe = recipe
+        self.base = base
+        self.others = others
+        self.out_dtype = out_dtype
+        self.weights = [entry.weight for entry in recipe.models]
+        self.densities = [entry.density for entry in recipe.models]
+        self.counts = {"merged": 0, "copied_from_base": 0}
+
+    def tensor(self, name: str):
+        base_tensor = self.base.get(name)
+        if not base_tensor.is_floating_point():
+            self.counts["copied_from_base"] += 1
+            return base_tensor
+        recipe = self.recipe
+        merged = merge_tensor(
+            recipe.method,
+            name,
+            base_tensor,
+            [checkpoint.get(name) for checkpoint in self.others],
+            self.weights,
+            self.densities,
+            recipe.normalize,
+            recipe.seed,
+        )
+        self.counts["merged"] += 1
+        return merged.to(self.out_dtype)
+
+
+def _write_shard(path: Path, shard: list[_Planned], merger: _TensorMerger, progress: Any) -> dict[str, Any]:
+    """Stream one output shard; returns its sha256 and size. An unfinished file is closed, never left open."""
+    writer = _StreamingSafetensorsWriter(path, shard)
+    try:
+        for entry in shard:
+            writer.write(entry.name, merger.tensor(entry.name))
+            progress.update(1)
+        digest = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    return {"sha256": digest, "bytes": path.stat().st_size}
+
+
+def _write_index(staging: Path, files: list[str], shards: list[list[_Planned]], planned: list[_Planned]) -> None:
+    index = {
+        "metadata": {"total_size": sum(entry.nbytes for entry in planned)},
+        "weight_map": {entry.name: file for file, shard in zip(files, shards, strict=True) for entry in shard},
+    }
+    (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+
+
+def _engine_record() -> dict[str, Any]:
+    """How the merge was computed, in words, with the versions of the packages that computed it."""
+    return {
+        "name": "medfactory.run.merge",
+        "task_vectors": "theta_model - theta_base per tensor, float32",
+        "trim": "exactly max(1, int(density * numel)) largest magnitudes per tensor (equal ones at the cut: lowest index first)",
+        "dare": "Bernoulli(density) keep mask from a torch.Generator per (seed, model index, tensor name); survivors / density",
+        "sign_election": "sign of sum_i weight_i * delta_i (zero -> +); dare_linear: none",
+        "combine": "normalize: sum_i w_i m_i delta_i / sum_i w_i m_i; else sum_i w_i m_i delta_i",
+        "versions": _versions(),
+    }
+
+
+def _merge_manifest(
+    recipe: MergeRecipe,
+    started: dt.datetime,
+    base_dir: Path,
+    model_records: list[dict[str, Any]],
+    counts: dict[str, int],
+    copied: list[str],
+    outputs: dict[str, dict[str, Any]],
+) -> dict[str, Any]:
+    """The content of ``merge_manifest.json``: the recipe, its overrides, the inputs, the values and the outputs."""
+    return {
+        "kind": "medfactory merge",
+        "created_utc": started.replace(microsecond=0).isoformat(),
+        "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
+        "recipe": {"path": str(recipe.path), "name": recipe.name, "version": recipe.version, "sha256": recipe.sha256},
+        "overrides": recipe.overrides,
+        "method": recipe.method,
+        "values": {
+            "normalize": recipe.normalize,
+            "dtype": recipe.dtype,
+            "seed": recipe.seed,
+            "adapter_merge_dtype": recipe.adapter_merge_dtype,
+            "max_shard_size": recipe.max_shard_size,
+        },
+        "base_model": {"model": recipe.base_model, "path": str(base_dir)},
+        "models": model_records,
+        "engine": _engine_record(),
+        "tensors": counts,
+        "files_from_base": copied,
+        "outputs": outputs,
+    }
+
+
+def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
+    """Run the merge of a ``recipes/merge/*.yaml`` recipe; returns the merged checkpoint's folder.
+
+    ``overrides``: top-level recipe keys (``base_model``, ``output``, ``dtype``, ``seed``, ...); ``models``
+    as a list of paths replaces the models' paths in order. The output is written to a staging folder
+    beside it and renamed into place only when complete (a failure leaves any previous output intact).
+    """
+    from tqdm.auto import tqdm
+
+    from medfactory.base.atomic import atomic_directory
+
+    if sys.byteorder != "little":
+        raise MergeError("safetensors are little-endian; this machine is not")
+    recipe = load_merge_recipe(Path(recipe_path), overrides)
+    output = recipe.output.expanduser().resolve()
+    base_dir, inputs = _resolve_inputs(recipe, output)
     output.parent.mkdir(parents=True, exist_ok=True)
     out_dtype = _torch_dtype(recipe.dtype)
     started = dt.datetime.now(dt.UTC)
 
     with contextlib.ExitStack() as stack:
-        scratch: Path | None = None
-        model_records, model_dirs = [], []
-        for index, entry, folder in inputs:
-            record: dict[str, Any] = {"model": entry.model, "path": str(folder), "weight": entry.weight, "density": entry.density}
-            if is_adapter(folder):
-                adapter_config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
-                if adapter_config.get("peft_type", "LORA") != "LORA":
-                    raise _problem(
-                        recipe.path,
-                        f"models[{index}].model",
-                        f"{folder} is a {adapter_config.get('peft_type')} adapter.",
-                        "only LoRA adapters are merged into the base here; export a full model first.",
-                    )
-                if scratch is None:
-                    scratch = Path(
-                        stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{output.name}.adapters.", dir=output.parent))
-                    )
-                target = merge_adapter_into_base(base_dir, folder, scratch / f"model-{index}", recipe.adapter_merge_dtype)
-                record.update(
-                    kind="lora_adapter",
-                    merged_into="base_model",
-                    adapter_merge_dtype=recipe.adapter_merge_dtype,
-                    adapter_declared_base=adapter_config.get("base_model_name_or_path"),
-                    adapter_config_sha256=hashlib.sha256((folder / "adapter_config.json").read_bytes()).hexdigest(),
-                )
-                model_dirs.append(target)
-            else:
-                record["kind"] = "full"
-                model_dirs.append(folder)
-            model_records.append(record)
-
+        model_records, model_dirs = _prepare_models(recipe, base_dir, inputs, output, stack)
         base = stack.enter_context(Checkpoint(base_dir))
         others = [stack.enter_context(Checkpoint(folder)) for folder in model_dirs]
         _check_compatible(recipe, base, others)
-
-        planned = []
-        for name in base.names():
-            shape, st_dtype = base.shape_and_dtype(name)
-            dtype = out_dtype if st_dtype in _ST_FLOATS else base.get(name).dtype
-            planned.append(_Planned(name, shape, dtype))
+        planned = _plan_tensors(base, out_dtype)
         shards = _plan_shards(planned, parse_size(recipe.max_shard_size))
-        files = (
-            ["model.safetensors"]
-            if len(shards) == 1
-            else [f"model-{number:05d}-of-{len(shards):05d}.safetensors" for number in range(1, len(shards) + 1)]
-        )
-        weights = [entry.weight for entry in recipe.models]
-        densities = [entry.density for entry in recipe.models]
-        counts = {"merged": 0, "copied_from_base": 0}
-        outputs: dict[str, dict[str, Any]] = {}
+        files = _shard_file_names(len(shards))
+        merger = _TensorMerger(recipe, base, others, out_dtype)
 
         with atomic_directory(output) as staging:
             progress = stack.enter_context(tqdm(total=len(planned), unit="tensor", desc=f"{recipe.method} merge"))
-            for file, shard in zip(files, shards, strict=True):
-                writer = _StreamingSafetensorsWriter(staging / file, shard)
-                try:
-                    for entry in shard:
-                        base_tensor = base.get(entry.name)
-                        if base_tensor.is_floating_point():
-                            merged = merge_tensor(
-                                recipe.method,
-                                entry.name,
-                                base_tensor,
-                                [checkpoint.get(entry.name) for checkpoint in others],
-                                weights,
-                                densities,
-                                recipe.normalize,
-                                recipe.seed,
-                            )
-                            writer.write(entry.name, merged.to(out_dtype))
-                            counts["merged"] += 1
-                        else:
-                            writer.write(entry.name, base_tensor)
-                            counts["copied_from_base"] += 1
-                        progress.update(1)
-                    digest = writer.close()
-                except BaseException:
-                    writer.abort()
-                    raise
-                outputs[file] = {"sha256": digest, "bytes": (staging / file).stat().st_size}
+            outputs = {file: _write_shard(staging / file, shard, merger, progress) for file, shard in zip(files, shards, strict=True)}
             if len(files) > 1:
-                index = {
-                    "metadata": {"total_size": sum(entry.nbytes for entry in planned)},
-                    "weight_map": {entry.name: file for file, shard in zip(files, shards, strict=True) for entry in shard},
-                }
-                (staging / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+                _write_index(staging, files, shards, planned)
             copied = _copy_base_files(base_dir, staging, recipe.dtype)
-            manifest = {
-                "kind": "medfactory merge",
-                "created_utc": started.replace(microsecond=0).isoformat(),
-                "seconds": round((dt.datetime.now(dt.UTC) - started).total_seconds(), 1),
-                "recipe": {"path": str(recipe.path), "name": recipe.name, "version": recipe.version, "sha256": recipe.sha256},
-                "overrides": recipe.overrides,
-                "method": recipe.method,
-                "values": {
-                    "normalize": recipe.normalize,
-                    "dtype": recipe.dtype,
-                    "seed": recipe.seed,
-                    "adapter_merge_dtype": recipe.adapter_merge_dtype,
-                    "max_shard_size": recipe.max_shard_size,
-                },
-                "base_model": {"model": recipe.base_model, "path": str(base_dir)},
-                "models": model_records,
-                "engine": {
-                    "name": "medfactory.merge",
-                    "task_vectors": "theta_model - theta_base per tensor, float32",
-                    "trim": "exactly max(1, int(density * numel)) largest magnitudes per tensor (equal ones at the cut: lowest index first)",
-                    "dare": "Bernoulli(density) keep mask from a torch.Generator per (seed, model index, tensor name); survivors / density",
-                    "sign_election": "sign of sum_i weight_i * delta_i (zero -> +); dare_linear: none",
-                    "combine": "normalize: sum_i w_i m_i delta_i / sum_i w_i m_i; else sum_i w_i m_i delta_i",
-                    "versions": _versions(),
-                },
-                "tensors": counts,
-                "files_from_base": copied,
-                "outputs": outputs,
-            }
+            manifest = _merge_manifest(recipe, started, base_dir, model_records, merger.counts, copied, outputs)
             (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    logger.info("merged %d tensors (%s) into %s", counts["merged"], recipe.method, output)
+    logger.info("merged %d tensors (%s) into %s", merger.counts["merged"], recipe.method, output)
     return output
-
-
-def merge_command(
-    recipe: Annotated[Path, typer.Argument(help="A merge recipe, e.g. recipes/merge/spanish_medical_ties.yaml")],
-    base_model: Annotated[str | None, typer.Option(help="Replace the recipe's base_model (hub id or folder)")] = None,
-    model: Annotated[
-        list[str] | None,
-        typer.Option(help="Replace the models' paths, in the recipe's order (repeat once per model)"),
-    ] = None,
-    output: Annotated[Path | None, typer.Option(help="Replace the recipe's output folder")] = None,
-) -> None:
-    """TIES / DARE merge of fine-tuned models into their base (BioMistral-style), tensor by tensor."""
-    overrides: dict[str, Any] = {"base_model": base_model, "output": output}
-    if model:
-        overrides["models"] = list(model)
-    try:
-        merged = run_merge(recipe, overrides)
-    except (MergeRecipeError, MergeError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
-    typer.echo(f"merged checkpoint written to {merged} (manifest: {merged / MANIFEST_NAME})")

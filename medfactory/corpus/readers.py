@@ -19,8 +19,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from medfactory.errors import CorpusError
-from medfactory.text import AUTO_ENCODING, UndecodableBytes, decode
+from medfactory.base.errors import CorpusError
+from medfactory.corpus.text import AUTO_ENCODING, UndecodableBytes, decode
 
 SUPPORTED_SUFFIXES = (".txt", ".csv", ".tsv", ".jsonl", ".parquet")
 FIELDS = ("text", "note_id", "patient_id", "admission_id", "date")

@@ -17,12 +17,12 @@ import logging
 from importlib import resources
 from pathlib import Path
 
-from medfactory.atomic import atomic_directory
-from medfactory.tiny import (
+from medfactory.base.atomic import atomic_directory
+from medfactory.run.tiny_model import (
     GEMMA_SPECIAL_TOKENS,
-    _gemma_tokenizer,
-    _padded,
     cache_root,
+    padded_vocab_size,
+    train_gemma_tokenizer,
     train_tokenizer,
 )
 
@@ -88,13 +88,13 @@ def build_bench_model(config_values: dict, texts: list[str], device: str = "cpu"
     """
     import torch
 
-    from medfactory.perf_model import load_config, model_class
+    from medfactory.bench.perf_model import load_config, model_class
 
     is_vision = "vision_config" in config_values
-    tokenizer = _gemma_tokenizer(texts, 2000) if is_vision else train_tokenizer(texts, vocab_size=2000)
+    tokenizer = train_gemma_tokenizer(texts, 2000) if is_vision else train_tokenizer(texts, vocab_size=2000)
     values = json.loads(json.dumps(config_values))
     text = values.get("text_config", values)
-    text["vocab_size"] = max(text["vocab_size"], _padded(len(tokenizer)))
+    text["vocab_size"] = max(text["vocab_size"], padded_vocab_size(len(tokenizer)))
     special = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
     if is_vision:
         ids = {token: tokenizer.convert_tokens_to_ids(token) for token in GEMMA_SPECIAL_TOKENS}
@@ -141,7 +141,7 @@ def build_adapter(model_dir: Path, lora: dict, directory: Path) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from medfactory.perf_model import load_config, model_class
+    from medfactory.bench.perf_model import load_config, model_class
 
     if (directory / "adapter_config.json").is_file():
         return directory

@@ -10,20 +10,16 @@ rank, alpha, dropout, targets, learning rate, AdamW betas, schedule, packing) is
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from medfactory.atomic import atomic_write
-from medfactory.demo_corpus import generate_notes
-from medfactory.registry import REGISTRY_NAME, register_datasets
-from medfactory.tiny import build_tiny_model
+from medfactory.base.atomic import atomic_write
+from medfactory.base.overrides import to_cli_arguments
+from medfactory.base.registry import REGISTRY_NAME, register_datasets
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.launch import environment_with_venv_path, llamafactory_cli, read_trainer_log, run_with_progress
+from medfactory.run.tiny_model import build_tiny_model
 
 DEMO_RECIPE = Path("recipes/clinical_br_mistral.yaml")
 DEMO_DATASET = "clinical_br_demo"
@@ -79,41 +75,6 @@ def write_demo_corpus(path: Path, count: int = DEMO_NOTES) -> list[str]:
     return notes
 
 
-def read_trainer_log(path: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(step, loss) and (step, eval_loss) pairs from LLaMA-Factory's ``trainer_log.jsonl``."""
-    losses, eval_losses = [], []
-    if path.is_file():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            if "loss" in record:
-                losses.append((record["current_steps"], record["loss"]))
-            if "eval_loss" in record:
-                eval_losses.append((record["current_steps"], record["eval_loss"]))
-    return losses, eval_losses
-
-
-def _llamafactory_cli() -> str:
-    # The CLI of this very environment, so the demo never picks another install from PATH.
-    candidate = Path(sys.executable).parent / "llamafactory-cli"
-    return str(candidate) if candidate.exists() else shutil.which("llamafactory-cli") or "llamafactory-cli"
-
-
-def run_with_progress(command: list[str], env: dict[str, str], console_log: Path, trainer_log: Path, total: int, desc: str = "train") -> int:
-    """Run LLaMA-Factory with its output in ``console_log`` and a step progress bar on screen."""
-    with open(console_log, "w", encoding="utf-8") as log, tqdm(total=total, unit="step", desc=desc) as bar:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
-        while process.poll() is None:
-            time.sleep(0.5)
-            losses, _ = read_trainer_log(trainer_log)
-            if losses:
-                bar.update(losses[-1][0] - bar.n)
-                bar.set_postfix(loss=f"{losses[-1][1]:.4f}")
-        losses, _ = read_trainer_log(trainer_log)
-        if losses:
-            bar.update(losses[-1][0] - bar.n)
-    return process.returncode
-
-
 def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     """Run the demo from the repository root ``workdir``; raise with the log's tail on failure."""
     root = Path(workdir).resolve()
@@ -133,13 +94,12 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     shutil.rmtree(root / DEMO_SAVES, ignore_errors=True)  # a demo starts fresh (no resume, no stale cache)
     output_dir.mkdir(parents=True)
     overrides = demo_overrides(model_dir, output_dir, max_steps)
-    command = [_llamafactory_cli(), "train", str(DEMO_RECIPE), *(f"{key}={value}" for key, value in overrides.items())]
+    command = [llamafactory_cli(), "train", str(DEMO_RECIPE), *to_cli_arguments(overrides)]
     env = {
-        **os.environ,
+        **environment_with_venv_path(),
         "HF_HUB_OFFLINE": "1",  # nothing leaves the machine
         "CUDA_VISIBLE_DEVICES": "",  # the demo is the CPU path, even on a GPU machine
         "TOKENIZERS_PARALLELISM": "false",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
     console_log = root / DEMO_SAVES / "llamafactory.log"
     trainer_log = output_dir / "trainer_log.jsonl"

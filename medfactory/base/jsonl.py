@@ -1,0 +1,51 @@
+"""JSON Lines: the one reader and writer every stage uses, with errors that name the file and the line.
+
+Errors never quote a line: prepared files hold note text.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from medfactory.base.atomic import atomic_write
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for every non-blank line; ValueError naming file and line otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path} does not exist or is not a file")
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+            if not isinstance(record, dict):
+                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+            yield number, record
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every object of a JSON Lines file, in order (see :func:`iter_jsonl` for the errors)."""
+    return [record for _, record in iter_jsonl(path)]
+
+
+def jsonl_line(record: Any) -> str:
+    """One JSON Lines line: UTF-8 kept as it is (accents stay readable), newline-terminated."""
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> int:
+    """Write ``records`` as JSON Lines, atomically (all or nothing); returns how many were written."""
+    count = 0
+    with atomic_write(Path(path)) as handle:
+        for record in records:
+            handle.write(jsonl_line(record))
+            count += 1
+    return count

@@ -1,0 +1,5 @@
+"""``python -m medfactory.cli``: the same command as the ``medfactory`` script."""
+
+from medfactory.cli import app
+
+app()

@@ -1,0 +1,1 @@
+"""Test-only builders (tiny models, synthetic MIMIC-CXR layouts); never part of the installed package."""
