@@ -1,33 +1,9 @@
 """HEAD-QA (Vilares & Gómez-Rodríguez, ACL 2019): Spanish healthcare specialisation exams, as
 evaluation sets, an SFT instruction set and a DPO preference set.
 
-The official release holds one folder per language (``es/``; ``en/`` is a machine translation)
-with ``train_HEAD.json``, ``dev_HEAD.json`` and ``test_HEAD.json`` (English: ``*_HEAD_EN.json``)::
-
-    {"version": "1.0", "language": "es", "exams": {"Cuaderno_2013_1_B": {"name": ..., "category": ...,
-     "year": "2013", "data": [{"qid": "1", "qtext": ..., "ra": "3", "image": "",
-     "answers": [{"aid": 1, "atext": ...}, ...]}]}}}
-
-The supervised split is by year: train = 2013-2014 (5 options), dev = 2015 and test = 2016-2017
-(4 options); 6 exams a year: biology, nursery, pharmacology, medicine, psychology, chemistry
-(``Cuaderno_<year>_1_<B|E|F|M|P|Q>``; category and year come from the exam entry, or from that name
-when the entry lacks them). Some qids are missing on purpose (questions annulled after the exam).
-
-``medfactory prepare head_qa --source <folder> --language es`` writes ``data/head_qa_es/``:
-
-- ``train.jsonl``, ``validation.jsonl`` (from dev), ``test.jsonl``: every question in the shared MCQ
-  format (:mod:`medfactory.corpus.mcq`); questions that refer to an image keep ``has_image: true``;
-- ``sft_train.json``: the train split as alpaca instructions (question + lettered options ->
-  ``Respuesta: C) <text>``), without image questions (not answerable from text);
-- ``dpo_train.json``: the same questions as preference pairs: chosen = the right answer,
-  rejected = one wrong option drawn with ``random.Random(f"{seed}:{id}")`` (the same pair for a
-  question whatever else changes; options whose text equals the right answer's are never drawn);
-- ``manifest.json``: counts per split, option counts, image questions, answer positions, hashes;
-
-and registers ``head_qa_es_sft`` and ``head_qa_es_dpo`` in ``dataset_info.json``.
-
-The questions are the Ministerio de Sanidad's: the text is kept as published (only trimmed), as
-its reuse terms forbid altering the content.
+Writes ``data/head_qa_<language>/`` (train / validation / test in the MCQ format, ``sft_train.json``,
+``dpo_train.json``, manifest) and registers ``head_qa_<language>_sft`` / ``_dpo``. The release
+format, the splits and the pair rule are in docs/mcqa.md ("Source formats").
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Lopes et al. 2019: European-Portuguese neurology clinical cases, prepared for continued pretraining.
 
-The corpus (BioNLP 2019; github.com/fabioacl/PortugueseClinicalNER) ships in three folders:
-
-- ``Texts SPN 1 Raw/`` and ``Texts SPN 2 Raw/``: plain text extracted from PDFs (cp1252, hard line
-  wraps mid-sentence, no blank lines: each file is one paragraph).
-- ``Texts Word Embeddings Training/``: one token per line, ``token<TAB>POS<TAB>lemma`` (cp1252), as
-  written by a tokenizer that splits contractions (``do`` -> ``de o``) and clitics (``verificou-se``
-  -> ``verificou se``, ``foi-lhe`` -> ``foi a ele``), and even reads the abbreviation ``TA`` as
-  ``ELA A TI``. There are no blank lines: each file is one paragraph.
-
-Both become one plain-text document per file in ``data/lopes2019/train.jsonl`` (LLaMA-Factory's
-``pt`` stage format), with a manifest of counts, drops and hashes, and a registry entry.
-
-The raw texts are the cases of the journal's volume 17, which the tagged folder holds too
-(``CC1.txt`` is ``CC1 vol17n1.txt``). Rebuilding those 279 tagged files gives back exactly the
-raw text for 223 of them (so they drop as duplicates), and on average 99.7% of the words and
-99.98% of the characters of all 279 (the rest: curly quotes the tokenizer dropped, PDF spacing such
-as ``hipersinal(T2)``, and "de um" where the raw text wrote "duma").
+Its raw folders (PDF text) and its tagged folder (one token per line, contractions and clitics
+split) both become one plain-text document per file in ``data/lopes2019/train.jsonl``, with a
+manifest and a registry entry. The source layout and the rebuild rules are in docs/corpora.md
+("Lopes et al. 2019").
 """
 
 from __future__ import annotations

@@ -1,91 +1,9 @@
 """MIMIC-CXR-PT-BR: MIMIC-CXR chest X-ray studies with their reports translated into Brazilian Portuguese.
 
-Two commands, in the order the 2025 technical report ran them:
-
-1. ``medfactory prepare mimic_cxr --source MIMIC_CXR [--jpg-root MIMIC_CXR_JPG]`` reads the files as
-   PhysioNet releases them, draws the subset (960 / 473 / 965 studies from the official train /
-   validate / test splits by default), caches each study's images at 896x896 and writes the
-   translation set for medgemma-27b-text-it (``mimic_cxr_translate``, alpaca format).
-2. ``medfactory prepare mimic-cxr-ptbr --translations saves/.../generated_predictions.jsonl`` joins the
-   translations back to the studies, rejects the unusable ones and writes the multimodal sharegpt sets
-   for medgemma-4b-it (``mimic_cxr_ptbr_{train,validation,test,test_fewshot}``).
-
-Input layout (MIMIC-CXR 2.0.0 reports, MIMIC-CXR-JPG 2.0.0/2.1.0 images and tables)::
-
-    ROOT/files/pNN/pSUBJECT/sSTUDY.txt              NN = the subject id's first two digits
-    JPG_ROOT/files/pNN/pSUBJECT/sSTUDY/DICOM_ID.jpg
-    JPG_ROOT/mimic-cxr-2.0.0-split.csv[.gz]          dicom_id, study_id, subject_id, split
-    JPG_ROOT/mimic-cxr-2.0.0-metadata.csv[.gz]       dicom_id, subject_id, study_id, ViewPosition, ...
-    JPG_ROOT/mimic-cxr-2.0.0-chexpert.csv[.gz]       optional: subject_id, study_id, 14 labels
-
-Reports
-    A header is a line that starts (after spaces) with a known section name followed by a colon, in
-    any case and with any spacing (``FINDINGS:``, ``Impression :``, ``WET READ:``...; ``FINAL REPORT``
-    needs no colon), or with any other name written in capitals (4 letters or more) and a colon. A
-    section runs to the next header; text on the header's own line belongs to it. FINDINGS (or
-    FINDING) and IMPRESSION (or IMPRESSIONS) are kept, each with its lines unwrapped and paragraphs
-    kept apart by one newline; a header repeated takes its first non-empty section. The English
-    report is ``"FINDINGS: ...\\n\\nIMPRESSION: ..."`` with whichever exist. A study with only one of
-    the two is KEPT with that one (the manifest counts it under ``sections_missing`` as
-    ``findings_missing`` or ``impression_missing``; many MIMIC reports have no FINDINGS section);
-    a study with neither is dropped as ``no_findings_or_impression``.
-
-Subset
-    Studies are taken from their official split (``validate`` is written ``validation``). Within a
-    split they are ranked by a hash of (seed, study id) and walked in that order; each one with a
-    report holding FINDINGS or IMPRESSION and at least one image file is taken until the split has
-    its count. That is a uniform draw among the eligible studies, the same on every machine, and
-    only the studies walked past are read (drops are counted among those). A larger count keeps the
-    smaller one's studies. A split with too few eligible studies gives all it has, with a warning
-    in the manifest. A study whose report file is missing is dropped as ``report_missing`` and one
-    with no image file as ``no_images``; the command fails only when no study is eligible at all.
-
-Images
-    At most ``--max-images`` (2) per study: the frontal view first (PA, else AP), then the lateral
-    (LATERAL, else LL), then (with more room, or no lateral) the other frontal and lateral images;
-    other views (oblique, blank ViewPosition...) only when the study has no frontal or lateral image.
-    Images of one view are taken in dicom_id order. Each is padded to a square with black, centred
-    (the whole radiograph is kept: nothing is cropped, nothing is stretched), then resized to
-    896x896 with the Lanczos filter and saved as an RGB PNG. RGB because LLaMA-Factory converts every
-    image to RGB before Gemma 3's image processor (which normalizes three channels) and other
-    multimodal processors assume it too: stored RGB, a file loads the same everywhere. PNG is
-    lossless, so the JPEG is compressed only once. Images are written once to
-    ``data/mimic_cxr_images/<study_id>/<dicom_id>.png``, outside ``data/mimic_cxr/`` so that the
-    atomic replacement of that folder keeps them; a rerun skips every image already cached at
-    896x896 RGB (delete the folder to rebuild it; dicom ids are unique in MIMIC). The recipes set
-    ``image_max_pixels: 802816`` (896 x 896), so LLaMA-Factory does not shrink them to its
-    768 x 768 default.
-
-Outputs (under ``--output-root``, the repository root)
-    ``data/mimic_cxr/studies.jsonl``, ``translate.jsonl`` (alpaca rows for ``llamafactory-cli``
-    prediction: instruction = the report's translation prompt, input = the English report, output
-    empty), ``translate_ids.json`` (the study ids in that row order: ``generated_predictions.jsonl``
-    has no ids) and ``manifest.json`` (counts, drops, views, longest report, table hashes; no report
-    text), replaced in one step; ``dataset_info.json`` gets ``mimic_cxr_translate``.
-
-Translations (``mimic-cxr-ptbr``)
-    Each prediction line is joined to ``translate_ids.json`` by position (a different number of lines
-    is an error naming both files); where the line has the prompt, the English report's first
-    letters must be in it (else ``misaligned``; more than half misaligned is an error: the file is
-    from another ``translate.jsonl``). A translation is rejected, with the first reason that
-    applies, when it is
-
-    - ``empty``: nothing but whitespace;
-    - ``not_portuguese``: the very common function words it holds are mostly English. Portuguese
-      words counted: de, da, do, das, dos, em, na, nas, nos, com, sem, não, para, os, uma, pelo, pela,
-      ao, que, ou; English: the, of, and, with, is, are, there, was, were, without, this, which, or
-      (words of both languages, such as "no", "a" and "as", are not counted). It is Portuguese
-      when the Portuguese share of those words is at least 0.8, or, where none occurs, when it has
-      fewer than 8 words ("Normal.", "Sem alterações"...); and the English report given back word for
-      word is not Portuguese either, however short. The check does not tell Portuguese from Spanish;
-    - ``truncated``: shorter than half the English report in characters (a translation into
-      Portuguese is usually longer than its source), or ending without sentence punctuation
-      (``. ! ? …``, trailing quotes, brackets and markdown asterisks ignored) where the English report
-      ends with it: the generation stopped mid-sentence (``max_new_tokens``).
-
-    Rejected studies are left out of every set and listed by reason with their ids (never the text)
-    in the manifest. The few-shot example is the Portuguese report of one accepted training study
-    (with both sections where any has them) chosen by a hash of (seed, study id).
+``prepare mimic_cxr`` reads the PhysioNet files, draws the subset, caches 896x896 images and writes the
+translation set; ``prepare mimic-cxr-ptbr`` joins the translations back, rejects unusable ones and
+writes the multimodal sets. Input layout, section rules, the subset draw, image handling and the
+rejection rules are in docs/mimic_cxr_ptbr.md ("Plugin reference").
 """
 
 from __future__ import annotations

@@ -1,26 +1,8 @@
 """Brazilian "Teste de Progresso" medical exam questions (pt-BR) as an MCQ evaluation set.
 
-The CSV (github.com/felipe-matsuoka123/A-PORTUGUESE-DATASET-FOR-MEDICAL-AI-Q-A) has the columns
-``Número, Texto, Bloco, Resposta Correta, Arquivo Prova``: one row per question, ``Número``
-counted per exam (so the id is ``<exam file stem>-<Número>``), the options inline at the end of
-``Texto`` as ``(A) … (B) … (C) … (D) …``, the right letter in ``Resposta Correta``, the area in
-``Bloco`` (empty for some exams) and the exam PDF's file name in ``Arquivo Prova`` (its year is
-read from it).
-
-Splitting the stem from the options: an option marker is ``(A)`` .. ``(E)`` (any case, inner
-spaces allowed) that does not follow a letter or digit (``etambutol(E)`` is a drug abbreviation,
-not option E). Options come last, so the chain is taken backwards from the last ``D`` (or ``E``):
-the nearest ``C`` before it, then ``B``, then ``A``. Figure labels such as ``(A)  (B)`` in the
-stem therefore never start the options. A question is dropped, and listed in the manifest by
-exam, Número and reason, when no chain is found, an option or the stem is empty, an option holds
-another option marker (ambiguous), or the answer letter is not one of the options.
-
-``has_image``: the CSV has no images, but some questions show one in the printed exam. A question
-is flagged when its stem points at a figure ("figura", "foto", "gráfico abaixo", "radiografia a
-seguir", "(imagem: ...)", "seguinte traçado" ...); a heuristic, its count is in the manifest.
-
-Output: ``data/pt_exam_mcq/test.jsonl`` (language ``pt``) and ``manifest.json``. It is an
-evaluation-only set: nothing is registered for training.
+Writes ``data/pt_exam_mcq/test.jsonl`` and its manifest (evaluation only, nothing registered). How
+the options are told apart from the stem, what is dropped and the image rule are in docs/mcqa.md
+("Source formats").
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ def llamafactory_api(tmp_path: Path):
         port = free_port()
         env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
         cli = str(Path(sys.executable).parent / "llamafactory-cli")
-        log = open(tmp_path / f"api-{port}.log", "w")
-        process = subprocess.Popen([cli, "api", "--model_name_or_path", str(model_dir), "--template", "empty"], env=env, stdout=log, stderr=subprocess.STDOUT)
+        with open(tmp_path / f"api-{port}.log", "w") as log:  # the server keeps its own copy of the descriptor
+            command = [cli, "api", "--model_name_or_path", str(model_dir), "--template", "empty"]
+            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         processes.append(process)
         endpoint = f"http://127.0.0.1:{port}/v1"
         deadline = time.time() + 120

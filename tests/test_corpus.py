@@ -36,7 +36,7 @@ def synthetic_rows(patients: int, notes_per_patient: int) -> list[dict[str, str]
         for visit in range(notes_per_patient):
             template = NOTE_TEMPLATES[(patient + visit) % len(NOTE_TEMPLATES)]
             text = template.format(age=20 + patient % 70, days=visit + 1, fc=60 + (patient * 7 + visit) % 60)
-            rows.append({"id": f"p{patient}-n{visit}", "id_paciente": f"p{patient}", "data": "2020-01-0%d" % (1 + visit % 9), "texto": text})
+            rows.append({"id": f"p{patient}-n{visit}", "id_paciente": f"p{patient}", "data": f"2020-01-0{1 + visit % 9}", "texto": text})
     return rows
 
 
@@ -318,7 +318,8 @@ def test_cli_prepares_users_notes_with_column_flags(tmp_path: Path) -> None:
     assert "likert" in result.stdout and "registered" in result.stdout
     assert len(read_jsonl(tmp_path / "data" / "hc_notes" / "likert_heldout.jsonl")) == 3
     # semclinbr's default columns do not include "evolucao": the error lists what the file has.
-    bad = subprocess.run([*command[:4], "semclinbr", "--source", str(tmp_path / "hospital.csv"), "--output-root", str(tmp_path)], capture_output=True, text=True)
+    semclinbr = [*command[:4], "semclinbr", "--source", str(tmp_path / "hospital.csv"), "--output-root", str(tmp_path)]
+    bad = subprocess.run(semclinbr, capture_output=True, text=True)
     assert bad.returncode == 1
     assert "no text column" in bad.stderr and "'evolucao', 'prontuario', 'nid'" in bad.stderr
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.recipes.recipe_file import load_recipe, values_hash
 from medfactory.recipes.paper_values import PAPER_VALUES
+from medfactory.recipes.recipe_file import load_recipe, values_hash
 from medfactory.run.demo import DEMO_RECIPE, demo_overrides
 
 

@@ -249,7 +249,8 @@ def test_malformed_questions_are_refused_with_the_reason(change, reason: str) ->
 
 
 def test_answers_are_put_in_aid_order_and_numeric_ids_accepted() -> None:
-    entry = {"qid": 3, "qtext": "¿?", "ra": 2, "image": None, "answers": [{"aid": 2, "atext": "b."}, {"aid": 1, "atext": "a."}, {"aid": 4, "atext": "d."}, {"aid": 3, "atext": "c."}]}
+    answers = [{"aid": 2, "atext": "b."}, {"aid": 1, "atext": "a."}, {"aid": 4, "atext": "d."}, {"aid": 3, "atext": "c."}]
+    entry = {"qid": 3, "qtext": "¿?", "ra": 2, "image": None, "answers": answers}
     item = build_item(entry, "Cuaderno_2016_1_M", "medicine", 2016, "es")
     assert (item.id, item.options, item.answer, item.has_image) == ("Cuaderno_2016_1_M-3", ["a.", "b.", "c.", "d."], 1, False)
 

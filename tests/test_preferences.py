@@ -57,7 +57,10 @@ def test_valid_pairs_become_a_registered_ranking_dataset(tmp_path: Path, output_
     rows = read_json(output_root / "data/my_prefs/dpo.json")
     assert rows == [
         {"instruction": "¿Qué es la HTA?", "input": "", "chosen": "Hipertensión arterial.", "rejected": "Hipotensión.", "system": "", "id": "my_prefs-1"},
-        {"instruction": "O que é DPOC?", "input": "", "chosen": "Doença pulmonar obstrutiva crônica.", "rejected": "Uma vacina.", "system": "Você é um médico.", "id": "pt-7"},
+        {
+            "instruction": "O que é DPOC?", "input": "", "chosen": "Doença pulmonar obstrutiva crônica.", "rejected": "Uma vacina.",
+            "system": "Você é um médico.", "id": "pt-7",
+        },
         {"instruction": "Dose?", "input": "", "chosen": " 1 g ", "rejected": "10 g", "system": "", "id": "12"},
     ]
     assert (manifest["lines"], manifest["pairs"], manifest["with_system"], manifest["skipped"]) == (3, 3, 1, {})

@@ -1,19 +1,6 @@
-"""The blind Likert study of the Clinical-BR paper, end to end.
-
-Stages and the files between them (all under ``reports/likert/<study>/``):
-
-1. ``completions`` (:mod:`.completions`): held-out notes -> excerpts -> a prediction set ->
-   ``llamafactory-cli train recipes/clinical_br_complete.yaml`` once per model ->
-   ``completions.jsonl`` (note_id, model, excerpt, completion, reference).
-2. ``cards`` (:mod:`.cards`): completions -> blind cards ``cards.jsonl`` (card_id, note_id
-   hidden from raters, excerpt, completion), the key ``key.csv`` (card_id, note_id, model) that
-   raters never get, one XLSX per rater, the canonical long CSV template and a Label Studio project.
-3. ``ratings`` (:mod:`.ratings`): filled XLSX, long CSV or Label Studio export -> validated long
-   table (card_id, rater, criterion, score, observation).
-4. ``report`` (:mod:`.report`): ratings + key -> Markdown report with Table 1, Table 2, Fig. 3,
-   inter-rater agreement and significance tests.
-5. ``judge`` (:mod:`.judge`): the same rubric scored by a served model, written as ratings of
-   rater ``judge:<model>``.
+"""The blind Likert study of the Clinical-BR paper, end to end: completions -> blind cards -> ratings -> report,
+plus an LLM judge. The rubric and the file names every stage shares live here; the stages and the files
+between them are described in docs/likert.md.
 """
 
 from __future__ import annotations

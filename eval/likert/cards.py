@@ -493,6 +493,17 @@ def _csv_text(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> str
     return buffer.getvalue()
 
 
+def _study_paths(out_dir: Path) -> dict[str, Path]:
+    """The files of a study folder, rater workbooks aside."""
+    return {
+        "cards": out_dir / CARDS_FILE,
+        "key": out_dir / KEY_FILE,
+        "template": out_dir / RATINGS_TEMPLATE_FILE,
+        "label_studio_config": out_dir / LABEL_STUDIO_DIR / LABEL_STUDIO_CONFIG,
+        "label_studio_tasks": out_dir / LABEL_STUDIO_DIR / LABEL_STUDIO_TASKS,
+    }
+
+
 def _refuse_study_in_progress(key_path: Path, key_text: str, rater_paths: list[Path]) -> None:
     """FileExistsError when a different key or a rater workbook with scores would be replaced."""
     conflicts = []
@@ -537,13 +548,7 @@ def write_study(
     )
     workbooks = {rater: rater_workbook_bytes(cards, note_indexes, rater) for rater in rater_names}
 
-    paths = {
-        "cards": out_dir / CARDS_FILE,
-        "key": out_dir / KEY_FILE,
-        "template": out_dir / RATINGS_TEMPLATE_FILE,
-        "label_studio_config": out_dir / LABEL_STUDIO_DIR / LABEL_STUDIO_CONFIG,
-        "label_studio_tasks": out_dir / LABEL_STUDIO_DIR / LABEL_STUDIO_TASKS,
-    }
+    paths = _study_paths(out_dir)
     rater_paths = {rater: out_dir / RATERS_DIR / f"{rater}.xlsx" for rater in rater_names}
 
     if not force:

@@ -368,6 +368,55 @@ def note_model_matrix(
     return means.reindex(columns=_models(key)).dropna(axis=0, how="any")
 
 
+def _friedman_row(matrix: pd.DataFrame, models: list[str], criterion: str) -> dict[str, object]:
+    """Friedman test across models over the notes of ``matrix`` (NaN with fewer than 3 models or 2 notes)."""
+    from scipy import stats
+
+    n_notes = int(matrix.shape[0])
+    statistic = p = float("nan")
+    if len(models) >= 3 and n_notes >= 2:
+        with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            result = stats.friedmanchisquare(*(matrix[model].to_numpy() for model in models))
+        statistic, p = float(result.statistic), float(result.pvalue)
+    return {"criterion": criterion, "statistic": statistic, "p": p, "n_notes": n_notes, "n_models": len(models)}
+
+
+def _wilcoxon_table(matrix: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Pairwise two-sided Wilcoxon signed-rank tests, Holm-corrected over the pairs that have a p."""
+    from scipy import stats
+    from statsmodels.stats.multitest import multipletests
+
+    rows = []
+    for model_a, model_b in itertools.combinations(models, 2):
+        diff = (matrix[model_a] - matrix[model_b]).to_numpy(dtype=float)
+        w_stat = w_p = float("nan")
+        if np.any(diff != 0):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # small-sample / ties notices
+                result = stats.wilcoxon(
+                    matrix[model_a].to_numpy(), matrix[model_b].to_numpy(),
+                    zero_method="wilcox", alternative="two-sided",
+                )
+            w_stat, w_p = float(result.statistic), float(result.pvalue)
+        rows.append(
+            {
+                "model_a": model_a,
+                "model_b": model_b,
+                "statistic": w_stat,
+                "p": w_p,
+                "p_holm": float("nan"),
+                "median_diff": float(np.median(diff)) if diff.size else float("nan"),
+                "n": int(diff.size),
+            }
+        )
+    table = pd.DataFrame(rows, columns=["model_a", "model_b", "statistic", "p", "p_holm", "median_diff", "n"])
+    valid = table["p"].notna().to_numpy()
+    if valid.any():
+        table.loc[valid, "p_holm"] = multipletests(table.loc[valid, "p"].to_numpy(), method="holm")[1]
+    return table
+
+
 def significance_tables(
     ratings: pd.DataFrame, key: pd.DataFrame, raters: Sequence[str] | None = None
 ) -> dict[str, pd.DataFrame]:
@@ -380,52 +429,13 @@ def significance_tables(
     cannot be computed (fewer than 3 models, or no non-zero difference) gives NaN and is left out
     of the Holm correction.
     """
-    from scipy import stats
-    from statsmodels.stats.multitest import multipletests
-
     models = _models(key)
     friedman_rows = []
     tables: dict[str, pd.DataFrame] = {}
     for criterion in CRITERION_KEYS:
         matrix = note_model_matrix(ratings, key, criterion, raters)
-        n_notes = int(matrix.shape[0])
-        statistic = p = float("nan")
-        if len(models) >= 3 and n_notes >= 2:
-            with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
-                warnings.simplefilter("ignore", RuntimeWarning)
-                result = stats.friedmanchisquare(*(matrix[model].to_numpy() for model in models))
-            statistic, p = float(result.statistic), float(result.pvalue)
-        friedman_rows.append(
-            {"criterion": criterion, "statistic": statistic, "p": p, "n_notes": n_notes, "n_models": len(models)}
-        )
-        rows = []
-        for model_a, model_b in itertools.combinations(models, 2):
-            diff = (matrix[model_a] - matrix[model_b]).to_numpy(dtype=float)
-            w_stat = w_p = float("nan")
-            if np.any(diff != 0):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # small-sample / ties notices
-                    result = stats.wilcoxon(
-                        matrix[model_a].to_numpy(), matrix[model_b].to_numpy(),
-                        zero_method="wilcox", alternative="two-sided",
-                    )
-                w_stat, w_p = float(result.statistic), float(result.pvalue)
-            rows.append(
-                {
-                    "model_a": model_a,
-                    "model_b": model_b,
-                    "statistic": w_stat,
-                    "p": w_p,
-                    "p_holm": float("nan"),
-                    "median_diff": float(np.median(diff)) if diff.size else float("nan"),
-                    "n": int(diff.size),
-                }
-            )
-        table = pd.DataFrame(rows, columns=["model_a", "model_b", "statistic", "p", "p_holm", "median_diff", "n"])
-        valid = table["p"].notna().to_numpy()
-        if valid.any():
-            table.loc[valid, "p_holm"] = multipletests(table.loc[valid, "p"].to_numpy(), method="holm")[1]
-        tables[f"wilcoxon_{criterion}"] = table
+        friedman_rows.append(_friedman_row(matrix, models, criterion))
+        tables[f"wilcoxon_{criterion}"] = _wilcoxon_table(matrix, models)
     return {"friedman": pd.DataFrame(friedman_rows), **tables}
 
 

@@ -13,8 +13,16 @@ from typing import Any
 from medfactory.base.atomic import atomic_write
 
 
+class JsonlLineError(ValueError):
+    """A line that is not a JSON object; ``path``, ``line`` and ``reason`` let callers word it their way."""
+
+    def __init__(self, path: Path, line: int, reason: str, decode_error: json.JSONDecodeError | None = None) -> None:
+        super().__init__(f"{path}, line {line}: {reason}")
+        self.path, self.line, self.reason, self.decode_error = path, line, reason, decode_error
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, object) for every non-blank line; ValueError naming file and line otherwise."""
+    """(line number, object) for every non-blank line; :class:`JsonlLineError` naming file and line otherwise."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path} does not exist or is not a file")
@@ -25,9 +33,9 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as error:
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error.msg})") from error
+                raise JsonlLineError(path, number, f"not valid JSON ({error.msg})", error) from error
             if not isinstance(record, dict):
-                raise ValueError(f"{path}, line {number}: expected a JSON object, got {type(record).__name__}")
+                raise JsonlLineError(path, number, f"expected a JSON object, got {type(record).__name__}")
             yield number, record
 
 

@@ -1,23 +1,10 @@
 """Personal-identifier scanner run on every clinical note before anything is written.
 
-Brazilian identifiers (locale ``"br"``): CPF, CNS (Cartão Nacional de Saúde), RG, CRM, phone
-numbers, e-mail addresses and CEP. Spanish identifiers (locale ``"es"``): DNI, NIE, phone
-numbers and e-mail addresses. Numbers with check digits (CPF, CNS, DNI, NIE) are reported only
-when the check digits are valid; RG, CRM and CEP-without-hyphen need their keyword in front.
-
-Clinical text is sensitive, so nothing in this module logs, prints, stores or returns an
-identifier value: a :class:`Finding` holds only the kind and the offsets, exceptions never quote
-the text, and :meth:`IdentifierScanner.mask` returns the text with every value replaced by a
-placeholder such as ``[CPF]``.
-
-Speed: each scanner compiles ONE regex, an alternation of named groups, and scans a note in a
-single pass; only the candidates it yields are validated in Python. Every top-level branch of the
-regex starts with a literal character (a digit, ``+``, ``(``, the ``R`` of RG, the ``C`` of
-CRM/CEP, the ``X``/``Y``/``Z`` of a NIE), so the regex engine knows the possible first characters
-and skips ordinary words at C speed. A note with no digit and no ``@`` is not scanned at all.
-E-mail addresses can begin with any letter, which would defeat that skipping, so they are found
-from their ``@`` instead (a regex with the literal prefix ``@`` for the domain, the local part read
-backwards), and only in notes that contain an ``@``.
+Brazilian identifiers (locale ``"br"``): CPF, CNS, RG, CRM, phones, e-mail, CEP; Spanish (``"es"``):
+DNI, NIE, phones, e-mail. Nothing here logs, stores or returns an identifier value: a
+:class:`Finding` holds the kind and offsets only, and :meth:`IdentifierScanner.mask` replaces each
+value with a placeholder such as ``[CPF]``. How one compiled regex scans a note in a single pass is
+in docs/corpora.md ("Identifier scanning").
 """
 
 from __future__ import annotations

@@ -14,8 +14,6 @@ key is an error, so that a misspelt field never passes silently.
 
 from __future__ import annotations
 
-import json
-import re
 import string
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, fields
@@ -23,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from medfactory.base.errors import CorpusError
-from medfactory.base.jsonl import iter_jsonl, write_jsonl
+from medfactory.base.jsonl import JsonlLineError, iter_jsonl, write_jsonl
 
 LANGUAGES = ("es", "en", "pt")
 LETTERS = tuple(string.ascii_uppercase)
@@ -121,18 +119,16 @@ def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``iter_jsonl``'s (line number, object) pairs, its errors re-worded as this format's CorpusError."""
     try:
         yield from iter_jsonl(path)
-    except UnicodeDecodeError:
-        raise  # not a line's fault: the file is not UTF-8 (as before, left to the caller)
-    except ValueError as error:
-        # iter_jsonl names file and line as "<path>, line <n>: <reason>"; keep that line, say it our way
-        found = re.match(rf"{re.escape(str(path))}, line (\d+): ", str(error))
-        if found is None:
-            raise CorpusError(str(error)) from error
-        where = f"{path}, line {found.group(1)}"
-        cause = error.__cause__
-        if isinstance(cause, json.JSONDecodeError):
+    except JsonlLineError as error:
+        where = f"{path}, line {error.line}"
+        if error.decode_error is not None:
+            cause = error.decode_error
             raise CorpusError(f"{where}: invalid JSON ({cause.msg}, column {cause.colno}).") from cause
-        raise CorpusError(f"{where}: not an MCQ item: {str(error)[found.end():]}.") from error
+        raise CorpusError(f"{where}: not an MCQ item: {error.reason}.") from error
+    except UnicodeDecodeError:
+        raise  # the file, not a line, is at fault (not UTF-8): let the decoder's own error through
+    except ValueError as error:  # the file is missing or not a file
+        raise CorpusError(str(error)) from error
 
 
 def read_items(path: Path) -> list[McqItem]:

@@ -246,8 +246,9 @@ def read_delimited(path: Path, info: SourceFile, options: ReadOptions) -> Iterat
             yield RawNote(where=f"{path}:{first_line}", **{name: row[position] for name, position in index.items()})
 
 
-def read_jsonl(path: Path, info: SourceFile, options: ReadOptions) -> Iterator[RawNote]:
-    """One JSON object per line."""
+def read_jsonl_notes(path: Path, info: SourceFile, options: ReadOptions) -> Iterator[RawNote]:
+    """A user's JSON Lines export, one note per line: decoded line by line (any encoding), fail or skip per
+    ``--on-error``. (Files medfactory writes itself are read with :mod:`medfactory.base.jsonl`.)"""
     resolved: dict[str, str | None] | None = None
     bad_lines: set[int] = set()
     with open(path, "rb") as handle:
@@ -267,7 +268,8 @@ def read_jsonl(path: Path, info: SourceFile, options: ReadOptions) -> Iterator[R
             if resolved is None:
                 resolved = options.mapping.resolve(list(record), f"{path}:{number}")
             if resolved["text"] not in record:
-                _fail_or_skip(options, "missing_text", f"{path}:{number}: no {resolved['text']!r} field. Fix: every record needs the note text, or --on-error skip.")
+                fix = "every record needs the note text, or --on-error skip"
+                _fail_or_skip(options, "missing_text", f"{path}:{number}: no {resolved['text']!r} field. Fix: {fix}.")
                 continue
             info.records += 1
             yield RawNote(
@@ -305,7 +307,7 @@ def _as_text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-READERS = {".txt": read_text_file, ".csv": read_delimited, ".tsv": read_delimited, ".jsonl": read_jsonl, ".parquet": read_parquet}
+READERS = {".txt": read_text_file, ".csv": read_delimited, ".tsv": read_delimited, ".jsonl": read_jsonl_notes, ".parquet": read_parquet}
 
 
 def read_notes(path: Path, info: SourceFile, options: ReadOptions) -> Iterator[RawNote]:
