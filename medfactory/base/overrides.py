@@ -25,7 +25,10 @@ def parse_overrides(pairs: Iterable[str] | None, option: str = "--override", exa
         key, sep, _ = pair.partition("=")
         if not sep or not key.strip():
             raise OverrideError(f"{option} {pair!r}: write overrides as key=value, e.g. {example}")
-    parsed = OmegaConf.to_container(OmegaConf.from_dotlist([pair.strip() for pair in pairs]), resolve=True)
+    try:
+        parsed = OmegaConf.to_container(OmegaConf.from_dotlist([pair.strip() for pair in pairs]), resolve=True)
+    except Exception as error:  # OmegaConf raises its own grammar and interpolation errors
+        raise OverrideError(f"{option}: {error.__class__.__name__} in {' '.join(pairs)!r}; write plain key=value, e.g. {example}") from error
     return dict(parsed)
 
 

@@ -31,7 +31,10 @@ def parse_set_options(items: list[str] | None) -> dict[str, Any]:
         try:
             values.update(parse_overrides([item], option="--set", example="flash_attn=fa2"))
         except OverrideError as error:
-            raise typer.BadParameter(f"--set {item!r}: expected KEY=VALUE, e.g. --set flash_attn=fa2") from error
+            key, sep, _ = item.partition("=")
+            malformed = not sep or not key.strip()
+            message = f"--set {item!r}: expected KEY=VALUE, e.g. --set flash_attn=fa2" if malformed else str(error)
+            raise typer.BadParameter(message) from error
     return values
 
 
