@@ -1,24 +1,10 @@
 """Model FLOPs per token, GPU peaks and a memory estimate: the arithmetic behind ``medfactory bench``.
 
-Everything here is computed from a model's configuration (instantiated on the ``meta`` device: no
-weights, no memory), so it runs for the 7B shapes on any laptop. ``docs/benchmarks.md`` writes the
-formulas down; ``tests/test_perf_model.py`` checks them against ``torch.utils.flop_counter`` on a
-real forward and backward pass.
-
-Conventions (model FLOPs, as in MFU; not hardware FLOPs):
-
-- a multiply-add is 2 FLOPs; only matrix products are counted (norms, rotary, softmax, the
-  embedding gather, dequantization and the gradient-checkpointing recompute are not: the last
-  would make it HFU, hardware FLOPs utilisation);
-- attention is counted causally: each query attends to the keys before it (or to its sliding
-  window), on average (T+1)/2 keys for a T-token sequence, because FlashAttention and SDPA skip
-  the masked half. The PaLM convention counts all T keys and reports higher MFU at long context;
-- frozen weights (LoRA, QLoRA) cost 2 FLOPs per weight per token forward and 2 backward (the
-  gradient with respect to their input, needed by every trainable layer below), and nothing for
-  their own gradient. Trainable weights cost 2 + 2 + 2. So LoRA training is 4N + 6N_trainable per
-  token for the weight products, not the 6N of full fine-tuning;
-- DPO adds one forward pass of the reference model on the same tokens;
-- a frozen vision tower costs one forward pass per image.
+Computed from a model's configuration on the ``meta`` device (no weights), so it runs for the 7B
+shapes on any laptop. Model FLOPs, as in MFU: matrix products only, attention counted causally,
+frozen LoRA/QLoRA weights without their own gradient (4N + 6N_lora per token), DPO's reference
+forward, a frozen vision tower's forward. The conventions and formulas are in docs/benchmarks.md
+("Model FLOPs per token"); tests/test_perf_model.py checks them against torch's FLOP counter.
 """
 
 from __future__ import annotations

@@ -1,33 +1,8 @@
-"""Near-duplicate clinical notes: word shingles, MinHash signatures and an LSH index (datasketch).
+"""Duplicate clinical notes: exact (an 8-byte key per note) and near ("copy-forward" notes, MinHash + LSH).
 
-Hospital exports are full of "copy-forward" notes: yesterday's evolution note copied and a few
-words changed. Exact hashing misses them; this module finds them with MinHash over word
-5-gram shingles of the normalised text, indexed in :class:`datasketch.MinHashLSH`.
-
-Determinism: the MinHash permutations come from a fixed seed and the shingles are hashed with
-datasketch's default SHA-1 based hash (not Python's salted ``hash``), so the same texts give the
-same signatures, the same estimated Jaccard values and the same answers in every process.
-
-LSH banding: datasketch's default ``(bands, rows)`` for a threshold balances false positives
-against false negatives; for 0.85 with 128 permutations that is 8 bands of 16 rows, which
-misses about half of the pairs whose Jaccard is exactly 0.85 and one pair in five at 0.90.
-Every LSH candidate is checked against its stored signature anyway (estimated Jaccard >=
-threshold), so false positives of the banding only cost a comparison. :func:`lsh_params`
-therefore picks the banding that still finds a pair at the threshold with probability >= 0.99
-(16 bands of 8 rows for 0.85 / 128). What remains is the MinHash estimate's own spread,
-about ``sqrt(J (1 - J) / num_perm)`` (0.03 at J = 0.85 with 128 permutations): pairs whose
-true Jaccard is within a few hundredths of the threshold can fall on either side of it.
-
-Memory cost per indexed note (num_perm 128, 16 bands of 8 rows; measured with tracemalloc on
-20,000 synthetic ~1 KB notes, CPython 3.11): about 6 KB, whatever the note's length.
-- datasketch's in-memory LSH storage, ~5.1 KB: per band a 32-byte bucket key (a ``bytes``
-  object, ~65 bytes) and, while a bucket holds one note, its own Python ``set`` (~220 bytes),
-  plus the note's row in the key table (a list of its 16 bucket keys);
-- the signature kept to verify candidates: 512 bytes (128 x uint32 in one array that doubles
-  as it grows, so 512-1,024 bytes);
-- the caller's key string and its dict entry (~100 bytes).
-The note text is never kept. A million notes need about 6 GB; fewer permutations (and so fewer
-bands) shrink that proportionally, at the cost of a noisier Jaccard estimate.
+Exact duplicates are kept out by :class:`SeenKeys`; near duplicates by :class:`NearDuplicateIndex`,
+MinHash over word 5-gram shingles of the normalised text in a :class:`datasketch.MinHashLSH`.
+Determinism, the LSH banding and the memory per note are in docs/corpora.md ("De-duplication").
 """
 
 from __future__ import annotations
@@ -37,6 +12,37 @@ from math import ceil
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
+
+
+class SeenKeys:
+    """Exact-duplicate memory at 8 bytes a note: a sorted int64 array plus a small set of recent keys.
+
+    A plain set of ints costs about 70 bytes a note (150 MB at the paper's 2.1 M notes); this
+    keeps memory nearly flat as the corpus grows (17 MB at 2.1 M notes).
+    """
+
+    def __init__(self, buffer_size: int = 65536) -> None:
+        self._sorted = np.empty(0, dtype=np.int64)
+        self._recent: set[int] = set()
+        self._buffer_size = buffer_size
+
+    def add_if_new(self, key: int) -> bool:
+        """Record ``key``; False if it was seen before."""
+        if key in self._recent:
+            return False
+        position = self._sorted.searchsorted(key)  # keys are signed 64-bit: numpy's fast path
+        if position < len(self._sorted) and int(self._sorted[position]) == key:
+            return False
+        self._recent.add(key)
+        if len(self._recent) >= self._buffer_size:
+            merged = np.concatenate((self._sorted, np.fromiter(self._recent, dtype=np.int64)))
+            merged.sort()
+            self._sorted, self._recent = merged, set()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._sorted) + len(self._recent)
+
 
 DEFAULT_THRESHOLD = 0.85
 DEFAULT_NUM_PERM = 128
