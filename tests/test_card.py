@@ -312,3 +312,19 @@ def test_push_uploads_the_run_folder_only_when_asked(
         "data/**" in upload["ignore_patterns"]
         and "training_args.bin" in upload["ignore_patterns"]
     )
+
+
+def test_read_reports_quotes_bertscore_and_likert_summaries(tmp_path: Path) -> None:
+    from medfactory.run.card import read_reports
+
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "summary.csv").write_text("scenario,metric,mean,n\nlora,bertimbau_f1,0.81,965\n", encoding="utf-8")
+    (tmp_path / "likert" / "report").mkdir(parents=True)
+    (tmp_path / "likert" / "report" / "table1_summary.csv").write_text("model,criterion,mean\nm1,coherence,3.5\n", encoding="utf-8")
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n", encoding="utf-8")
+    (tmp_path / "bert" / "table1_summary.csv").write_text("x,y\n1,2\n", encoding="utf-8")  # wrong columns: not quoted
+    reports = read_reports([tmp_path])
+    assert [(r["kind"], r["rows"]) for r in reports] == [
+        ("bertscore", [("lora", "bertimbau_f1", "0.81", "965")]),
+        ("likert", [("m1", "coherence", "3.5", "")]),
+    ]

@@ -290,33 +290,20 @@ def read_reports(report_dirs: list[Path]) -> list[dict[str, Any]]:
                     }
                 )
                 found.append(row)
-        for path in sorted(report_dir.rglob("summary.csv")):
-            rows = _read_csv(path)
-            if rows and {"scenario", "metric", "mean"} <= set(rows[0]):
-                found.append(
-                    {
-                        "kind": "bertscore",
-                        "source": str(path),
-                        "rows": [
-                            (r["scenario"], r["metric"], r["mean"], r.get("n", ""))
-                            for r in rows
-                        ],
-                    }
-                )
-        for path in sorted(report_dir.rglob("table1_summary.csv")):
-            rows = _read_csv(path)
-            if rows and {"model", "criterion", "mean"} <= set(rows[0]):
-                found.append(
-                    {
-                        "kind": "likert",
-                        "source": str(path),
-                        "rows": [
-                            (r["model"], r["criterion"], r["mean"], r.get("n", ""))
-                            for r in rows
-                        ],
-                    }
-                )
+        for file_name, kind, columns in _CSV_REPORTS:
+            for path in sorted(report_dir.rglob(file_name)):
+                rows = _read_csv(path)
+                if rows and set(columns) <= set(rows[0]):
+                    table = [(*(r[column] for column in columns), r.get("n", "")) for r in rows]
+                    found.append({"kind": kind, "source": str(path), "rows": table})
     return found
+
+
+# Report tables a card quotes: file name, kind, the columns each row shows (then n).
+_CSV_REPORTS = (
+    ("summary.csv", "bertscore", ("scenario", "metric", "mean")),
+    ("table1_summary.csv", "likert", ("model", "criterion", "mean")),
+)
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:
