@@ -1,15 +1,20 @@
 """Multiple-choice QA: HEAD-QA (Spanish specialist exams) and Portuguese exam questions.
 
 Accuracy, macro-F1 over answer positions and HEAD-QA exam points of a causal LM (with an
-optional PEFT LoRA adapter), scored by log-likelihood under two protocols: ``letter`` (as
-BioMistral) and ``loglik_norm`` (as lm-evaluation-harness's headqa). docs/mcqa.md says exactly
+optional PEFT LoRA adapter), scored by log-likelihood under two protocols: ``letter`` (the answer
+letter, as BioMistral) and ``loglik_norm`` (each option's text, per byte; lm-evaluation-harness's
+headqa scoring rule). Prompts are raw text (``--chat-template none``) or, for chat-tuned models, the
+project's head_qa SFT prompt encoded by a LLaMA-Factory chat template exactly as training encoded it
+(``--chat-template mistral`` / ``auto``). docs/mcqa.md says exactly which prompt each protocol reads,
 what is scored, how it is tokenised and batched, and how few-shot examples are drawn.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
+import os
 import random
 import unicodedata
 from collections import defaultdict
@@ -30,6 +35,8 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load 
     import torch
 
 PROTOCOLS = ("letter", "loglik_norm")
+NO_TEMPLATE = "none"
+AUTO_TEMPLATE = "auto"
 POSITIONS = "ABCDE"
 DTYPES = {
     "auto": None,
@@ -202,6 +209,201 @@ def continuations(item: McqItem, protocol: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------
+# Chat templates: the SFT prompt, encoded by LLaMA-Factory as training encoded it
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SftPrompt:
+    """The prompt of the SFT set a model was trained on: the ``sft.prompt`` record of a head_qa manifest."""
+
+    user: str
+    response: str
+    instruction: str
+    answer_prefix: str
+    source: str
+
+    def user_text(self, item: McqItem) -> str:
+        """The user turn: instruction, question and lettered options, as in ``sft_train.json``."""
+        return self.user.format(instruction=self.instruction, question=item.question, options=lettered_options(item))
+
+    def response_text(self, item: McqItem, index: int) -> str:
+        """The assistant turn that teaches option ``index``: ``Respuesta: C) <text>``."""
+        return self.response.format(answer_prefix=self.answer_prefix, letter=item.letters[index], option=item.options[index])
+
+
+def load_sft_prompt(path: Path) -> SftPrompt:
+    """The ``sft.prompt`` record of a prepared head_qa manifest (``medfactory prepare head_qa``)."""
+    fix = "run `medfactory prepare head_qa` (it records the prompt) or pass --sft-prompt-from data/head_qa_es/manifest.json"
+    try:
+        manifest = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise McqaError(f"{path}: cannot read the SFT prompt record ({error}). Fix: {fix}.") from error
+    record = manifest.get("sft", {}).get("prompt") if isinstance(manifest, dict) and isinstance(manifest.get("sft"), dict) else None
+    if not isinstance(record, dict):
+        raise McqaError(f"{path}: no `sft.prompt` record (the prompt the SFT set was built with). Fix: {fix}.")
+    missing = [key for key in ("user", "response", "instruction", "answer_prefix") if not isinstance(record.get(key), str)]
+    if missing:
+        raise McqaError(f"{path}: `sft.prompt` lacks {', '.join(missing)}. Fix: {fix}.")
+    prompt = SftPrompt(record["user"], record["response"], record["instruction"], record["answer_prefix"], str(path))
+    probe = McqItem("probe", "q", ["a", "b"], 0, ["A", "B"], None, None, None, False, "es")
+    try:
+        prompt.user_text(probe), prompt.response_text(probe, 0)
+    except (KeyError, IndexError, ValueError) as error:
+        raise McqaError(f"{path}: `sft.prompt` has an unknown placeholder ({error}). Fix: {fix}.") from error
+    return prompt
+
+
+def sft_prompt_path(items_path: Path, sft_prompt_from: Path | None) -> Path:
+    """``--sft-prompt-from``, else the manifest beside the items (data/head_qa_es/manifest.json for its splits)."""
+    return Path(sft_prompt_from) if sft_prompt_from is not None else Path(items_path).parent / "manifest.json"
+
+
+def _template_names() -> list[str]:
+    from llamafactory.data.template import TEMPLATES  # lazy: importing LLaMA-Factory takes seconds
+
+    return sorted(TEMPLATES)
+
+
+def _recipe_templates(recipes_dir: Path, key: str, value: str) -> dict[str, str]:
+    """``{recipe file: template}`` of the recipes whose ``key`` names ``value`` (a path or a hub id)."""
+    import yaml
+
+    found = {}
+    target = Path(value).expanduser()
+    for path in sorted(Path(recipes_dir).glob("*.yaml")):
+        try:
+            recipe = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(recipe, dict) or not recipe.get("template") or not isinstance(recipe.get(key), str):
+            continue
+        named = recipe[key]
+        same = named == value or (Path(named).exists() and target.exists() and Path(named).resolve() == target.resolve())
+        if same and (key == "output_dir" or not recipe.get("adapter_name_or_path")):
+            found[str(path)] = str(recipe["template"])
+    return found
+
+
+def find_chat_template(model: str, adapter: str | None, recipes_dir: Path = Path("recipes")) -> tuple[str | None, str]:
+    """(template, where it was found) for ``--chat-template auto``; (None, why not) when nothing says.
+
+    In order: LLaMA-Board's ``training_args.yaml`` in the adapter (or model) folder; the recipe in
+    ``recipes/`` whose ``output_dir`` is the adapter (with an adapter) or whose ``model_name_or_path``
+    is the model (without one); several recipes must agree.
+    """
+    import yaml
+
+    for folder in (adapter, model):
+        args = Path(folder).expanduser() / "training_args.yaml" if folder else None
+        if args is not None and args.is_file():
+            template = (yaml.safe_load(args.read_text(encoding="utf-8")) or {}).get("template")
+            if template:
+                return str(template), str(args)
+    key, value = ("output_dir", adapter) if adapter else ("model_name_or_path", model)
+    found = _recipe_templates(recipes_dir, key, value)
+    if len(set(found.values())) == 1:
+        return next(iter(found.values())), ", ".join(found)
+    if found:
+        return None, f"recipes disagree: {', '.join(f'{path} ({name})' for path, name in found.items())}"
+    return None, f"no training_args.yaml and no recipe in {recipes_dir}/ with {key}: {value}"
+
+
+def resolve_chat_template(choice: str, model: str, adapter: str | None, recipes_dir: Path = Path("recipes")) -> tuple[str | None, str]:
+    """(LLaMA-Factory template name or None for raw prompts, where the choice came from)."""
+    if choice == NO_TEMPLATE:
+        return None, "--chat-template none"
+    if choice == AUTO_TEMPLATE:
+        name, source = find_chat_template(model, adapter, recipes_dir)
+        if name is None:
+            raise McqaError(
+                f"--chat-template auto: {source}. Fix: pass the template the model was trained with "
+                "(e.g. --chat-template mistral, as the Spanish recipes) or --chat-template none for raw prompts."
+            )
+        source = f"auto: {source}"
+    else:
+        name, source = choice, "--chat-template"
+    names = _template_names()
+    if name not in names:
+        import difflib
+
+        close = difflib.get_close_matches(name, names, n=3)
+        hint = f"did you mean {', '.join(close)}? " if close else ""
+        raise McqaError(f"--chat-template {name!r} ({source}) is not a LLaMA-Factory template. Fix: {hint}templates: {', '.join(names)}.")
+    return name, source
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    length = 0
+    for column in zip(*sequences):
+        if any(token != column[0] for token in column):
+            break
+        length += 1
+    return length
+
+
+class ChatPrompter:
+    """An item as LLaMA-Factory's template encodes the SFT example, as token ids.
+
+    The user turn is the SFT prompt (:class:`SftPrompt`), few-shot examples are earlier user /
+    assistant turns, and option ``k``'s answer is the SFT target for ``k`` in the assistant turn;
+    ``encode_multiturn`` is the call LLaMA-Factory's supervised processor makes, with the system the
+    SFT rows have (none: the template's default).
+    """
+
+    def __init__(self, tokenizer: Any, template_name: str, sft_prompt: SftPrompt) -> None:
+        from llamafactory.data.template import get_template_and_fix_tokenizer  # lazy: heavy
+        from llamafactory.hparams import DataArguments
+
+        self.tokenizer = tokenizer
+        self.name = template_name
+        self.sft_prompt = sft_prompt
+        self.template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=template_name))
+
+    def _turns(self, item: McqItem, answer: int) -> list[dict[str, str]]:
+        return [{"role": "user", "content": self.sft_prompt.user_text(item)}, {"role": "assistant", "content": self.sft_prompt.response_text(item, answer)}]
+
+    def encode(self, item: McqItem, shots: Sequence[McqItem] = ()) -> tuple[list[int], list[list[int]]]:
+        """(the training input ids before the answer, each option's answer ids as training labels them)."""
+        history = [turn for shot in shots for turn in self._turns(shot, shot.answer)]
+        prompt: list[int] | None = None
+        answers = []
+        for index in range(item.n_options):
+            pairs = self.template.encode_multiturn(self.tokenizer, [*history, *self._turns(item, index)])
+            ids = [token for source, target in pairs[:-1] for token in source + target] + list(pairs[-1][0])
+            if prompt is not None and ids != prompt:
+                raise McqaError(f"--chat-template {self.name}: item {item.id}'s prompt tokens depend on its answer; not supported")
+            prompt = ids
+            answers.append(list(pairs[-1][1]))
+        return prompt or [], answers
+
+    def pairs(self, item: McqItem, protocol: str, shots: Sequence[McqItem] = ()) -> tuple[list[int], list[list[int]]]:
+        """(context ids, each option's scored ids): the context runs to where the options' answers part.
+
+        ``letter``: the fewest tokens from there on that tell the options apart (``▁C`` after
+        ``Respuesta:``); ``loglik_norm``: the whole rest of each answer, as trained (``▁C ) ▁text . </s>``).
+        """
+        prompt, answers = self.encode(item, shots)
+        common = _common_prefix(answers)
+        if protocol == "letter":
+            width = 1
+            while len({tuple(answer[common : common + width]) for answer in answers}) < len(answers):
+                width += 1
+            scored = [answer[common : common + width] for answer in answers]
+        else:
+            scored = [answer[common:] for answer in answers]
+        if any(not ids for ids in scored):
+            raise McqaError(f"--chat-template {self.name}: two options of item {item.id} encode to the same answer")
+        return prompt + answers[0][:common], scored
+
+    def scored_texts(self, item: McqItem) -> list[str]:
+        """What ``loglik_norm`` divides by the UTF-8 length of: each answer after the prefix all share (``C) <text>``)."""
+        texts = [self.sft_prompt.response_text(item, index) for index in range(item.n_options)]
+        shared = len(os.path.commonprefix(texts))
+        return [text[shared:].strip() or text for text in texts]
+
+
+# --------------------------------------------------------------------------------------------
 # Model and log-likelihoods
 # --------------------------------------------------------------------------------------------
 
@@ -323,7 +525,12 @@ class LogLikelihoodScorer:
         When every continuation is one token (letters), one row of the context scores them all:
         in a causal LM the logits at the context's last position do not depend on what follows.
         """
-        pairs = [self.encode_pair(context, option) for option in options]
+        return self.rows_for_pairs(index, [self.encode_pair(context, option) for option in options], share_single_tokens)
+
+    def rows_for_pairs(
+        self, index: int, pairs: Sequence[tuple[list[int], list[int]]], share_single_tokens: bool = True
+    ) -> tuple[list[_Sequence], list[list[int]]]:
+        """Rows for (context ids, continuation ids) pairs, already encoded (chat templates encode their own)."""
         continuation_ids = [pair[1] for pair in pairs]
         same_context = all(pair[0] == pairs[0][0] for pair in pairs)
         if share_single_tokens and same_context and all(len(ids) == 1 for ids in continuation_ids):
@@ -389,6 +596,7 @@ class ItemScores:
     tokens: list[list[str]]
     predictions: dict[str, int] = field(default_factory=dict)
     normalised: dict[str, list[float]] = field(default_factory=dict)
+    scored_texts: list[str] = field(default_factory=list)  # what loglik_norm divides by the length of
 
 
 def _argmax(values: Sequence[float]) -> int:
@@ -397,6 +605,25 @@ def _argmax(values: Sequence[float]) -> int:
         if value > values[best]:
             best = index
     return best
+
+
+def _item_rows(
+    scorer: LogLikelihoodScorer,
+    index: int,
+    item: McqItem,
+    protocol: str,
+    examples: Sequence[McqItem],
+    prompter: ChatPrompter | None,
+    share_single_tokens: bool,
+) -> tuple[str, list[_Sequence], list[list[int]], list[str]]:
+    """(prompt as text, rows, each option's scored ids, the texts loglik_norm normalises by) of one item."""
+    if prompter is None:
+        prompt = build_prompt(item, protocol, examples)
+        rows, ids = scorer.sequences_for(index, prompt, continuations(item, protocol), share_single_tokens)
+        return prompt, rows, ids, list(item.options)
+    context, scored = prompter.pairs(item, protocol, examples)
+    rows, ids = scorer.rows_for_pairs(index, [(context, option) for option in scored], share_single_tokens)
+    return scorer.tokenizer.decode(context), rows, ids, prompter.scored_texts(item)
 
 
 def score_items(
@@ -408,37 +635,39 @@ def score_items(
     batch_size: int = 8,
     progress: Callable[[Iterable], Iterable] | None = None,
     share_single_tokens: bool = True,
+    prompter: ChatPrompter | None = None,
 ) -> list[ItemScores]:
     """Score every option of every item; ``predictions`` holds the protocol's prediction variants.
 
     ``letter``: ``{"letter": argmax}``. ``loglik_norm``: ``{"bytes": ..., "raw": ..., "chars": ...}``
-    (per-byte normalised, unnormalised, per-character normalised).
+    (per-byte normalised, unnormalised, per-character normalised). With a ``prompter`` the prompt is
+    the chat-templated SFT prompt (:class:`ChatPrompter`), else the raw text of :func:`build_prompt`.
     """
     if protocol not in PROTOCOLS:
         raise McqaError(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if shots and sampler is None:
         raise McqaError(f"{shots}-shot needs a pool of examples (--fewshot-from)")
     rows: list[_Sequence] = []
-    prompts, token_ids = [], []
+    prompts, token_ids, texts = [], [], []
     for index, item in enumerate(items):
         examples = sampler.sample(item, shots) if shots else []
-        prompt = build_prompt(item, protocol, examples)
-        item_rows, ids = scorer.sequences_for(index, prompt, continuations(item, protocol), share_single_tokens)
+        prompt, item_rows, ids, scored_texts = _item_rows(scorer, index, item, protocol, examples, prompter, share_single_tokens)
         rows.extend(item_rows)
         prompts.append(prompt)
         token_ids.append(ids)
+        texts.append(scored_texts)
     logliks = scorer.score(rows, batch_size=batch_size, progress=progress)
 
     scored = []
     for index, item in enumerate(items):
         loglik = [logliks[(index, option)] for option in range(item.n_options)]
         tokens = [scorer.tokenizer.convert_ids_to_tokens(ids) for ids in token_ids[index]]
-        result = ItemScores(item, prompts[index], loglik, tokens)
+        result = ItemScores(item, prompts[index], loglik, tokens, scored_texts=texts[index])
         if protocol == "letter":
             result.predictions["letter"] = _argmax(loglik)
         else:
-            per_byte = [value / len(option.encode("utf-8")) for value, option in zip(loglik, item.options)]
-            per_char = [value / len(option) for value, option in zip(loglik, item.options)]
+            per_byte = [value / len(text.encode("utf-8")) for value, text in zip(loglik, texts[index])]
+            per_char = [value / len(text) for value, text in zip(loglik, texts[index])]
             result.normalised = {"bytes": per_byte, "chars": per_char}
             result.predictions = {"bytes": _argmax(per_byte), "raw": _argmax(loglik), "chars": _argmax(per_char)}
         scored.append(result)
@@ -590,12 +819,12 @@ def _option_columns(result: ItemScores, protocol: str) -> dict[str, Any]:
     """Every option's score; for ``loglik_norm`` also the per-byte score and the two lengths it divides by."""
     if protocol == "letter":
         return _per_position("logprob", result.loglik, math.nan)
-    options = result.item.options
+    texts = result.scored_texts or result.item.options
     return {
         **_per_position("loglik", result.loglik, math.nan),
         **_per_position("loglik_norm", result.normalised["bytes"], math.nan),
-        **_per_position("n_bytes", [len(option.encode("utf-8")) for option in options], None),
-        **_per_position("n_chars", [len(option) for option in options], None),
+        **_per_position("n_bytes", [len(text.encode("utf-8")) for text in texts], None),
+        **_per_position("n_chars", [len(text) for text in texts], None),
     }
 
 
@@ -634,9 +863,9 @@ def letter_tokens(scored: Sequence[ItemScores]) -> dict[str, list[list[str]]]:
     return dict(sorted(seen.items()))
 
 
-def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: ScoringStats, bos: bool) -> dict[str, Any]:
+def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: ScoringStats, bos: bool, chat: bool = False) -> dict[str, Any]:
     common = {
-        "bos_prepended": bos,
+        "bos_prepended": bos if not chat else "by the chat template (its prefix), not by the scorer",
         "log_softmax_dtype": "float32",
         "contexts_truncated_left": stats.truncated,
         "boundary_mismatches": stats.boundary_mismatches,
@@ -644,12 +873,26 @@ def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: Sco
         "sequences": stats.sequences,
     }
     if protocol == "letter":
+        if chat:
+            score = "log P(the first answer tokens that tell the options apart | templated prompt + the answer prefix they share)"
+            continuation = "the SFT answer's tokens as the template encodes them, from where the options part: e.g. '▁C' after 'Respuesta:'"
+        else:
+            score = "log P(' ' + letter | prompt ending in the answer cue), summed over the continuation's tokens"
+            continuation = "' ' + letter, e.g. ' A'; tokens = encode(prompt + ' A')[len(encode(prompt)):]"
         return {
-            "score": "log P(' ' + letter | prompt ending in the answer cue), summed over the continuation's tokens",
-            "continuation": "' ' + letter, e.g. ' A'; tokens = encode(prompt + ' A')[len(encode(prompt)):]",
+            "score": score,
+            "continuation": continuation,
             "letter_tokens": letter_tokens(scored),
             "single_token_items": sum(all(len(tokens) == 1 for tokens in result.tokens) for result in scored),
             "prediction": "argmax over options",
+            **common,
+        }
+    if chat:
+        return {
+            "score": "log P(rest of the SFT answer, e.g. ' C) <text></s>', as the template encodes it | templated prompt + shared answer prefix)",
+            "prediction": "argmax of loglik / UTF-8 byte length of the answer after its shared prefix ('C) <text>')",
+            "unnormalised": "argmax of loglik",
+            "char_normalised": "argmax of loglik / len('C) <text>') in characters",
             **common,
         }
     return {
@@ -658,6 +901,34 @@ def _scoring_description(protocol: str, scored: Sequence[ItemScores], stats: Sco
         "unnormalised": "argmax of loglik (lm-eval acc)",
         "char_normalised": "argmax of loglik / len(option text) in characters (what lm-eval's acc_norm code computes)",
         **common,
+    }
+
+
+def prompt_record(protocol: str, language: str, scorer: LogLikelihoodScorer, prompter: ChatPrompter | None) -> dict[str, Any]:
+    """The exact prompt shape (placeholders for the question and options) and what is scored after it."""
+    letters = list(POSITIONS[:4])
+    shape = McqItem("shape", "{question}", [f"{{option {letter}}}" for letter in letters], 0, letters, None, None, None, False, language)
+    if prompter is None:
+        return {
+            "format": "raw text: no chat template",
+            "chat_template": None,
+            "labels": f"the item's language ({language}: {LABELS[language].question} / {LABELS[language].answer})",
+            "shape": build_prompt(shape, protocol),
+            "continuation_of_option_A": continuations(shape, protocol)[0],
+            "bos_prepended": bool(scorer.prefix),
+            "few_shot": "k solved examples before the question, as blocks rendered like it, separated by a blank line",
+        }
+    context, scored = prompter.pairs(shape, protocol)
+    return {
+        "format": f"chat: LLaMA-Factory template {prompter.name!r} over the head_qa SFT prompt, encoded as training encodes it",
+        "chat_template": prompter.name,
+        "sft_prompt_from": prompter.sft_prompt.source,
+        "system": prompter.template.default_system or None,
+        "user": prompter.sft_prompt.user,
+        "response": prompter.sft_prompt.response,
+        "shape": scorer.tokenizer.decode(context),
+        "continuation_of_option_A": scorer.tokenizer.decode(scored[0]),
+        "few_shot": "k earlier user / assistant turns: each example's SFT prompt and its right answer",
     }
 
 
@@ -680,6 +951,7 @@ def _settings_table(metrics: dict[str, Any]) -> str:
         ("model", settings["model"]),
         ("adapter", settings["adapter"] or "none"),
         ("protocol", settings["protocol"]),
+        ("prompt", f"chat template {settings['chat_template']}" if settings.get("chat_template") else "raw text (no chat template)"),
         ("shots", settings["shots"]),
         ("few-shot pool", settings["fewshot_from"] or "none"),
         ("seed", settings["seed"]),
@@ -808,6 +1080,48 @@ def write_outputs(out_dir: Path, scored: Sequence[ItemScores], protocol: str, me
         handle.write(render_report(metrics))
 
 
+def _chat_prompter(
+    tokenizer: Any, network: Any, template: str | None, items_path: Path, sft_prompt_from: Path | None
+) -> ChatPrompter | None:
+    """The prompter of ``template`` over the SFT prompt record (None without a template)."""
+    if template is None:
+        return None
+    prompter = ChatPrompter(tokenizer, template, load_sft_prompt(sft_prompt_path(items_path, sft_prompt_from)))
+    embeddings = network.get_input_embeddings().num_embeddings if hasattr(network, "get_input_embeddings") else None
+    if embeddings is not None and len(tokenizer) > embeddings:
+        raise McqaError(
+            f"--chat-template {template} adds tokens ({len(tokenizer)} in the tokenizer) that the model's {embeddings} embeddings lack. "
+            "Fix: use the template the model was trained with."
+        )
+    return prompter
+
+
+def _settings(
+    items_path: Path, model: str, adapter: str | None, protocol: str, template: tuple[str | None, str], **values: Any
+) -> dict[str, Any]:
+    network, sampler, scorer, prompter = values.pop("network"), values.pop("sampler"), values.pop("scorer"), values.pop("prompter")
+    parameter = next(network.parameters())
+    return {
+        "items": str(items_path),
+        "model": model,
+        "adapter": adapter,
+        "protocol": protocol,
+        "chat_template": template[0],
+        "chat_template_source": template[1],
+        "sft_prompt_from": prompter.sft_prompt.source if prompter else None,
+        "shots": values["shots"],
+        "fewshot_from": str(values["fewshot_from"]) if values["fewshot_from"] else None,
+        "fewshot_pool_size": len(sampler.pool) if sampler else None,
+        "seed": values["seed"],
+        "batch_size": values["batch_size"],
+        "include_images": values["include_images"],
+        "limit": values["limit"],
+        "dtype": str(parameter.dtype).removeprefix("torch."),
+        "device": str(parameter.device),
+        "max_length": scorer.max_length,
+    }
+
+
 def evaluate(
     items_path: Path,
     model: str,
@@ -824,13 +1138,21 @@ def evaluate(
     device: str | None = None,
     progress: bool = True,
     loaded: tuple[Any, Any] | None = None,
+    chat_template: str = NO_TEMPLATE,
+    sft_prompt_from: Path | None = None,
+    recipes_dir: Path = Path("recipes"),
 ) -> dict[str, Any]:
     """Score the items, write ``per_item.csv``, ``metrics.json``, ``report.md``; return the metrics.
 
-    ``loaded`` = (model, tokenizer) already in memory (tests); ``model`` / ``adapter`` are then
-    only recorded.
+    ``chat_template``: ``none`` (raw prompts), ``auto`` (:func:`find_chat_template`) or a LLaMA-Factory
+    template name; with a template the prompt is the SFT prompt of ``sft_prompt_from`` (default: the
+    manifest beside the items). ``loaded`` = (model, tokenizer) already in memory (tests); ``model`` /
+    ``adapter`` are then only recorded.
     """
     _check_options(protocol, shots, batch_size, limit, fewshot_from, dtype)
+    template = resolve_chat_template(chat_template, model, adapter, recipes_dir)
+    if template[0] is not None:  # before the model loads: a missing record fails fast
+        load_sft_prompt(sft_prompt_path(items_path, sft_prompt_from))
     all_items = load_items(items_path)
     items, n_images = select_items(all_items, include_images, limit)
     if not items:
@@ -838,34 +1160,23 @@ def evaluate(
     sampler = _fewshot_sampler(fewshot_from, shots, seed)
 
     network, tokenizer = loaded if loaded is not None else load_model(model, adapter, dtype, device)
+    prompter = _chat_prompter(tokenizer, network, template[0], items_path, sft_prompt_from)
     scorer = LogLikelihoodScorer(network, tokenizer)
     bar = _tqdm_progress(f"mcqa {protocol}") if progress else None
-    scored = score_items(scorer, items, protocol, shots, sampler, batch_size, bar)
+    scored = score_items(scorer, items, protocol, shots, sampler, batch_size, bar, prompter=prompter)
 
-    parameter = next(network.parameters())
-    settings = {
-        "items": str(items_path),
-        "model": model,
-        "adapter": adapter,
-        "protocol": protocol,
-        "shots": shots,
-        "fewshot_from": str(fewshot_from) if fewshot_from else None,
-        "fewshot_pool_size": len(sampler.pool) if sampler else None,
-        "seed": seed,
-        "batch_size": batch_size,
-        "include_images": include_images,
-        "limit": limit,
-        "dtype": str(parameter.dtype).removeprefix("torch."),
-        "device": str(parameter.device),
-        "max_length": scorer.max_length,
-    }
+    settings = _settings(
+        items_path, model, adapter, protocol, template, network=network, sampler=sampler, scorer=scorer, prompter=prompter,
+        shots=shots, fewshot_from=fewshot_from, seed=seed, batch_size=batch_size, include_images=include_images, limit=limit,
+    )  # fmt: skip
     metrics = {
         **prediction_metrics(items, scored, protocol),
         "n_items_in_file": len(all_items),
         "n_image_items": sum(item.has_image for item in all_items),
         "n_image_items_excluded": n_images,
         "settings": settings,
-        "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix)),
+        "prompt": prompt_record(protocol, items[0].language, scorer, prompter),
+        "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix), chat=prompter is not None),
         "versions": _versions(),
     }
     metrics = _json_safe(metrics)
@@ -884,8 +1195,18 @@ def mcqa_command(
     out_dir: Annotated[Path, typer.Option(help="Output folder (per_item.csv, metrics.json, report.md)")],
     adapter: Annotated[str | None, typer.Option(help="PEFT LoRA adapter folder, applied on top of --model")] = None,
     protocol: Annotated[
-        str, typer.Option(help="letter: log-prob of the answer letter (BioMistral); loglik_norm: option log-likelihood / bytes (lm-eval headqa)")
+        str, typer.Option(help="letter: log-prob of the answer letter (BioMistral); loglik_norm: option log-likelihood / bytes (lm-eval headqa's rule)")
     ] = "letter",
+    chat_template: Annotated[
+        str,
+        typer.Option(
+            help="none: raw Pregunta:/Respuesta: prompts; auto: the template of the recipe that trained --adapter (or --model); "
+            "or a LLaMA-Factory template name (mistral, llama2, ...): the head_qa SFT prompt in that template, as trained"
+        ),
+    ] = NO_TEMPLATE,
+    sft_prompt_from: Annotated[
+        Path | None, typer.Option(help="Manifest with the SFT prompt record (default: manifest.json beside --items)")
+    ] = None,
     shots: Annotated[int, typer.Option(help="Solved examples in each prompt (k-shot); needs --fewshot-from")] = 0,
     fewshot_from: Annotated[Path | None, typer.Option(help="Pool of solved examples (validation or train JSONL)")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the few-shot draw")] = 0,
@@ -907,17 +1228,27 @@ def mcqa_command(
                 raise McqaError(f"{option} {path} does not exist or is not a file")
         if fewshot_from is not None and not shots:
             typer.secho("note: --fewshot-from is ignored with --shots 0", fg=typer.colors.YELLOW, err=True)
+        if chat_template == NO_TEMPLATE and adapter:
+            trained_with, source = find_chat_template(model, adapter)
+            if trained_with:
+                typer.secho(
+                    f"note: {adapter} was trained with template {trained_with!r} ({source}); raw prompts underrate it. "
+                    "Pass --chat-template auto to score it with the prompt it was trained on.",
+                    fg=typer.colors.YELLOW, err=True,
+                )  # fmt: skip
         metrics = evaluate(
             items, model, out_dir, adapter=adapter, protocol=protocol, shots=shots, fewshot_from=fewshot_from, seed=seed,
-            batch_size=batch_size, include_images=include_images, dtype=dtype, limit=limit,
+            batch_size=batch_size, include_images=include_images, dtype=dtype, limit=limit, chat_template=chat_template,
+            sft_prompt_from=sft_prompt_from,
         )  # fmt: skip
     except (ValueError, OSError) as error:  # McqaError, unreadable model / adapter / file
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
 
     points = metrics["exam_points"]["total"]
+    prompt = f"chat template {metrics['settings']['chat_template']}" if metrics["settings"]["chat_template"] else "raw prompts"
     typer.echo(
-        f"{metrics['n']} items ({metrics['n_image_items_excluded']} image questions excluded), protocol {protocol}, "
+        f"{metrics['n']} items ({metrics['n_image_items_excluded']} image questions excluded), protocol {protocol}, {prompt}, "
         f"{shots}-shot: accuracy {metrics['accuracy']:.4f}, macro-F1 {metrics['macro_f1']:.4f}, "
         f"exam points {points['points']} / {points['max_points']}"
     )

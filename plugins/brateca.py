@@ -3,8 +3,11 @@
 BRATECA ships as CSV tables; the Clinical-BR paper used its 73,040 admission notes. The column
 names below are the documented defaults for its notes table; they could not be checked against
 the credentialed release from here, so each one can be overridden and a table whose columns do
-not fit fails with the list of the columns it actually has. Notes are grouped by patient, or by
-admission where a table has no patient column, so no patient of an evaluation split is trained on.
+not fit fails with the list of the columns it actually has. Notes are split by patient, so no
+patient of an evaluation split is trained on, only when the table has a patient column. Without
+one they are split by admission (or by note, without an admission column either): the same
+patient can then be in train and test, and the manifest (``patient_disjoint: false``,
+``split_caveats``) and the prepare summary say so.
 
 | field | default columns, first present wins |
 |---|---|

@@ -2,12 +2,15 @@
 evaluation sets, an SFT instruction set and a DPO preference set.
 
 Writes ``data/head_qa_<language>/`` (train / validation / test in the MCQ format, ``sft_train.json``,
-``dpo_train.json``, manifest) and registers ``head_qa_<language>_sft`` / ``_dpo``. The release
-format, the splits and the pair rule are in docs/mcqa.md ("Source formats").
+``dpo_train.json``, manifest) and registers ``head_qa_<language>_sft`` / ``_dpo``. The SFT and DPO sets
+come from disjoint parts of the train questions (a seeded hash of each question id), so DPO never
+sees a question SFT has already taught. The release format, the splits, the preference split and the
+pair rule are in docs/mcqa.md ("Source formats").
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -29,6 +32,9 @@ CORPUS_NAME = "head_qa"
 LANGUAGE_CHOICES = ("es", "en")
 ON_ERROR_CHOICES = ("fail", "skip")
 DEFAULT_SEED = 42
+# Share of the text-only train questions held out for DPO; the rest is the SFT set. Ours: SFT, the
+# stage that teaches the answer format, keeps most questions; ~780 pairs are ~49 DPO steps of 16.
+DEFAULT_DPO_FRACTION = 0.3
 # Output split -> the official file prefix.
 SPLITS = {"train": "train", "validation": "dev", "test": "test"}
 OPTION_COUNTS = (4, 5)
@@ -46,12 +52,29 @@ CATEGORY_CODES = {
 EXAM_NAME = re.compile(r"^Cuaderno_(?P<year>\d{4})_(?P<round>\d+)_(?P<code>[A-Z]+)$")
 
 
+# The SFT / DPO prompt and answer, recorded in the manifest (`sft.prompt`) so that `eval mcqa
+# --chat-template` rebuilds exactly the prompt the model was trained on. `options` is
+# medfactory.corpus.mcq.lettered_options: one `<letter>) <text>` line per option.
+USER_FORMAT = "{instruction}\n\n{question}\n\n{options}"
+RESPONSE_FORMAT = "{answer_prefix}: {letter}) {option}"
+
+
 @dataclass(frozen=True)
 class PromptStyle:
     """The instruction before each question and the prefix of the answer, in the questions' language."""
 
     instruction: str
     answer_prefix: str
+
+    def record(self) -> dict[str, str]:
+        """The prompt as the manifest records it: what ``eval mcqa --chat-template`` reads back."""
+        return {
+            "user": USER_FORMAT,
+            "response": RESPONSE_FORMAT,
+            "instruction": self.instruction,
+            "answer_prefix": self.answer_prefix,
+            "options": "medfactory.corpus.mcq.lettered_options: '<letter>) <text>', one line per option",
+        }
 
 
 PROMPTS = {
@@ -261,11 +284,22 @@ def has_duplicate_options(item: McqItem) -> bool:
 
 
 def prompt_of(item: McqItem, style: PromptStyle) -> str:
-    return f"{style.instruction}\n\n{item.question}\n\n{lettered_options(item)}"
+    return USER_FORMAT.format(instruction=style.instruction, question=item.question, options=lettered_options(item))
 
 
 def answer_of(item: McqItem, index: int, style: PromptStyle) -> str:
-    return f"{style.answer_prefix}: {item.letters[index]}) {item.options[index]}"
+    return RESPONSE_FORMAT.format(answer_prefix=style.answer_prefix, letter=item.letters[index], option=item.options[index])
+
+
+def preference_part(item_id: str, seed: int, dpo_fraction: float) -> str:
+    """``"dpo"`` or ``"sft"``: which training set a train question belongs to.
+
+    sha256 of ``"<seed>:preference-split:<id>"`` read as a number in [0, 1): below ``dpo_fraction`` is
+    DPO. It depends only on the seed and the id, so a question keeps its part when others are added
+    or dropped, and the two sets never share a question.
+    """
+    digest = hashlib.sha256(f"{seed}:preference-split:{item_id}".encode()).digest()
+    return "dpo" if int.from_bytes(digest[:8], "big") / 2**64 < dpo_fraction else "sft"
 
 
 def rejected_index(item: McqItem, seed: int) -> int | None:
@@ -281,31 +315,56 @@ def rejected_index(item: McqItem, seed: int) -> int | None:
     return random.Random(f"{seed}:{item.id}").choice(candidates)
 
 
-def training_sets(items: list[McqItem], style: PromptStyle, seed: int) -> tuple[list[dict], list[dict], Counter, Counter]:
-    """(SFT rows, DPO rows, SFT skips by reason, DPO skips by reason) from the train items."""
+@dataclass
+class TrainingSets:
+    """The SFT rows and DPO pairs from disjoint parts of the train questions, and what was left out."""
+
+    sft: list[dict[str, Any]]
+    dpo: list[dict[str, Any]]
+    sft_skipped: Counter
+    dpo_skipped: Counter
+    split: dict[str, Any]
+
+
+def training_sets(items: list[McqItem], style: PromptStyle, seed: int, dpo_fraction: float = DEFAULT_DPO_FRACTION) -> TrainingSets:
+    """SFT rows and DPO pairs from the text-only train items, each question in one set only (:func:`preference_part`)."""
     sft: list[dict] = []
     dpo: list[dict] = []
     sft_skipped: Counter = Counter()
     dpo_skipped: Counter = Counter()
+    parts: Counter = Counter()
     for item in items:
-        if item.has_image:
-            sft_skipped["image_question"] += 1
-            dpo_skipped["image_question"] += 1
+        if item.has_image:  # not answerable from the text: in neither set
+            parts["image_question"] += 1
             continue
+        part = preference_part(item.id, seed, dpo_fraction)
+        parts[part] += 1
         prompt = prompt_of(item, style)
         chosen = answer_of(item, item.answer, style)
-        if duplicates_of_right_answer(item):
-            sft_skipped["right_answer_text_repeated"] += 1
-        else:
-            sft.append({"instruction": prompt, "input": "", "output": chosen, "id": item.id})
+        if part == "sft":
+            if duplicates_of_right_answer(item):
+                sft_skipped["right_answer_text_repeated"] += 1
+            else:
+                sft.append({"instruction": prompt, "input": "", "output": chosen, "id": item.id})
+            continue
         wrong = rejected_index(item, seed)
         if wrong is None:
             dpo_skipped["no_distinct_wrong_option"] += 1
             continue
-        dpo.append(
-            {"instruction": prompt, "input": "", "chosen": chosen, "rejected": answer_of(item, wrong, style), "id": item.id}
-        )
-    return sft, dpo, sft_skipped, dpo_skipped
+        dpo.append({"instruction": prompt, "input": "", "chosen": chosen, "rejected": answer_of(item, wrong, style), "id": item.id})
+    split = {
+        "rule": (
+            f"text-only train questions; sha256('{seed}:preference-split:<id>') as a fraction of 2**64 "
+            f"< {dpo_fraction} -> DPO, else SFT (disjoint; a question keeps its part whatever else changes)"
+        ),
+        "seed": seed,
+        "dpo_fraction": dpo_fraction,
+        "train_questions": len(items),
+        "image_questions_excluded": parts["image_question"],
+        "sft_questions": parts["sft"],
+        "dpo_questions": parts["dpo"],
+    }
+    return TrainingSets(sft, dpo, sft_skipped, dpo_skipped, split)
 
 
 def _split_summary(items: list[McqItem], source_name: str) -> dict[str, Any]:
@@ -349,14 +408,15 @@ def _load_splits(folder: Path, language: str, on_error: str) -> tuple[dict[str, 
     return splits, dropped, source_files
 
 
-def _sft_summary(sft: list[dict[str, Any]], skipped: Counter, style: Any) -> dict[str, Any]:
+def _sft_summary(sft: list[dict[str, Any]], skipped: Counter, style: PromptStyle) -> dict[str, Any]:
     return {
         "file": SFT_FILE,
-        "from_split": "train",
+        "from_split": "train (its SFT part: preference_split)",
         "items": len(sft),
         "skipped": dict(sorted(skipped.items())),
         "instruction": style.instruction,
         "output_format": f"{style.answer_prefix}: <letter>) <option text>",
+        "prompt": style.record(),
     }
 
 
@@ -364,7 +424,7 @@ def _dpo_summary(dpo: list[dict[str, Any]], skipped: Counter, seed: int) -> dict
     rejected_letters = Counter(row["rejected"].split(": ", 1)[1][0] for row in dpo)
     return {
         "file": DPO_FILE,
-        "from_split": "train",
+        "from_split": "train (its DPO part, disjoint from the SFT part: preference_split)",
         "pairs": len(dpo),
         "skipped": dict(sorted(skipped.items())),
         "rejected_rule": (
@@ -381,6 +441,7 @@ def prepare_head_qa(
     output_root: Path = Path("."),
     seed: int = DEFAULT_SEED,
     on_error: str = "fail",
+    dpo_fraction: float = DEFAULT_DPO_FRACTION,
 ) -> dict[str, Any]:
     """Prepare HEAD-QA into ``output_root/data/head_qa_<language>`` and register it; return the manifest.
 
@@ -390,15 +451,22 @@ def prepare_head_qa(
         raise CorpusError(f"--language {language!r}: HEAD-QA ships {', '.join(LANGUAGE_CHOICES)}.")
     if on_error not in ON_ERROR_CHOICES:
         raise CorpusError(f"on_error={on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
+    if isinstance(dpo_fraction, bool) or not isinstance(dpo_fraction, (int, float)) or not 0 < dpo_fraction < 1:
+        raise CorpusError(f"--dpo-fraction {dpo_fraction!r}: the share of train questions held out for DPO must be between 0 and 1, e.g. 0.3.")
     output_root = Path(output_root)
     folder = resolve_source(Path(source), language)
     registry = output_root / REGISTRY_NAME
     load_registry_before_writing(registry)
     splits, dropped, source_files = _load_splits(folder, language, on_error)
     style = PROMPTS[language]
-    sft, dpo, sft_skipped, dpo_skipped = training_sets(splits["train"], style, seed)
-    if not sft or not dpo:
-        raise CorpusError(f"{folder}: no train question is usable for SFT/DPO (all image questions or repeated options).")
+    sets = training_sets(splits["train"], style, seed, dpo_fraction)
+    for name, rows in (("SFT", sets.sft), ("DPO", sets.dpo)):
+        if not rows:
+            raise CorpusError(
+                f"{folder}: no train question is usable for {name} ({sets.split['sft_questions']} text-only questions in the SFT part, "
+                f"{sets.split['dpo_questions']} in the DPO part). Fix: a --dpo-fraction nearer 0.5, or more train questions."
+            )
+    sft, dpo = sets.sft, sets.dpo
 
     with atomic_directory(output_root / dataset_dir(language)) as staging:
         outputs = []
@@ -409,7 +477,7 @@ def prepare_head_qa(
         write_json_atomic(staging / DPO_FILE, dpo)
         outputs += [staging / SFT_FILE, staging / DPO_FILE]
         manifest = {
-            **manifest_header(CORPUS_NAME, folder, {"seed": seed, "on_error": on_error}),
+            **manifest_header(CORPUS_NAME, folder, {"seed": seed, "on_error": on_error, "dpo_fraction": dpo_fraction}),
             "language": language,
             "source_files": source_files,
             "items": sum(len(items) for items in splits.values()),
@@ -417,8 +485,9 @@ def prepare_head_qa(
             "questions_with_repeated_option_text": [
                 item.id for items in splits.values() for item in items if has_duplicate_options(item)
             ],
-            "sft": _sft_summary(sft, sft_skipped, style),
-            "dpo": _dpo_summary(dpo, dpo_skipped, seed),
+            "preference_split": sets.split,
+            "sft": _sft_summary(sft, sets.sft_skipped, style),
+            "dpo": _dpo_summary(dpo, sets.dpo_skipped, seed),
             "dropped": dict(sorted(Counter(entry["split"] for entry in dropped).items())),
             "dropped_questions": dropped,
             "datasets": dataset_records(staging, registry_entries(language), dataset_dir(language)),
@@ -437,18 +506,24 @@ def prepare_command(
     source: Annotated[Path, typer.Option(help="The HEAD-QA folder (holding es/ and en/) or one language folder")],
     language: Annotated[str, typer.Option(help="es (original) or en (machine translation)")] = "es",
     output_root: Annotated[Path, typer.Option(help="Repository root: gets data/head_qa_<language>/ and dataset_info.json")] = Path("."),
-    seed: Annotated[int, typer.Option(help="Seed of the wrong option drawn as DPO 'rejected'")] = DEFAULT_SEED,
+    seed: Annotated[int, typer.Option(help="Seed of the SFT / DPO split of train and of the wrong option drawn as DPO 'rejected'")] = DEFAULT_SEED,
     on_error: Annotated[str, typer.Option(help="fail or skip (malformed questions are left out and listed in the manifest)")] = "fail",
+    dpo_fraction: Annotated[float, typer.Option(help="Share of the train questions held out for DPO (the rest is SFT; disjoint)")] = DEFAULT_DPO_FRACTION,
 ) -> None:
-    """Prepare HEAD-QA: MCQ evaluation sets per split, SFT and DPO sets from train, registered as head_qa_<language>_sft/_dpo."""
+    """Prepare HEAD-QA: MCQ evaluation sets per split, SFT and DPO sets from disjoint parts of train, registered as head_qa_<language>_sft/_dpo."""
     try:
-        manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error)
+        manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error, dpo_fraction=dpo_fraction)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
     for split, summary in manifest["splits"].items():
         options = ", ".join(f"{count} options: {number}" for count, number in summary["options"].items())
         typer.echo(f"{split}: {summary['items']} questions ({options}; with an image: {summary['image_questions']})")
+    split = manifest["preference_split"]
+    typer.echo(
+        f"train questions split for training: {split['sft_questions']} SFT, {split['dpo_questions']} DPO "
+        f"(disjoint, DPO fraction {split['dpo_fraction']}; image questions in neither: {split['image_questions_excluded']})"
+    )
     skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["sft"]["skipped"].items())
     typer.echo(f"sft: {manifest['sft']['items']} instructions (skipped: {skipped or 'none'})")
     skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["dpo"]["skipped"].items())
@@ -460,6 +535,6 @@ def prepare_command(
 
 PLUGIN = CorpusPlugin(
     name=CORPUS_NAME,
-    summary="HEAD-QA Spanish healthcare exams (official JSON): MCQ eval sets + SFT + DPO from train",
+    summary="HEAD-QA Spanish healthcare exams (official JSON): MCQ eval sets + SFT + DPO from disjoint parts of train",
     command=prepare_command,
 )

@@ -101,6 +101,8 @@ def print_summary(manifest: dict, output_root: Path) -> None:
         tokens = f"{stats['tokens']:,} tokens" if stats.get("tokens") is not None else f"~{stats['estimated_tokens']:,} tokens"
         typer.echo(f"  {split:<10} {stats['documents']:>10,} notes {stats['characters']:>14,} characters  {tokens}")
     typer.echo(f"dropped: {', '.join(f'{k} {v:,}' for k, v in manifest['dropped'].items()) or 'none'}")
+    for caveat in manifest.get("split_caveats", []):
+        typer.secho(f"warning: {caveat}; pass --patient-column if the export has patient ids", fg=typer.colors.YELLOW)
     ids = manifest["identifiers"]
     typer.echo(f"identifiers ({ids['mode']}): {ids['notes_with_findings']:,} notes; {ids['findings_by_type'] or 'none found'}")
     typer.echo(f"wrote {Path(output_root) / 'data' / manifest['dataset']}/ and registered it in {Path(output_root) / 'dataset_info.json'}")

@@ -434,3 +434,148 @@ def test_bad_input_names_file_and_line(tmp_path: Path, side: str) -> None:
         assert result.exit_code == 1, name
         assert str(bad) in result.stderr and expected in result.stderr, name
         assert SECRET.lower() not in result.output.lower(), name
+
+
+# --- A recipe's evaluation sets against all its training datasets ---------------------------------
+
+
+def patient_in(plan, split: str, prefix: str) -> str:
+    """The first patient id ``<prefix><n>`` that ``plan`` puts in ``split``."""
+    return next(f"{prefix}{n}" for n in range(10_000) if plan.split_of(f"patient:{prefix}{n}") == split)
+
+
+def prepare_two_corpora(root: Path) -> dict:
+    """corpus_a and corpus_b prepared under ``root``, sharing three notes: one in A's Likert set, one
+    (case-folded) in A's test split and one copy-forward in A's validation split, all in B's train."""
+    from medfactory.corpus.pipeline import PrepareOptions, prepare_corpus
+    from medfactory.corpus.splits import SplitPlan
+    from medfactory.plugins.notes import GENERIC_MAPPING
+
+    plan = SplitPlan(0.2, 0.2, seed=11)
+    kept: list[set[bytes]] = [shingles(t) for t in (LONG_DISCHARGE, SHORT_EVOLUTION, LONG_EVOLUTION)]
+    filler = []
+    for text in generate_notes(120, seed=404):  # far from each other and from the planted notes
+        s = shingles(text)
+        if max(len(s & other) / len(s | other) for other in kept) < 0.5:
+            kept.append(s)
+            filler.append(text)
+    assert len(filler) >= 30
+    a = [{"id": f"a-{i}", "patient_id": f"pa{i}", "text": t} for i, t in enumerate(filler[:15])]
+    a += [
+        {"id": "a-alta", "patient_id": patient_in(plan, "test", "pat-a-alta-"), "text": LONG_DISCHARGE},  # -> A's Likert set
+        {"id": "a-evol-curta", "patient_id": patient_in(plan, "test", "pat-a-curta-"), "text": SHORT_EVOLUTION.upper()},  # stays in test
+        {"id": "a-evol-d4", "patient_id": patient_in(plan, "validation", "pat-a-d4-"), "text": NEAR_EVOLUTION},
+    ]
+    b = [{"id": f"b-{i}", "patient_id": f"pb{i}", "text": t} for i, t in enumerate(filler[15:30])]
+    b += [
+        {"id": "b-alta", "patient_id": patient_in(plan, "train", "pat-b-1-"), "text": LONG_DISCHARGE},
+        {"id": "b-evol-curta", "patient_id": patient_in(plan, "train", "pat-b-2-"), "text": SHORT_EVOLUTION},
+        {"id": "b-evol-d3", "patient_id": patient_in(plan, "train", "pat-b-3-"), "text": LONG_EVOLUTION},
+    ]
+    for name, rows in (("corpus_a", a), ("corpus_b", b)):
+        options = PrepareOptions(name=name, mapping=GENERIC_MAPPING, split=plan, likert_notes=20, likert_min_characters=1000)
+        prepare_corpus([write_jsonl(root / "sources" / f"{name}.jsonl", rows)], options, root)
+    likert = [json.loads(line)["id"] for line in (root / "data" / "corpus_a" / "likert_heldout.jsonl").read_text().splitlines()]
+    assert likert == ["a-alta"]
+    return {"texts": [r["text"] for r in a + b]}
+
+
+def test_recipe_overlap_finds_notes_shared_across_corpora(tmp_path: Path) -> None:
+    from medfactory.corpus.recipe_overlap import format_recipe_summary, recipe_overlap
+
+    planted = prepare_two_corpora(tmp_path)
+    report = recipe_overlap({"dataset": "corpus_a, corpus_b", "dataset_dir": "."}, tmp_path / "dataset_info.json", tmp_path)
+    assert report["overlap"] is True
+    sets = {entry["dataset"]: entry for entry in report["evaluation"]}
+    assert list(sets) == [f"{c}_{s}" for c in ("corpus_a", "corpus_b") for s in ("validation", "test", "likert")]
+    assert (sets["corpus_a_likert"]["role"], sets["corpus_a_likert"]["of"]) == ("likert", "corpus_a")
+    found = {name: (e["exact"], e["near"], e["contaminated_by"]) for name, e in sets.items() if e["contaminated"]}
+    assert found == {
+        "corpus_a_validation": (0, 1, {"corpus_b": 1}),
+        "corpus_a_test": (1, 0, {"corpus_b": 1}),  # differs only in case: the same note, as prepare defines it
+        "corpus_a_likert": (1, 0, {"corpus_b": 1}),
+    }
+    pairs = {(e["evaluation"], e["training"], e["kind"]) for e in report["examples"]}
+    assert pairs == {
+        ("corpus_a_validation:a-evol-d4", "corpus_b:b-evol-d3", "near"),
+        ("corpus_a_test:a-evol-curta", "corpus_b:b-evol-curta", "exact"),
+        ("corpus_a_likert:a-alta", "corpus_b:b-alta", "exact"),
+    }
+    assert report["counts"]["contaminated"] == 3 and report["unavailable"] == []
+    assert [t["dataset"] for t in report["training"]] == ["corpus_a", "corpus_b"]
+    summary = "\n".join(format_recipe_summary(report))
+    assert "corpus_a_likert (likert of corpus_a): 1 of 1 records in training (exact 1, near 0, same prompt 0); from corpus_b 1" in summary
+    assert_no_text(json.dumps(report, ensure_ascii=False) + summary, planted["texts"])
+    # One corpus alone: its evaluation sets are clean against its own training split.
+    alone = recipe_overlap({"dataset": "corpus_a"}, tmp_path / "dataset_info.json", tmp_path)
+    assert alone["overlap"] is False and [e["dataset"] for e in alone["evaluation"]] == ["corpus_a_validation", "corpus_a_test", "corpus_a_likert"]
+    assert alone["not_patient_disjoint"] == []
+    # A training corpus split by admission (no patient column) is named with its manifest's caveat.
+    from medfactory.corpus.pipeline import PrepareOptions, prepare_corpus
+    from medfactory.plugins.notes import GENERIC_MAPPING
+
+    rows = [{"id": f"c-{i}", "admission_id": f"adm{i}", "text": t} for i, t in enumerate(generate_notes(10, seed=505))]
+    prepare_corpus([write_jsonl(tmp_path / "sources" / "c.jsonl", rows)], PrepareOptions(name="corpus_c", mapping=GENERIC_MAPPING, likert_notes=0), tmp_path)
+    by_admission = recipe_overlap({"dataset": "corpus_c"}, tmp_path / "dataset_info.json", tmp_path)
+    (flagged,) = by_admission["not_patient_disjoint"]
+    assert flagged["dataset"] == "corpus_c" and flagged["caveats"][0].startswith("splits are by admission; the same patient can be in train and test")
+    assert "warning: corpus_c: splits are by admission" in "\n".join(format_recipe_summary(by_admission))
+
+
+def test_contamination_recipe_command_exits_non_zero_on_overlap(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    prepare_two_corpora(tmp_path)
+    (tmp_path / "recipes").mkdir()
+    both = tmp_path / "recipes" / "both.yaml"
+    both.write_text("stage: pt\ndataset: corpus_a,corpus_b\ndataset_dir: .\n", encoding="utf-8")
+    alone = tmp_path / "recipes" / "alone.yaml"
+    alone.write_text("stage: pt\ndataset: corpus_b\neval_dataset: corpus_b_validation,not_prepared\ndataset_dir: .\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    failing = runner.invoke(cli_app(), ["--recipe", str(both), "--output", "overlap.json"])
+    assert failing.exit_code == 2, failing.output
+    assert "corpus_a_likert:a-alta -> corpus_b:b-alta" in failing.stdout
+    assert "3 evaluation records are in the recipe's training data" in failing.stderr
+    assert json.loads((tmp_path / "overlap.json").read_text())["counts"]["contaminated"] == 3
+    # No overlap, but a dataset that is not registered: named, with the fix, exit 1.
+    unchecked = runner.invoke(cli_app(), ["--recipe", str(alone)])
+    assert unchecked.exit_code == 1, unchecked.output
+    assert "not checked: not_prepared (eval_dataset): not registered" in unchecked.stdout
+    assert "not_prepared could not be checked" in unchecked.stderr
+    assert runner.invoke(cli_app(), ["--recipe", str(both), "a.jsonl"]).exit_code == 1
+    assert "or --recipe" in runner.invoke(cli_app(), []).stderr
+
+
+def test_recipe_overlap_reads_instruction_datasets_and_flags_same_prompt(tmp_path: Path) -> None:
+    from medfactory.corpus.recipe_overlap import format_recipe_summary, recipe_overlap
+
+    question = "Paciente de 70 anos com dispneia e edema de membros inferiores. Qual o diagnóstico mais provável?"
+    other = "Gestante de 32 semanas com cefaleia e PA elevada. Qual a conduta inicial recomendada?"
+    (tmp_path / "data").mkdir()
+    train = [{"instruction": "Responda.", "input": question, "output": "Insuficiência cardíaca."}]
+    (tmp_path / "data" / "qa_train.json").write_text(json.dumps(train), encoding="utf-8")
+    test = [
+        {"instruction": "Responda.", "input": question, "output": "ICC descompensada."},  # the training question, another answer
+        {"instruction": "Responda.", "input": other, "output": "Sulfato de magnésio."},
+    ]
+    (tmp_path / "data" / "qa_test.json").write_text(json.dumps(test), encoding="utf-8")
+    turns = [("system", "Você é um médico."), ("user", other), ("assistant", "Sulfato de magnésio.")]
+    chat = [{"messages": [{"role": role, "content": content} for role, content in turns]}]
+    write_jsonl(tmp_path / "data" / "chat_eval.jsonl", chat)
+    sharegpt_tags = {"role_tag": "role", "content_tag": "content", "user_tag": "user", "assistant_tag": "assistant", "system_tag": "system"}
+    registry = {
+        "qa_train": {"file_name": "data/qa_train.json"},  # alpaca defaults: instruction / input / output
+        "qa_test": {"file_name": "data/qa_test.json"},
+        "chat_eval": {"file_name": "data/chat_eval.jsonl", "formatting": "sharegpt", "columns": {"messages": "messages"}, "tags": sharegpt_tags},
+        "hub_eval": {"hf_hub_url": "someone/eval"},
+    }
+    report = recipe_overlap({"dataset": "qa_train", "eval_dataset": "chat_eval,hub_eval"}, registry, tmp_path)
+    sets = {entry["dataset"]: entry for entry in report["evaluation"]}
+    assert list(sets) == ["qa_test", "chat_eval"]  # qa_test: the "_test" sibling of qa_train (stem qa)
+    assert (sets["qa_test"]["same_prompt"], sets["qa_test"]["contaminated"], sets["qa_test"]["records"]) == (1, 1, 2)
+    assert sets["chat_eval"]["contaminated"] == 0
+    assert report["examples"] == [{"evaluation": "qa_test:#1", "training": "qa_train:#1", "kind": "same_prompt", "jaccard": 1.0}]
+    assert [(u["dataset"], u["role"]) for u in report["unavailable"]] == [("hub_eval", "eval_dataset")]
+    # A prediction-only recipe trains nothing: nothing to check, and it says so.
+    predict = recipe_overlap({"eval_dataset": "qa_test"}, registry, tmp_path)
+    assert (predict["overlap"], predict["evaluation"], predict["unavailable"]) == (False, [], [])
+    assert "prediction only" in format_recipe_summary(predict)[0]

@@ -146,6 +146,58 @@ def test_notes_without_patient_ids_are_grouped_by_admission(tmp_path: Path) -> N
     assert manifest["notes_by_group_kind"] == {"admission": 90}
 
 
+def test_a_split_that_cannot_be_patient_disjoint_says_so_in_manifest_and_summary(tmp_path: Path) -> None:
+    # BRATECA's documented columns, without a patient column: splits fall back to admissions.
+    rows = [{"id": f"n{i}", "id_atendimento": f"a{i // 3}", "texto": f"Evolução {i}: paciente estável, sem queixas, aceitando dieta oral."} for i in range(30)]
+    write_csv(tmp_path / "brateca.csv", rows)
+    command = [sys.executable, "-m", "medfactory.cli", "prepare", "brateca", "--source", str(tmp_path / "brateca.csv"),
+               "--likert-notes", "0", "--output-root", str(tmp_path)]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    manifest = json.loads((tmp_path / "data" / "brateca" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["patient_disjoint"] is False
+    caveat = "splits are by admission; the same patient can be in train and test (30 of 30 notes have no patient id)"
+    assert manifest["split_caveats"] == [caveat]
+    assert f"warning: {caveat}" in result.stdout
+    # Notes with neither id are split one by one, and say so too; with patient ids there is no caveat.
+    bare = write_csv(tmp_path / "bare.csv", [{"texto": r["texto"]} for r in rows])
+    no_ids = prepare_corpus([bare], options(name="bare", mapping=BRATECA_MAPPING, likert_notes=0), tmp_path)
+    assert no_ids["patient_disjoint"] is False and no_ids["split_caveats"][0].startswith("splits are by note;")
+    with_patients = prepare_corpus([write_csv(tmp_path / "p.csv", synthetic_rows(10, 2))], options(name="with_patients", likert_notes=0), tmp_path)
+    assert with_patients["patient_disjoint"] is True and with_patients["split_caveats"] == []
+
+
+# Pairs that are one note for every purpose (exact duplicates) and one pair that is not.
+NOTE = "Paciente evolui bem, afebril há 48 horas, aceitando dieta oral."
+DUPLICATE_PAIRS = {
+    "case": ("Paciente EVOLUI bem, afebril há 48 horas, aceitando dieta oral.", "paciente evolui bem, afebril HÁ 48 HORAS, aceitando dieta oral."),
+    "whitespace": ("Paciente evolui bem,\nafebril há 48 horas, aceitando dieta oral.", "Paciente  evolui bem, afebril há 48\thoras, aceitando dieta oral. "),
+    "accents composed or not": (NOTE, NOTE.replace("há", "ha\u0301")),
+    "zero-width space": (NOTE, NOTE.replace("evolui", "evolui\u200b")),
+}
+NOT_DUPLICATES = (NOTE, NOTE.replace(",", ";"))
+
+
+@pytest.mark.parametrize("pair", [*DUPLICATE_PAIRS, "punctuation"])
+def test_one_definition_of_duplicate_in_prepare_and_contamination(tmp_path: Path, pair: str) -> None:
+    from medfactory.corpus.contamination import contamination_report
+    from medfactory.corpus.dedup import duplicate_key
+
+    first, second = DUPLICATE_PAIRS.get(pair, NOT_DUPLICATES)
+    duplicate = pair in DUPLICATE_PAIRS
+    assert (duplicate_key(first) == duplicate_key(second)) is duplicate
+    rows = [{"id": "1", "id_paciente": "p1", "texto": first}, {"id": "2", "id_paciente": "p2", "texto": second}]
+    manifest = prepare_corpus([write_csv(tmp_path / "n.csv", rows)], options(likert_notes=0), tmp_path)
+    assert manifest["dropped"].get("duplicate", 0) == int(duplicate), "prepare"
+    a = tmp_path / "a.jsonl"
+    b = tmp_path / "b.jsonl"
+    a.write_text(json.dumps({"id": "1", "text": first}) + "\n", encoding="utf-8")
+    b.write_text(json.dumps({"id": "2", "text": second}) + "\n", encoding="utf-8")
+    report = contamination_report(a, b, threshold=1.0, progress=False)
+    assert report["counts"]["a_exact_in_b"] == int(duplicate), "contamination"
+    assert report["settings"]["exact_key"] == manifest["deduplication"]["exact_key"]
+
+
 def test_exact_duplicates_always_and_near_duplicates_when_asked(tmp_path: Path) -> None:
     base = ("Paciente de 71 anos internado por pneumonia, em uso de ceftriaxona e azitromicina, "
             "evoluindo com melhora do padrão respiratório, afebril há 48 horas, aceitando dieta, "

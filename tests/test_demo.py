@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from medfactory.recipes.paper_values import PAPER_VALUES
-from medfactory.recipes.recipe_file import load_recipe, values_hash
+from medfactory.recipes.recipe_file import load_recipe, read_header, values_hash
 from medfactory.run.demo import DEMO_RECIPE, demo_overrides
 
 
@@ -66,11 +66,18 @@ def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path) -> 
     assert card.returncode == 0, card.stderr
     provenance = json.loads((output_dir / "provenance.json").read_text())
     recipe_file = repo_copy / DEMO_RECIPE
-    assert provenance["recipe"]["version"] == "1.0.0"
+    version = read_header(recipe_file)["version"]
+    assert provenance["recipe"]["version"] == version
     assert provenance["recipe"]["sha256"] == hashlib.sha256(recipe_file.read_bytes()).hexdigest()
     assert provenance["recipe"]["values_hash"] == values_hash(load_recipe(recipe_file))
     model_card = (output_dir / "README.md").read_text()
-    assert "clinical_br_mistral" in model_card and "1.0.0" in model_card and "2e-05" in model_card
+    assert "clinical_br_mistral" in model_card and version in model_card and "2e-05" in model_card
+    # The card shows what ran: the demo's command-line overrides, read back from the run folder.
+    overridden = provenance["overridden"]
+    assert overridden["max_steps"]["ran"] == 240 and overridden["dataset"]["ran"] == "clinical_br_demo"
+    assert overridden["model_name_or_path"]["recipe"] == load_recipe(recipe_file)["model_name_or_path"]
+    assert "| max steps" in model_card and "| 240 " in model_card and "override" in model_card
+    assert "clinical_br_demo" in provenance["datasets"]
 
 
 def test_demo_outside_the_repository_says_where_to_run_it(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import sysconfig
 import tomllib
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -258,7 +258,7 @@ def _copy_with(repo_root: Path, tmp_path: Path, old: str, new: str) -> Path:
 
 def test_a_different_pin_is_reported(repo_root: Path, tmp_path: Path) -> None:
     _, constraints, pyproject = _paths(repo_root)
-    copy = _copy_with(repo_root, tmp_path, '".[gpu]"', '".[gpu]" "deepspeed==0.16.8" "torch==2.10.0"')
+    copy = _copy_with(repo_root, tmp_path, "-r /tmp/requirements.txt", '-r /tmp/requirements.txt "deepspeed==0.16.8" "torch==2.10.0"')
     findings = check_dockerfile_pins(copy, constraints, pyproject)
     assert any(
         "deepspeed==0.16.8 but the project pins deepspeed==0.16.9 (pyproject.toml optional-dependencies.gpu)" in f
@@ -287,8 +287,8 @@ def test_an_install_without_constraints_or_with_another_index_is_reported(repo_r
     copy = _copy_with(
         repo_root,
         tmp_path,
-        'pip install -c constraints.txt ".[gpu]"',
-        'pip install --index-url https://download.pytorch.org/whl/cu128 ".[gpu]" bitsandbytes',
+        "pip install -c constraints.txt -r /tmp/requirements.txt",
+        "pip install --index-url https://download.pytorch.org/whl/cu128 -r /tmp/requirements.txt bitsandbytes",
     )
     findings = check_dockerfile_pins(copy, constraints, pyproject)
     assert any("missing `-c constraints.txt`" in f for f in findings), findings
@@ -298,7 +298,7 @@ def test_an_install_without_constraints_or_with_another_index_is_reported(repo_r
 
 def test_an_unknown_extra_and_an_unpinned_package_are_reported(repo_root: Path, tmp_path: Path) -> None:
     _, constraints, pyproject = _paths(repo_root)
-    copy = _copy_with(repo_root, tmp_path, '".[gpu]"', '".[gpu,cuda]" "vllm==0.11.0"')
+    copy = _copy_with(repo_root, tmp_path, "-e .", '-e ".[gpu,cuda]" "vllm==0.11.0"')
     findings = check_dockerfile_pins(copy, constraints, pyproject)
     assert any("extra 'cuda' is not in pyproject.toml's optional-dependencies" in f for f in findings), findings
     assert any("vllm==0.11.0 is pinned by neither constraints.txt nor pyproject.toml" in f for f in findings)
@@ -324,12 +324,7 @@ def test_compose_runs_the_recipe_on_every_gpu_with_the_token_from_the_environmen
     for name in ("FORCE_TORCHRUN", "NNODES", "NODE_RANK", "MASTER_ADDR", "MASTER_PORT", "NPROC_PER_NODE"):
         assert name in service["environment"] and service["environment"][name] is None, name
     targets = {volume.split(":")[-1] for volume in service["volumes"]}
-    assert {
-        "/workspace/medfactory/data",
-        "/workspace/medfactory/saves",
-        "/workspace/medfactory/reports",
-        "/home/medfactory/.cache/huggingface",
-    } <= targets
+    assert "/home/medfactory/.cache/huggingface" in targets
     assert (repo_root / service["command"][0]).is_file()
 
 
@@ -354,3 +349,134 @@ def test_deepspeed_configs(repo_root: Path, name: str) -> None:
     if "offload" in name:
         for part in ("offload_optimizer", "offload_param"):
             assert zero[part] == {"device": "cpu", "pin_memory": True}
+
+
+# --------------------------------------------------------------------------- what survives the container, layers, commit
+
+# What a container writes or reads in the checkout and must find on the host: the registry
+# `prepare` updates (recipes use `dataset_dir: .`), the prepared corpora, runs, reports, and .git
+# for the card's commit.
+PERSISTED = ("dataset_info.json", "data/lopes2019/train.jsonl", "saves/clinical_br_mistral/adapter_config.json", "reports/mcqa/metrics.json", ".git/HEAD")
+
+
+def _bind_mounts(compose: Path, service: dict) -> list[tuple[Path, PurePosixPath]]:
+    """(host path, container path) of each bind mount of a service (short syntax), host paths resolved as compose does."""
+    mounts = []
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        target = rest.split(":")[0]
+        if source.startswith((".", "/")):  # a host path; anything else is a named volume
+            mounts.append(((compose.parent / source).resolve(), PurePosixPath(target)))
+    return mounts
+
+
+def check_compose_persists(compose: Path, repo_root: Path, paths: tuple[str, ...] = PERSISTED) -> list[str]:
+    """Every path in ``paths`` (relative to the checkout) lands on the host, at the same place in the checkout."""
+    service = (yaml.safe_load(compose.read_text(encoding="utf-8")) or {})["services"]["train"]
+    workdir = PurePosixPath(service.get("working_dir", "/workspace/medfactory"))
+    mounts = _bind_mounts(compose, service)
+    findings = []
+    for relative in paths:
+        inside = workdir / relative
+        mount = max(((host, target) for host, target in mounts if inside == target or target in inside.parents), key=lambda m: len(m[1].parts), default=None)
+        if mount is None:
+            findings.append(f"{compose.name}: {relative} is written inside the container only (no volume holds {inside}); it vanishes with the container")
+        elif mount[0] / inside.relative_to(mount[1]) != repo_root.resolve() / relative:
+            findings.append(f"{compose.name}: {inside} is mounted from {mount[0]}, not from the checkout's {relative}")
+        elif mount[1] == inside and relative == "dataset_info.json":
+            findings.append(
+                f"{compose.name}: {relative} is a single-file mount: the registry is replaced by rename, which fails (EBUSY) on it; mount its folder"
+            )
+    return findings
+
+
+def test_compose_keeps_the_registry_data_runs_reports_and_git_on_the_host(repo_root: Path) -> None:
+    assert check_compose_persists(repo_root / "docker" / "compose.yaml", repo_root) == []
+
+
+def test_compose_that_loses_prepared_datasets_is_reported(repo_root: Path, tmp_path: Path) -> None:
+    """The earlier compose mounted data/, saves/, reports/ only: dataset_info.json and .git stayed in the container."""
+    document = yaml.safe_load((repo_root / "docker" / "compose.yaml").read_text(encoding="utf-8"))
+    service = document["services"]["train"]
+    service["volumes"] = [f"{repo_root}/{name}:/workspace/medfactory/{name}" for name in ("data", "saves", "reports")]
+    copy = tmp_path / "compose.yaml"
+    copy.write_text(yaml.safe_dump(document), encoding="utf-8")
+    findings = check_compose_persists(copy, repo_root)
+    assert any("dataset_info.json is written inside the container only" in f for f in findings), findings
+    assert any(".git/HEAD is written inside the container only" in f for f in findings), findings
+    assert len(findings) == 2, findings
+    service["volumes"].append(f"{repo_root}/dataset_info.json:/workspace/medfactory/dataset_info.json")
+    copy.write_text(yaml.safe_dump(document), encoding="utf-8")
+    assert any("single-file mount" in f for f in check_compose_persists(copy, repo_root))
+
+
+def check_layers(dockerfile: Path) -> list[str]:
+    """The dependencies install before the code is copied, from files that change only with a pin; after
+    the code is copied, pip installs the package alone (--no-deps)."""
+    instructions = dockerfile_instructions(dockerfile)
+    code = next((i for i, (_, keyword, arguments) in enumerate(instructions) if keyword == "COPY" and "." in _copy_sources(arguments)), None)
+    if code is None:
+        return [f"{dockerfile.name}: no `COPY . .` of the code"]
+    findings = []
+    before = [(line, install) for line, keyword, arguments in instructions[:code] if keyword == "RUN" for install in pip_installs(arguments)]
+    if not any("-r" in install for _, install in before):
+        findings.append(
+            f"{dockerfile.name}: no `pip install -r <requirements>` before the code is copied (line {instructions[code][0]}): "
+            "every code change reinstalls the dependencies"
+        )
+    for line, keyword, arguments in instructions[:code]:
+        if keyword == "COPY" and set(_copy_sources(arguments)) - {"pyproject.toml", "constraints.txt"}:
+            findings.append(f"{dockerfile.name}:{line}: COPY {arguments} before the dependency install: a change there reinstalls them")
+    for line, keyword, arguments in instructions[code:]:
+        for install in pip_installs(arguments) if keyword == "RUN" else []:
+            if "--no-deps" not in install:
+                findings.append(f"{dockerfile.name}:{line}: pip install {' '.join(install)} after the code is copied, without --no-deps")
+    return findings
+
+
+def _copy_sources(arguments: str) -> list[str]:
+    words = [word for word in shlex.split(arguments) if not word.startswith("--")]
+    return words[:-1]
+
+
+def test_the_dependencies_install_in_a_layer_before_the_code(repo_root: Path) -> None:
+    assert check_layers(repo_root / "docker" / "Dockerfile") == []
+
+
+def test_a_dockerfile_that_reinstalls_on_every_code_change_is_reported(tmp_path: Path) -> None:
+    dockerfile = tmp_path / "Dockerfile"
+    dockerfile.write_text('FROM nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04\nCOPY . .\nRUN pip install -c constraints.txt ".[gpu]"\n', encoding="utf-8")
+    findings = check_layers(dockerfile)
+    assert any("every code change reinstalls the dependencies" in f for f in findings), findings
+    assert any('pip install -c constraints.txt .[gpu] after the code is copied, without --no-deps' in f for f in findings), findings
+
+
+def test_the_dependency_layer_installs_what_the_package_needs(repo_root: Path, tmp_path: Path) -> None:
+    """The Dockerfile's requirements list, computed by its own command, is pyproject's dependencies and the gpu extra."""
+    instructions = dockerfile_instructions(repo_root / "docker" / "Dockerfile")
+    words = shlex.split(next(arguments for _, keyword, arguments in instructions if keyword == "RUN" and "/tmp/requirements.txt" in arguments))
+    code = next(words[i + 2] for i in range(len(words) - 2) if words[i] == "python3" and words[i + 1] == "-c")
+    shutil.copy(repo_root / "pyproject.toml", tmp_path / "pyproject.toml")
+    listed = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True).stdout.split()
+    project = tomllib.loads((repo_root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert listed == project["dependencies"] + project["optional-dependencies"]["gpu"]
+
+
+def test_the_commit_the_image_is_built_from_reaches_the_card(repo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compose passes GIT_COMMIT, the Dockerfile makes it the variable `medfactory card` reads, after the
+    dependency layer (a new commit reuses it); with the checkout mounted, git reads the commit and must
+    trust the host-owned checkout."""
+    from medfactory.run.card import IMAGE_COMMIT_ENV, git_state
+
+    service = yaml.safe_load((repo_root / "docker" / "compose.yaml").read_text(encoding="utf-8"))["services"]["train"]
+    assert service["build"]["args"]["GIT_COMMIT"] == "${GIT_COMMIT:-unknown}"
+    instructions = dockerfile_instructions(repo_root / "docker" / "Dockerfile")
+    arg = next(i for i, (_, keyword, arguments) in enumerate(instructions) if keyword == "ARG" and arguments.startswith("GIT_COMMIT"))
+    env = next(arguments for _, keyword, arguments in instructions[arg:] if keyword == "ENV" and IMAGE_COMMIT_ENV in arguments)
+    assert env == f"{IMAGE_COMMIT_ENV}=$GIT_COMMIT"
+    deps = max(i for i, (_, keyword, arguments) in enumerate(instructions) if keyword == "RUN" and "-r /tmp/requirements.txt" in arguments)
+    assert arg > deps, "GIT_COMMIT is declared before the dependency layer: every commit would reinstall it"
+    assert any(keyword == "RUN" and f"safe.directory {service['working_dir']}" in arguments for _, keyword, arguments in instructions)
+    # In the container, without a checkout: the card's commit is the build argument.
+    monkeypatch.setenv(IMAGE_COMMIT_ENV, "feedc0de" * 5)
+    assert git_state(tmp_path)["commit"] == "feedc0de" * 5

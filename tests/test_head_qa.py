@@ -137,25 +137,41 @@ def test_category_and_year_come_from_the_exam_name_when_the_entry_lacks_them(pre
     assert item.answer == 3 and item.has_image is False
 
 
-def test_sft_set_is_the_train_split_without_image_questions(prepared) -> None:
+def test_sft_set_is_its_part_of_train_without_image_questions(prepared) -> None:
     output_root, manifest = prepared
     rows = read_json(output_root / "data/head_qa_es/sft_train.json")
-    assert [row["id"] for row in rows] == ["Cuaderno_2013_1_B-1", "Cuaderno_2013_1_B-4"]
+    # seed 42: B-1 falls in the SFT part, B-4 and B-5 in the DPO part, B-2 (image) in neither
+    assert [row["id"] for row in rows] == ["Cuaderno_2013_1_B-1"]
     first = rows[0]
     assert first["instruction"] == (
         f"{head_qa.PROMPTS['es'].instruction}\n\nLos potenciales postsinápticos excitadores:\n\n"
         "A) Uno.\nB) Dos.\nC) Tres.\nD) Cuatro.\nE) Cinco."
     )
     assert first["input"] == "" and first["output"] == "Respuesta: C) Tres."
+    assert manifest["sft"]["skipped"] == {}
+    # the manifest records the prompt, so that `eval mcqa --chat-template` rebuilds it exactly
+    prompt = manifest["sft"]["prompt"]
+    item = read_items(output_root / "data/head_qa_es/train.jsonl")[0]
+    options = "\n".join(f"{letter}) {text}" for letter, text in zip(item.letters, item.options))
+    assert prompt["user"].format(instruction=prompt["instruction"], question=item.question, options=options) == first["instruction"]
+    assert prompt["response"].format(answer_prefix=prompt["answer_prefix"], letter="C", option="Tres.") == first["output"]
+
+
+def test_an_ambiguous_question_in_the_sft_part_is_skipped(tmp_path: Path) -> None:
+    source = write_head_qa(tmp_path / "head_qa")
+    manifest = prepare_head_qa(source, "es", tmp_path / "out", seed=44)  # seed 44: B-1 and B-5 SFT, B-4 DPO
+    rows = read_json(tmp_path / "out/data/head_qa_es/sft_train.json")
+    assert [row["id"] for row in rows] == ["Cuaderno_2013_1_B-1"]
     # Question 5's right answer ("sp .") is also option D ("SP ."): ambiguous, not taught.
-    assert manifest["sft"]["skipped"] == {"image_question": 1, "right_answer_text_repeated": 1}
+    assert manifest["sft"]["skipped"] == {"right_answer_text_repeated": 1}
+    assert manifest["preference_split"]["sft_questions"] == 2 and manifest["preference_split"]["dpo_questions"] == 1
 
 
 def test_dpo_pairs_reject_a_wrong_option_drawn_with_the_seed(prepared, tmp_path: Path) -> None:
     output_root, manifest = prepared
     rows = read_json(output_root / "data/head_qa_es/dpo_train.json")
     items = {item.id: item for item in read_items(output_root / "data/head_qa_es/train.jsonl")}
-    assert [row["id"] for row in rows] == ["Cuaderno_2013_1_B-1", "Cuaderno_2013_1_B-4", "Cuaderno_2013_1_B-5"]
+    assert [row["id"] for row in rows] == ["Cuaderno_2013_1_B-4", "Cuaderno_2013_1_B-5"]
     for row in rows:
         item = items[row["id"]]
         assert row["chosen"] == f"Respuesta: {item.answer_letter}) {item.answer_text}"
@@ -166,12 +182,66 @@ def test_dpo_pairs_reject_a_wrong_option_drawn_with_the_seed(prepared, tmp_path:
     # Question 5: options B ("sp .") and D ("SP .") say the same; D is never the rejected answer.
     for seed in range(50):
         assert rejected_index(items["Cuaderno_2013_1_B-5"], seed) in (0, 2, 4)
-    assert manifest["dpo"]["pairs"] == 3 and manifest["dpo"]["skipped"] == {"image_question": 1}
+    assert manifest["dpo"]["pairs"] == 2 and manifest["dpo"]["skipped"] == {}
     # The same seed gives the same file; the draw depends only on the seed and the question id.
     again = prepare_head_qa(tmp_path / "head_qa", "es", tmp_path / "again")
     assert again["outputs"]["dpo_train.json"]["sha256"] == manifest["outputs"]["dpo_train.json"]["sha256"]
     drawn = {seed: rejected_index(items["Cuaderno_2013_1_B-1"], seed) for seed in range(30)}
     assert set(drawn.values()) == {0, 1, 3, 4}
+
+
+def many_questions_train(n: int = 120) -> dict[str, dict]:
+    """The synthetic release with a train exam of ``n`` plain 5-option questions (plus an image question)."""
+    splits = synthetic_splits()
+    data = [question(q, [f"Opción {a} de {q}." for a in "ABCDE"], 1 + q % 5) for q in range(1, n + 1)]
+    data.append(question(n + 1, ["a.", "b.", "c.", "d.", "e."], 1, image="x.png"))
+    splits["train"]["Cuaderno_2014_1_M"] = {"name": "Cuaderno_2014_1_M", "category": "medicine", "year": "2014", "data": data}
+    return splits
+
+
+def test_sft_and_dpo_questions_are_disjoint_and_cover_the_usable_train_questions(tmp_path: Path) -> None:
+    source = write_head_qa(tmp_path / "head_qa", many_questions_train())
+    for seed, fraction in ((42, 0.3), (7, 0.5), (42, 0.1)):
+        out = tmp_path / f"out-{seed}-{fraction}"
+        manifest = prepare_head_qa(source, "es", out, seed=seed, dpo_fraction=fraction)
+        train = read_items(out / "data/head_qa_es/train.jsonl")
+        text_only = {item.id for item in train if not item.has_image}
+        sft = {row["id"] for row in read_json(out / "data/head_qa_es/sft_train.json")}
+        dpo = {row["id"] for row in read_json(out / "data/head_qa_es/dpo_train.json")}
+        assert not sft & dpo, (seed, fraction)
+        skipped = sum(manifest["sft"]["skipped"].values()) + sum(manifest["dpo"]["skipped"].values())
+        assert sft | dpo <= text_only and len(sft | dpo) + skipped == len(text_only)
+        split = manifest["preference_split"]
+        assert split["sft_questions"] + split["dpo_questions"] == len(text_only) == 123
+        assert split["image_questions_excluded"] == 2 and split["train_questions"] == len(train)
+        assert (split["seed"], split["dpo_fraction"]) == (seed, fraction) and "sha256" in split["rule"]
+        assert manifest["options"]["dpo_fraction"] == fraction
+        # roughly the fraction asked for (123 questions: binomial spread)
+        assert abs(split["dpo_questions"] / 123 - fraction) < 0.12
+        # deterministic: the same inputs give byte-identical files in a fresh run
+        again = prepare_head_qa(source, "es", tmp_path / f"again-{seed}-{fraction}", seed=seed, dpo_fraction=fraction)
+        for name in ("sft_train.json", "dpo_train.json"):
+            assert again["outputs"][name]["sha256"] == manifest["outputs"][name]["sha256"]
+    # a question keeps its part when others are dropped: the part depends on the seed and its id only
+    fewer = many_questions_train(60)
+    smaller = prepare_head_qa(write_head_qa(tmp_path / "fewer", fewer), "es", tmp_path / "fewer-out")
+    full = {row["id"] for row in read_json(tmp_path / "out-42-0.3/data/head_qa_es/dpo_train.json")}
+    part = {row["id"] for row in read_json(tmp_path / "fewer-out/data/head_qa_es/dpo_train.json")}
+    assert part == {item_id for item_id in full if not item_id.startswith("Cuaderno_2014_1_M-") or int(item_id.rsplit("-", 1)[1]) <= 60}
+    assert smaller["preference_split"]["dpo_questions"] == len(part)
+
+
+@pytest.mark.parametrize("fraction", [0, 1, 1.5, -0.2, True])
+def test_a_bad_dpo_fraction_is_refused(tmp_path: Path, fraction) -> None:
+    with pytest.raises(CorpusError, match="--dpo-fraction"):
+        prepare_head_qa(write_head_qa(tmp_path / "hq"), "es", tmp_path / "out", dpo_fraction=fraction)
+
+
+def test_an_empty_part_is_refused_with_the_fix(tmp_path: Path) -> None:
+    splits = synthetic_splits()
+    splits["train"]["Cuaderno_2013_1_B"]["data"] = splits["train"]["Cuaderno_2013_1_B"]["data"][:1]  # one text-only question
+    with pytest.raises(CorpusError, match=r"no train question is usable for (SFT|DPO).*--dpo-fraction"):
+        prepare_head_qa(write_head_qa(tmp_path / "hq", splits), "es", tmp_path / "out")
 
 
 def test_registry_entries_are_added_and_others_kept(prepared) -> None:
@@ -300,7 +370,8 @@ def test_command_prints_counts_and_turns_errors_into_exit_1(tmp_path: Path) -> N
     result = CliRunner().invoke(command_app(PLUGIN.command), ["--source", str(source), "--output-root", str(tmp_path), "--language", "es"])
     assert result.exit_code == 0, result.output
     assert "train: 4 questions (5 options: 4; with an image: 1)" in result.stdout
-    assert "sft: 2 instructions" in result.stdout and "dpo: 3 pairs, seed 42" in result.stdout
+    assert "sft: 1 instructions" in result.stdout and "dpo: 2 pairs, seed 42" in result.stdout
+    assert "train questions split for training: 1 SFT, 2 DPO" in result.stdout
     assert "Pregunta" not in result.stdout  # counts only, never question text
     result = CliRunner().invoke(command_app(PLUGIN.command), ["--source", str(tmp_path / "nowhere")])
     assert result.exit_code == 1 and "not found" in result.stderr and "Traceback" not in result.output
@@ -356,6 +427,10 @@ def test_writing_an_invalid_item_writes_nothing(tmp_path: Path) -> None:
 # --- The real release ----------------------------------------------------------------------------------
 
 
+# The real release at seed 42, DPO fraction 0.3: 2,589 text-only train questions.
+REAL_SFT_DPO_COUNTS = (1793, 796)
+
+
 @pytest.fixture(scope="module")
 def real(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output_root = tmp_path_factory.mktemp("head_qa_real")
@@ -388,14 +463,18 @@ def test_real_items_are_valid_and_images_flagged(real, shared_data: Path) -> Non
             assert (CATEGORY_CODES[match["code"]], int(match["year"])) == (item.category, item.year) == (exam["category"], int(exam["year"]))
 
 
-def test_real_sft_and_dpo_sets_leave_out_image_questions(real) -> None:
+def test_real_sft_and_dpo_sets_are_disjoint_and_leave_out_image_questions(real) -> None:
     output_root, manifest = real
     train = {item.id: item for item in read_items(output_root / "data/head_qa_es/train.jsonl")}
     text_only = {item_id for item_id, item in train.items() if not item.has_image}
     sft = read_json(output_root / "data/head_qa_es/sft_train.json")
     dpo = read_json(output_root / "data/head_qa_es/dpo_train.json")
-    assert {row["id"] for row in sft} == {row["id"] for row in dpo} == text_only
-    assert len(sft) == len(dpo) == 2657 - 68 == manifest["sft"]["items"] == manifest["dpo"]["pairs"]
+    sft_ids, dpo_ids = {row["id"] for row in sft}, {row["id"] for row in dpo}
+    assert not sft_ids & dpo_ids and sft_ids | dpo_ids == text_only  # no real question is skipped
+    assert len(text_only) == 2657 - 68
+    split = manifest["preference_split"]
+    assert (split["sft_questions"], split["dpo_questions"]) == (len(sft), len(dpo)) == (manifest["sft"]["items"], manifest["dpo"]["pairs"])
+    assert (len(sft), len(dpo)) == REAL_SFT_DPO_COUNTS
     for row in dpo:
         item = train[row["id"]]
         assert row["chosen"] == f"Respuesta: {item.answer_letter}) {item.answer_text}" != row["rejected"]

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from medfactory.eval.likert import CRITERION_KEYS
-from medfactory.eval.likert.judge import UnparseableAnswer, judge_cards, parse_scores, write_judge_ratings
+from medfactory.eval.likert.judge import CORRECTION, RETRY_TEMPERATURE, UnparseableAnswer, judge_cards, judge_settings, parse_scores, write_judge_ratings
 from testing_utils.tiny_models import build_constant_answer_model
 
 ANSWER = '{"format": 4, "spelling": 5, "coherence": 3}'
@@ -47,7 +51,61 @@ def test_unparseable_answers_are_retried_then_recorded_missing(tmp_path: Path, l
     started = time.time()
     rows = judge_cards(CARDS[:1], endpoint, model="tiny-random", retries=2)
     assert all(row["score"] is None for row in rows)
-    assert all(row["observation"].startswith("missing after 3 attempts: unparseable answer") for row in rows)
+    assert all(row["observation"].startswith("missing after 3 attempts (retries: the unparseable answer and a corrective message") for row in rows)
+    assert all(": unparseable answer" in row["observation"] for row in rows)
     log = next(tmp_path.glob("api-*.log")).read_text()
     assert log.count("POST /v1/chat/completions") == 3  # one request and two retries
     assert time.time() - started < 60
+
+
+class DeterministicModel(http.server.BaseHTTPRequestHandler):
+    """A chat endpoint whose answer is a pure function of the request, as a model decoding greedily:
+    the first request it sees gets an unparseable answer, and so does every repeat of it; any
+    other request gets the scores. A retry that changes nothing is therefore never answered."""
+
+    first_request: bytes | None = None
+    requests: list[dict] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests.append(json.loads(body))
+        if type(self).first_request is None:
+            type(self).first_request = body
+        answer = "Nota: quatro, cinco e três." if body == type(self).first_request else ANSWER
+        payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": answer}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def deterministic_endpoint() -> Iterator[str]:
+    DeterministicModel.first_request, DeterministicModel.requests = None, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), DeterministicModel)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_retry_changes_what_can_change_a_greedy_answer(deterministic_endpoint: str) -> None:
+    rows = judge_cards(CARDS[:1], deterministic_endpoint, model="greedy", retries=2)
+    assert [row["score"] for row in rows] == [4, 5, 3]  # scored on the first retry
+    first, retry = DeterministicModel.requests
+    assert first["temperature"] == 0.0 and retry["temperature"] == RETRY_TEMPERATURE > 0
+    assert retry["messages"][: len(first["messages"])] == first["messages"]
+    assert [m["role"] for m in retry["messages"][len(first["messages"]) :]] == ["assistant", "user"]
+    assert retry["messages"][-2]["content"] == "Nota: quatro, cinco e três." and retry["messages"][-1]["content"] == CORRECTION
+    # The ratings record that the card was scored on a retry, and what the retry changed.
+    assert {row["observation"] for row in rows} == {
+        f"scored on attempt 2 of 3 (the unparseable answer and a corrective message added, temperature {RETRY_TEMPERATURE:g})"
+    }
+    settings = judge_settings(retries=2)
+    assert settings["temperature"] == 0.0 and settings["retry_after_unparseable_answer"]["temperature"] == RETRY_TEMPERATURE
+    assert CORRECTION in settings["retry_after_unparseable_answer"]["adds"]

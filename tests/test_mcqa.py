@@ -446,3 +446,158 @@ def test_command_errors(app, tiny_models, files, tmp_path):
     bad = _write_jsonl(tmp_path / "bad.jsonl", [{**TEST_ITEMS[0], "answer": 9}])
     result = _run(app, "--items", str(bad), "--model", model, "--out-dir", out)
     assert result.exit_code == 1 and "answer" in result.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# Chat templates: the SFT prompt, encoded as LLaMA-Factory's training encodes it
+# --------------------------------------------------------------------------------------------
+
+
+def _head_qa_release(folder: Path) -> Path:
+    """The Spanish test items as an official HEAD-QA release (every split holds them: only train matters here)."""
+    exams: dict[str, dict] = {}
+    for record in TEST_ITEMS:
+        if record["language"] != "es" or record["exam"] is None:
+            continue
+        exam = exams.setdefault(record["exam"], {"name": record["exam"], "category": record["category"], "year": str(record["year"]), "data": []})
+        exam["data"].append({
+            "qid": record["id"].split("-")[1], "qtext": record["question"], "ra": str(record["answer"] + 1), "image": "x.png" if record["has_image"] else "",
+            "answers": [{"aid": aid, "atext": text} for aid, text in enumerate(record["options"], start=1)],
+        })  # fmt: skip
+    (folder / "es").mkdir(parents=True)
+    for split in ("train", "dev", "test"):  # the official splits share no exam: one name per split
+        named = {f"{key}_{split}": {**exam, "name": f"{key}_{split}"} for key, exam in exams.items()}
+        payload = {"version": "1.0", "language": "es", "exams": named}
+        (folder / "es" / f"{split}_HEAD.json").write_text(json.dumps(payload, ensure_ascii=False), encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def head_qa_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """data/head_qa_es/ as `medfactory prepare head_qa` writes it (dpo_fraction 0.2: most questions in the SFT set)."""
+    from medfactory.plugins.head_qa import prepare_head_qa
+
+    root = tmp_path_factory.mktemp("head_qa_repo")
+    (root / "dataset_info.json").write_text("{}")
+    prepare_head_qa(_head_qa_release(root / "release"), "es", root, dpo_fraction=0.2)
+    return root
+
+
+def _llamafactory_sft_examples(root: Path, model_path: Path, template_name: str) -> list[dict]:
+    """head_qa_es_sft through LLaMA-Factory's own loader and supervised processor: what training feeds the model."""
+    from types import SimpleNamespace
+
+    from llamafactory.data import loader
+    from llamafactory.data.template import get_template_and_fix_tokenizer
+    from llamafactory.hparams import DataArguments
+    from transformers import AutoTokenizer
+
+    data_args = DataArguments(dataset_dir=str(root), template=template_name, cutoff_len=2048)
+    model_args = SimpleNamespace(cache_dir=str(root / "cache"), hf_hub_token=None)
+    training_args = SimpleNamespace(local_process_index=0, dataloader_num_workers=0, seed=42)
+    dataset = loader._get_merged_dataset(["head_qa_es_sft"], model_args, data_args, training_args, stage="sft", return_dict=True)["head_qa_es_sft"]
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    processor = loader._get_dataset_processor(data_args, "sft", template, tokenizer, None)
+    encoded = processor.preprocess_dataset(dataset[:])
+    rows = json.loads((root / "data/head_qa_es/sft_train.json").read_text(encoding="utf-8"))
+    return [{"id": row["id"], "input_ids": ids, "labels": labels} for row, ids, labels in zip(rows, encoded["input_ids"], encoded["labels"])]
+
+
+def test_chat_template_prompt_is_the_token_ids_llamafactory_trains_on(tiny_models, head_qa_set):
+    root = head_qa_set
+    examples = _llamafactory_sft_examples(root, tiny_models["mistral"], "mistral")
+    assert len(examples) >= 3
+    network, tokenizer = mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+    prompter = mcqa.ChatPrompter(tokenizer, "mistral", mcqa.load_sft_prompt(root / "data/head_qa_es/manifest.json"))
+    items = {item.id: item for item in mcqa.load_items(root / "data/head_qa_es/train.jsonl")}
+    for example in examples:
+        item = items[example["id"]]
+        prompt_part = next(index for index, label in enumerate(example["labels"]) if label != -100)  # training's prompt ends here
+        prompt, answers = prompter.encode(item)
+        assert prompt == example["input_ids"][:prompt_part]
+        assert prompt + answers[item.answer] == example["input_ids"]  # the right option's answer is the training target
+        assert tokenizer.decode(prompt).startswith("<s>[INST] " + mcqa.load_sft_prompt(root / "data/head_qa_es/manifest.json").instruction)
+        for protocol in ("letter", "loglik_norm"):
+            context, scored = prompter.pairs(item, protocol)
+            assert (context + scored[item.answer]) == example["input_ids"][: len(context) + len(scored[item.answer])]
+            assert len(context) > prompt_part and tokenizer.decode(context[prompt_part:]).strip() == "Respuesta:"
+        letters = prompter.pairs(item, "letter")[1]
+        assert len({tuple(ids) for ids in letters}) == item.n_options
+
+
+def test_chat_template_scores_the_templated_prompt(tiny_models, head_qa_set, tmp_path):
+    root = head_qa_set
+    items_path = root / "data/head_qa_es/test.jsonl"
+    loaded = mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+    raw = mcqa.evaluate(items_path, "tiny", tmp_path / "raw", protocol="letter", loaded=loaded, progress=False)
+    chat = mcqa.evaluate(items_path, "tiny", tmp_path / "chat", protocol="letter", loaded=loaded, progress=False, chat_template="mistral")
+    norm = mcqa.evaluate(items_path, "tiny", tmp_path / "norm", protocol="loglik_norm", loaded=loaded, progress=False, chat_template="mistral")
+    assert raw["settings"]["chat_template"] is None and raw["prompt"]["chat_template"] is None
+    assert chat["settings"]["chat_template"] == "mistral" and chat["settings"]["chat_template_source"] == "--chat-template"
+    assert chat["settings"]["sft_prompt_from"] == str(root / "data/head_qa_es/manifest.json")
+    shape = chat["prompt"]["shape"]
+    assert shape.startswith("<s>[INST] Responde a la siguiente pregunta") and shape.endswith("[/INST] Respuesta:")
+    assert "{question}\n\nA) {option A}\nB) {option B}" in shape and chat["prompt"]["continuation_of_option_A"].strip() == "A"
+    assert norm["prompt"]["continuation_of_option_A"].strip() == "A) {option A}</s>"
+    assert raw["prompt"]["shape"].endswith("Respuesta:") and "[INST]" not in raw["prompt"]["shape"]
+    raw_items = pd.read_csv(tmp_path / "raw" / "per_item.csv")
+    chat_items = pd.read_csv(tmp_path / "chat" / "per_item.csv")
+    assert list(raw_items["id"]) == list(chat_items["id"])
+    assert (raw_items["logprob_A"] - chat_items["logprob_A"]).abs().min() > 1e-4  # another prompt, other scores
+    assert re.search(r"^\| prompt +\| chat template mistral +\|", (tmp_path / "chat" / "report.md").read_text(), re.MULTILINE)
+    # the score is the direct log-probability of the scored tokens after the templated context
+    network, tokenizer = mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+    prompter = mcqa.ChatPrompter(tokenizer, "mistral", mcqa.load_sft_prompt(root / "data/head_qa_es/manifest.json"))
+    item = mcqa.load_items(items_path)[0]
+    context, scored = prompter.pairs(item, "loglik_norm")
+    with torch.no_grad():
+        for option in range(item.n_options):
+            whole = context + scored[option]
+            logprobs = torch.log_softmax(network(torch.tensor([whole])).logits[0].float(), dim=-1)
+            expected = sum(float(logprobs[position - 1, whole[position]]) for position in range(len(context), len(whole)))
+            row = pd.read_csv(tmp_path / "norm" / "per_item.csv").iloc[0]
+            assert row[f"loglik_{'ABCDE'[option]}"] == pytest.approx(expected, abs=1e-4)
+            assert row[f"n_bytes_{'ABCDE'[option]}"] == len(f"{'ABCDE'[option]}) {item.options[option]}".encode())
+
+
+def test_chat_template_few_shot_examples_are_earlier_turns(tiny_models, head_qa_set, files):
+    _, tokenizer = mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+    sft_prompt = mcqa.load_sft_prompt(head_qa_set / "data/head_qa_es/manifest.json")
+    prompter = mcqa.ChatPrompter(tokenizer, "mistral", sft_prompt)
+    items = mcqa.load_items(head_qa_set / "data/head_qa_es/test.jsonl")
+    shots = mcqa.FewShotSampler(mcqa.load_items(files["pool"]), seed=0).sample(items[0], 2)
+    context, _ = prompter.pairs(items[0], "letter", shots)
+    text = tokenizer.decode(context)
+    assert text.count("[INST]") == 3 and text.count("</s>") == 2
+    for shot in shots:
+        assert sft_prompt.response_text(shot, shot.answer) + "</s>" in text
+
+
+def test_chat_template_choice_errors_and_auto(tmp_path, head_qa_set, monkeypatch):
+    with pytest.raises(mcqa.McqaError, match=r"'mistrall'.*did you mean mistral"):
+        mcqa.resolve_chat_template("mistrall", "m", None)
+    assert mcqa.resolve_chat_template("none", "m", None) == (None, "--chat-template none")
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    adapter = tmp_path / "saves" / "sft"
+    adapter.mkdir(parents=True)
+    (recipes / "sft.yaml").write_text(f"model_name_or_path: org/base\ntemplate: mistral\noutput_dir: {adapter}\n")
+    (recipes / "other.yaml").write_text("model_name_or_path: org/base\ntemplate: llama2\noutput_dir: saves/other\n")
+    assert mcqa.resolve_chat_template("auto", "org/base", str(adapter), recipes) == ("mistral", f"auto: {recipes / 'sft.yaml'}")
+    monkeypatch.chdir(tmp_path)  # a relative output_dir names the same folder
+    assert mcqa.find_chat_template("org/base", "saves/sft", Path("recipes"))[0] == "mistral"
+    with pytest.raises(mcqa.McqaError, match=r"recipes disagree.*other.yaml \(llama2\).*sft.yaml \(mistral\)"):
+        mcqa.resolve_chat_template("auto", "org/base", None, recipes)  # the base model: two recipes, two templates
+    with pytest.raises(mcqa.McqaError, match=r"no training_args.yaml and no recipe.*--chat-template mistral"):
+        mcqa.resolve_chat_template("auto", "org/base", str(tmp_path / "elsewhere"), recipes)
+    (adapter / "training_args.yaml").write_text("template: qwen\n")  # LLaMA-Board's record wins
+    assert mcqa.find_chat_template("org/base", str(adapter), recipes) == ("qwen", str(adapter / "training_args.yaml"))
+    # a set without the SFT prompt record: the error names the manifest and the fix
+    items = _write_jsonl(tmp_path / "pt" / "test.jsonl", [r for r in TEST_ITEMS if r["language"] == "pt"])
+    with pytest.raises(mcqa.McqaError, match=r"pt/manifest.json: cannot read the SFT prompt record.*--sft-prompt-from"):
+        mcqa.evaluate(items, "m", tmp_path / "out", chat_template="mistral", loaded=(None, None))
+    (tmp_path / "pt" / "manifest.json").write_text(json.dumps({"sft": {"instruction": "x"}}))
+    with pytest.raises(mcqa.McqaError, match=r"no `sft.prompt` record"):
+        mcqa.evaluate(items, "m", tmp_path / "out", chat_template="mistral", loaded=(None, None))
+    assert mcqa.load_sft_prompt(head_qa_set / "data/head_qa_es/manifest.json").answer_prefix == "Respuesta"

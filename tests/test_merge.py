@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from medfactory.run.merge import (
     dare_merge,
     load_merge_recipe,
     merge_tensor,
+    relative_distance,
     run_merge,
     tensor_generator,
     ties_merge,
@@ -429,7 +431,126 @@ def test_repository_merge_recipes_validate(repo_root: Path) -> None:
     assert {p.stem for p in recipes} >= {"spanish_medical_ties", "spanish_medical_dare"}
     for path in recipes:
         recipe = load_merge_recipe(path)
-        assert recipe.base_model == "BioMistral/BioMistral-7B" and recipe.dtype == "bfloat16"
+        assert recipe.dtype == "bfloat16" and recipe.version == "1.1.0"
         assert all(m.weight == 0.5 and m.density == 0.5 for m in recipe.models)  # BioMistral's values
+        # BioMistral's pattern: the domain model (here the Spanish medical model, a LoRA on BioMistral-7B) merged with the
+        # instruct model BioMistral-7B was pre-trained from, which is also the TIES / DARE base; never a model into its own base
+        assert recipe.base_model == "mistralai/Mistral-7B-Instruct-v0.1"
+        assert [m.model for m in recipe.models] == ["saves/spanish_medical_dpo"] and recipe.models[0].adapter_base is None
     assert load_merge_recipe(repo_root / "recipes/merge/spanish_medical_ties.yaml").method == "ties"
     assert load_merge_recipe(repo_root / "recipes/merge/spanish_medical_dare.yaml").method == "dare_ties"
+
+
+# --------------------------------------------------------------------------------------------------
+# Models of another base or shape are refused
+# --------------------------------------------------------------------------------------------------
+
+
+def _model_from_config(source: Path, target: Path, seed: int = 0, **changes) -> Path:
+    """A random-weight model with ``source``'s config and tokenizer, ``changes`` applied to the config."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(source)
+    for key, value in changes.items():
+        setattr(config, key, value)
+    torch.manual_seed(seed)
+    _copy_non_weights(source, target)
+    AutoModelForCausalLM.from_config(config).save_pretrained(target)
+    return target
+
+
+def _one_model_recipe(directory: Path, name: str, base: Path, model: Path, model_extra: str = "") -> Path:
+    body = f"method: ties\nbase_model: {base}\nmodels:\n  - model: {model}\n    weight: 0.5\n    density: 0.5\n{model_extra}"
+    return _recipe(directory, name, body + f"dtype: float32\noutput: {directory / (name + '-out')}\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "field", "values"),
+    [
+        ({"hidden_size": 64, "head_dim": 8}, "hidden_size", "64 vs 128"),
+        ({"num_hidden_layers": 3}, "num_hidden_layers", "3 vs 2"),
+        ({"num_key_value_heads": 2}, "num_key_value_heads", "2 vs 4"),
+        ({"rope_theta": 10000.0}, "rope_theta", "10000.0 vs 1000000.0"),
+    ],
+)
+def test_a_model_of_another_shape_is_refused_naming_both_models_and_the_field(family: dict, tmp_path: Path, change, field, values) -> None:
+    base = family["folders"]["base"]
+    other = _model_from_config(base, tmp_path / "other", **change)
+    recipe = _one_model_recipe(tmp_path, "shapes", base, other)
+    with pytest.raises(MergeError) as error:
+        run_merge(recipe)
+    message = str(error.value)
+    assert str(recipe) in message and f"`models[0]` ({other})" in message and f"`base_model` ({base})" in message
+    assert f"differ in {field}: {values}" in message and "Fix:" in message
+    assert not (tmp_path / "shapes-out").exists()
+
+
+def test_another_vocabulary_or_architecture_is_refused(family: dict, tmp_path: Path) -> None:
+    base = family["folders"]["base"]
+    small_vocabulary = build_tiny_model("mistral", list(generate_notes(60, seed=5)), vocab_size=600)
+    with pytest.raises(MergeError, match=r"differ in vocab_size: \d+ vs \d+"):
+        run_merge(_one_model_recipe(tmp_path, "vocab", base, small_vocabulary))
+    llama = build_tiny_model("llama", list(generate_notes(60, seed=5)))
+    with pytest.raises(MergeError, match=r"differ in architectures: \['LlamaForCausalLM'\] vs \['MistralForCausalLM'\]"):
+        run_merge(_one_model_recipe(tmp_path, "arch", base, llama))
+
+
+def test_an_adapter_on_another_shape_is_refused_before_it_is_merged(family: dict, tmp_path: Path, monkeypatch) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import medfactory.run.merge as merge
+
+    narrow = _model_from_config(family["folders"]["base"], tmp_path / "narrow", hidden_size=64, head_dim=8)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(narrow), config).save_pretrained(tmp_path / "adapter")
+
+    def never(*args, **kwargs):
+        raise AssertionError("the adapter must not be merged before the architectures are checked")
+
+    monkeypatch.setattr(merge, "merge_adapter_into_base", never)
+    recipe = _one_model_recipe(tmp_path, "adapter_shapes", family["folders"]["base"], tmp_path / "adapter")
+    with pytest.raises(MergeError, match=rf"a LoRA adapter on {narrow}\) and `base_model` .* differ in hidden_size: 64 vs 128"):
+        run_merge(recipe)
+
+
+def test_a_model_of_another_base_with_the_same_shapes_is_refused(family: dict, tmp_path: Path) -> None:
+    base = family["folders"]["base"]
+    stranger = _model_from_config(base, tmp_path / "stranger", seed=123)  # same config, its own random weights
+    recipe = _one_model_recipe(tmp_path, "lineage", base, stranger)
+    with pytest.raises(MergeError) as error:
+        run_merge(recipe)
+    message = str(error.value)
+    assert "is not a fine-tune of `base_model`" in message and str(base) in message and str(stranger) in message
+    assert re.search(r"differs from the base's by 1\.\d\d of its norm", message)
+    assert not (tmp_path / "lineage-out").exists()
+    assert relative_distance(family["base"]["model.norm.weight"] + 0.01, family["base"]["model.norm.weight"]) < 0.02
+
+
+def test_an_adapter_is_applied_to_the_model_it_was_trained_on(family: dict, tmp_path: Path) -> None:
+    """BioMistral's pattern: the LoRA of a domain model (ft1 + adapter) merged against the instruct model it derives from (base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folders = family["folders"]
+    torch.manual_seed(4)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], init_lora_weights=False, task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(folders["ft1"]), config).save_pretrained(tmp_path / "adapter")
+    factors = load_file(str(tmp_path / "adapter" / "adapter_model.safetensors"))
+    assert json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())["base_model_name_or_path"] == str(folders["ft1"])
+    output = run_merge(_one_model_recipe(tmp_path, "on_ft1", folders["base"], tmp_path / "adapter"))
+    merged = load_file(str(output / "model.safetensors"))
+    for name, base in family["base"].items():
+        tau = family["perturbations"]["ft1"][name].double()  # ft1 - base
+        a_key = "base_model.model." + name.replace(".weight", ".lora_A.weight")
+        if a_key in factors:
+            tau = (base.double() + tau + 2.0 * factors[a_key.replace("lora_A", "lora_B")].double() @ factors[a_key].double()).float().double() - base.double()
+        expected = _hand_ties(base.double().numpy(), [tau.numpy()], [0.5], 0.5, normalize=True)
+        np.testing.assert_allclose(merged[name].double().numpy(), expected, rtol=0, atol=2e-5, err_msg=name)
+    record = json.loads((output / MANIFEST_NAME).read_text())["models"][0]
+    assert record["merged_into"] == str(folders["ft1"]) and record["merged_into_from"] == "adapter_config.json base_model_name_or_path"
+    # `adapter_base:` in the recipe overrides what the adapter declares
+    recipe = _one_model_recipe(tmp_path, "override", folders["base"], tmp_path / "adapter", model_extra=f"    adapter_base: {folders['ft2']}\n")
+    run_merge(recipe)
+    record = json.loads((tmp_path / "override-out" / MANIFEST_NAME).read_text())["models"][0]
+    assert record["merged_into"] == str(folders["ft2"]) and record["merged_into_from"] == "recipe"

@@ -93,6 +93,18 @@ def test_every_base_model_of_a_training_recipe_has_a_config(repo_root: Path) -> 
             assert base_config_path(values["model_name_or_path"]).is_file()
 
 
+def test_bench_models_are_the_base_model_tables_models_with_a_config() -> None:
+    from medfactory.recipes.base_models import BASE_MODELS as TABLE
+
+    assert {model_id: (model.config, model.config_note) for model_id, model in TABLE.items() if model.config} == BASE_MODELS
+    assert BASE_MODELS["mistral-community/Mistral-7B-v0.2"][0] == "mistral_7b_v02"  # the Clinical-BR Mistral base
+    assert "mistralai/Mistral-7B-v0.2" not in BASE_MODELS  # no such model on the Hub
+    for model in TABLE.values():  # a fine-tune keeps its parent's shapes: the same shipped configuration
+        parent = TABLE.get(model.derived_from or "")
+        if parent is not None and model.config and parent.config:
+            assert model.config == parent.config, model.model_id
+
+
 def test_unknown_base_model_error_names_the_known_ones_and_the_option() -> None:
     with pytest.raises(SystemExit, match=r"no shipped configuration for base model 'org/other'.*--model-config"):
         base_config_path("org/other")

@@ -1,9 +1,10 @@
 """Random-weight models with the exact configuration of each recipe's base model, for ``medfactory bench``.
 
 The configuration files in ``medfactory/model_configs/`` are the published ``config.json`` of each
-base model (shapes, attention layout, vocabulary); nothing is downloaded. Fine-tunes of a base
+base model (shapes, attention layout, vocabulary); nothing is downloaded. Which model has which
+file is the base-model table, ``medfactory/recipes/base_models.yaml``: fine-tunes of a base
 (BioMistral of Mistral-7B-Instruct-v0.1, the clibrain Spanish models of LLaMA-2-7B and
-Mistral-7B) share its shapes, so they map to its file. With ``tiny=True`` the same architecture
+Mistral-7B-v0.1) share its shapes, so they map to its file. With ``tiny=True`` the same architecture
 is shrunk to a CPU-sized model: the same code path, in seconds.
 
 Built models are cached under ``$MEDFACTORY_CACHE/bench`` by a hash of the configuration.
@@ -14,10 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from importlib import resources
 from pathlib import Path
 
 from medfactory.base.atomic import atomic_directory
+from medfactory.recipes.base_models import BASE_MODELS as TABLE
+from medfactory.recipes.base_models import config_file
 from medfactory.run.tiny_model import (
     GEMMA_SPECIAL_TOKENS,
     cache_root,
@@ -30,14 +32,10 @@ logger = logging.getLogger(__name__)
 
 BENCH_BUILDER_VERSION = 1
 
-# Base model id (as recipes name it) -> shipped configuration file, with where its values come from.
+# Base model id (as recipes name it) -> shipped configuration file, with where its values come from:
+# the models of medfactory/recipes/base_models.yaml that have a configuration.
 BASE_MODELS: dict[str, tuple[str, str]] = {
-    "meta-llama/Llama-2-7b-hf": ("llama2_7b", "config.json of meta-llama/Llama-2-7b-hf"),
-    "clibrain/Llama-2-7b-ft-instruct-es": ("llama2_7b", "a LLaMA-2-7B fine-tune: same shapes as meta-llama/Llama-2-7b-hf"),
-    "mistralai/Mistral-7B-v0.2": ("mistral_7b_v02", "config.json of Mistral-7B-v0.2 (32k context, rope_theta 1e6, no sliding window)"),
-    "clibrain/lince-mistral-7b-it-es": ("biomistral_7b", "a Mistral-7B-v0.1 fine-tune: same shapes as BioMistral-7B"),
-    "BioMistral/BioMistral-7B": ("biomistral_7b", "config.json of BioMistral/BioMistral-7B (Mistral-7B-Instruct-v0.1 shapes, window 4096)"),
-    "google/medgemma-4b-it": ("medgemma_4b", "config.json of google/medgemma-4b-it (Gemma 3 4B with a SigLIP 896 px tower)"),
+    model_id: (model.config, model.config_note) for model_id, model in TABLE.items() if model.config is not None
 }
 
 # The tiny variant: every width a multiple of 64 (bitsandbytes' CPU 4-bit kernels need it).
@@ -54,7 +52,7 @@ def base_config_path(model_name_or_path: str) -> Path:
             f"no shipped configuration for base model {model_name_or_path!r}. Known: {known}. "
             "Pass --model-config PATH/config.json for another model."
         )
-    return Path(str(resources.files("medfactory") / "model_configs" / f"{BASE_MODELS[model_name_or_path][0]}.json"))
+    return config_file(BASE_MODELS[model_name_or_path][0])
 
 
 def shrink(values: dict) -> dict:

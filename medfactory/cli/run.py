@@ -6,12 +6,13 @@ here the errors become a red message on stderr and exit code 1.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from medfactory.run.card import CardError, push_card, write_card
+from medfactory.run.card import PROVENANCE_NAME, CardError, push_card, write_card
 from medfactory.run.merge import MANIFEST_NAME, MergeError, MergeRecipeError, run_merge
 
 
@@ -36,6 +37,13 @@ def merge_command(
     typer.echo(f"merged checkpoint written to {merged} (manifest: {merged / MANIFEST_NAME})")
 
 
+def _echo_overrides(provenance_path: Path) -> None:
+    overridden = json.loads(provenance_path.read_text(encoding="utf-8")).get("overridden", {})
+    for key, entry in overridden.items():
+        recipe = entry["recipe"] if entry["recipe"] is not None else f"unset (default {entry.get('default')})"
+        typer.echo(f"  the run differs from the recipe: {key}: {recipe} -> {entry['ran']} ({entry['from']})")
+
+
 def card_command(
     run_dir: Annotated[Path, typer.Argument(help="The run folder, e.g. saves/clinical_br_mistral")],
     recipe: Annotated[
@@ -53,10 +61,15 @@ def card_command(
     push: Annotated[str | None, typer.Option("--push", help="Upload to this Hugging Face repo id (only when given)")] = None,
     private: Annotated[bool, typer.Option(help="Create the pushed repository as private")] = True,
 ) -> None:
-    """Write the run's provenance.json and a Hugging Face model card (README.md) into the run folder."""
+    """Write the run's provenance.json and a Hugging Face model card (README.md) into the run folder.
+
+    The card shows the values the run used (the Trainer's card, trainer_state.json, adapter_config.json),
+    so a `key=value` given after the recipe on the command line is shown, tagged "override"."""
     try:
         for path in write_card(run_dir, recipe, reports, license):
             typer.echo(str(path))
+            if path.name == PROVENANCE_NAME:
+                _echo_overrides(path)
         if push:
             push_card(run_dir, push, private=private)
             typer.echo(f"pushed {run_dir} to https://huggingface.co/{push}")

@@ -3,8 +3,10 @@
 Typical use: ``medfactory contamination data/corpus/test.jsonl data/corpus/train.jsonl`` before
 training, to check that copy-forward notes did not leak across the split. Each side is a
 ``.jsonl`` file or a prepared dataset folder (its ``*.jsonl`` files, sorted). Both are streamed
-one record at a time; side B is indexed (sha256 of the normalised text for exact copies, a
-:class:`~medfactory.corpus.dedup.NearDuplicateIndex` for near copies), then A is scanned against it.
+one record at a time; side B is indexed (:func:`~medfactory.corpus.dedup.duplicate_key`, the key
+``prepare`` de-duplicates by, for exact copies; a :class:`~medfactory.corpus.dedup.NearDuplicateIndex`
+for near copies), then A is scanned against it. For a recipe (its evaluation sets against all its
+training datasets) see :mod:`medfactory.corpus.recipe_overlap`.
 
 Clinical text is sensitive: the report, the summary and every error message carry counts, file
 names, line numbers, note ids and hashes, never note text.
@@ -157,7 +159,7 @@ class _BIndex:
     """Side B, indexed: exact keys, labels by ordinal, and the MinHash index keyed by those ordinals."""
 
     index: NearDuplicateIndex
-    exact_keys: dict[bytes, int] = field(default_factory=dict)  # sha256(normalised text) -> ordinal of its first B record
+    exact_keys: dict[int, int] = field(default_factory=dict)  # duplicate key -> ordinal of its first B record
     labels: list[str] = field(default_factory=list)  # ordinal -> label
 
 
@@ -172,18 +174,14 @@ class _Scan:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _exact_key(normalised: str) -> bytes:
-    return hashlib.sha256(normalised.encode("utf-8")).digest()
-
-
 def _index_side_b(side_b: _Side, index: NearDuplicateIndex, progress: bool) -> _BIndex:
     """Every distinct (normalised) text of B, in the exact and the near-duplicate index."""
-    from medfactory.corpus.dedup import normalise_for_dedup
+    from medfactory.corpus.dedup import key_of_normalised, normalise_for_dedup
 
     indexed = _BIndex(index)
     for record in _progress(side_b.records(), f"index B ({side_b.path.name})", progress):
         normalised = normalise_for_dedup(record.text)
-        key = _exact_key(normalised)
+        key = key_of_normalised(normalised)
         if key in indexed.exact_keys:
             continue  # an exact repeat inside B adds nothing to either index
         ordinal = len(indexed.labels)
@@ -195,12 +193,12 @@ def _index_side_b(side_b: _Side, index: NearDuplicateIndex, progress: bool) -> _
 
 def _scan_side_a(side_a: _Side, b: _BIndex, max_examples: int, progress: bool) -> _Scan:
     """Count A's exact and near copies of B; keep the first ``max_examples`` pairs (labels only)."""
-    from medfactory.corpus.dedup import normalise_for_dedup
+    from medfactory.corpus.dedup import key_of_normalised, normalise_for_dedup
 
     scan = _Scan(by_file={entry.name: {"exact": 0, "near": 0} for entry in side_a.files})
     for record in _progress(side_a.records(), f"scan A ({side_a.path.name})", progress):
         normalised = normalise_for_dedup(record.text)
-        ordinal = b.exact_keys.get(_exact_key(normalised))
+        ordinal = b.exact_keys.get(key_of_normalised(normalised))
         if ordinal is not None:
             kind, jaccard = "exact", 1.0
             scan.exact += 1
@@ -220,6 +218,8 @@ def _scan_side_a(side_a: _Side, b: _BIndex, max_examples: int, progress: bool) -
 
 def _report(side_a: _Side, side_b: _Side, b: _BIndex, scan: _Scan, max_examples: int) -> dict[str, Any]:
     """The JSON report (format ``REPORT_FORMAT``): sides, counts, example ids and settings."""
+    from medfactory.corpus.dedup import DUPLICATE_KEY
+
     a_info, b_info = side_a.describe(), side_b.describe()
     for entry in a_info["files"]:
         entry.update(scan.by_file[entry["file"]])
@@ -242,7 +242,7 @@ def _report(side_a: _Side, side_b: _Side, b: _BIndex, scan: _Scan, max_examples:
         "examples_left_out": contaminated - len(scan.examples),
         "settings": {
             **b.index.settings(),
-            "exact_key": "sha256 of the normalised text",
+            "exact_key": DUPLICATE_KEY,
             "max_examples": max_examples,
         },
     }
@@ -260,8 +260,9 @@ def contamination_report(
     """How many records of ``a`` are exact or near (estimated Jaccard >= ``threshold``) copies of
     records of ``b``; up to ``max_examples`` example pairs (ids only, first found in A's order).
 
-    "Exact" means equal after :func:`~medfactory.corpus.dedup.normalise_for_dedup` (case, whitespace,
-    Unicode form); "near" means not exact but a near duplicate by MinHash over word shingles.
+    "Exact" means an equal :func:`~medfactory.corpus.dedup.duplicate_key` (equal after
+    :func:`~medfactory.corpus.dedup.normalise_for_dedup`: case, whitespace, Unicode form, invisible
+    characters), the same test ``prepare`` drops duplicates by; "near" means not exact but a near duplicate by MinHash over word shingles.
     Raises CorpusError (file, line and fix) on a missing input, a folder without .jsonl files or
     a bad line; ValueError on bad settings.
     """

@@ -5,8 +5,9 @@ de-duplication) and, only when near-duplicate removal is asked for, a MinHash si
 
 Per note, in this order: normalise (:func:`medfactory.corpus.text.normalise_note`); drop empty and
 too-short notes; scan for personal identifiers and report, mask or refuse (before anything is
-written); drop exact duplicates; optionally drop near duplicates (copy-forward notes); assign the
-patient's split; write. Outputs go to a staging folder that replaces ``data/<name>/`` in one step
+written); drop exact duplicates and optionally near duplicates (copy-forward notes), as
+:mod:`medfactory.corpus.dedup` defines them; assign the group's split (patient, else admission,
+else note: the manifest says when splits are not patient-disjoint); write. Outputs go to a staging folder that replaces ``data/<name>/`` in one step
 only when everything succeeded, and ``dataset_info.json`` is updated after that: a run that fails
 or is killed leaves the previously prepared dataset and the registry as they were.
 """
@@ -39,9 +40,9 @@ from medfactory.base.manifest import (
 )
 from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
 from medfactory.base.versions import package_versions
-from medfactory.corpus.dedup import NearDuplicateIndex, SeenKeys
+from medfactory.corpus.dedup import DUPLICATE_KEY, NORMALISATION, NearDuplicateIndex, SeenKeys, key_hex, key_of_normalised, normalise_for_dedup
 from medfactory.corpus.readers import ColumnMapping, ReadOptions, SourceFile, list_source_files, read_notes
-from medfactory.corpus.splits import SPLITS, HeldOutSampler, SplitPlan, group_of
+from medfactory.corpus.splits import SPLITS, HeldOutSampler, SplitPlan, group_of, split_disjointness
 from medfactory.corpus.text import AUTO_ENCODING, normalise_note
 
 log = logging.getLogger(__name__)
@@ -152,6 +153,8 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
         manifest = notes_pass.finish(staging, sources)
         write_manifest(staging / MANIFEST_FILE, manifest)
     register_datasets(registry, registry_entries(options.name))
+    for caveat in manifest["split_caveats"]:
+        log.warning("%s: %s", options.name, caveat)
     log.info("%s: %d records read, %d notes kept, dropped %s", options.name, notes_pass.records_read, manifest["documents"], dict(notes_pass.dropped))
     return manifest
 
@@ -227,21 +230,24 @@ class _NotesPass:
             )
         return self.scanner.mask(text, found) if self.options.identifier_mode == "mask" else text
 
-    def _is_duplicate(self, text: str) -> tuple[bool, bytes]:
-        key_bytes = hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest()
-        if not self.seen.add_if_new(int.from_bytes(key_bytes, "big", signed=True)):
+    def _is_duplicate(self, text: str) -> tuple[bool, str]:
+        """(dropped?, the note's key in hex): dedup's one definition of a duplicate, so that
+        ``contamination`` calls the same pairs duplicates."""
+        normalised = normalise_for_dedup(text)
+        key = key_of_normalised(normalised)
+        if not self.seen.add_if_new(key):
             self.dropped["duplicate"] += 1
-            return True, key_bytes
-        if self.near_index is not None and self.near_index.add_if_new(key_bytes.hex(), text) is not None:
+            return True, key_hex(key)
+        if self.near_index is not None and self.near_index.add_if_new(key_hex(key), normalised) is not None:
             self.dropped["near_duplicate"] += 1
-            return True, key_bytes
-        return False, key_bytes
+            return True, key_hex(key)
+        return False, key_hex(key)
 
     def _take(self, raw: Any, handles: dict[str, Any]) -> None:
         text = self._clean(raw)
         if text is None:
             return
-        duplicate, key_bytes = self._is_duplicate(text)
+        duplicate, key = self._is_duplicate(text)
         if duplicate:
             return
         kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
@@ -257,7 +263,7 @@ class _NotesPass:
         if self.tokens is not None and split != "test":  # test is counted once the Likert notes left it
             self.tokens.add(split, text)
         if split == "test":
-            self.sampler.offer(group, key_bytes.hex(), line, len(text))
+            self.sampler.offer(group, key, line, len(text))
 
     def finish(self, staging: Path, sources: list[Path]) -> dict[str, Any]:
         """Carve the Likert notes out of test, finish the token counts and return the manifest."""
@@ -294,6 +300,12 @@ class _NotesPass:
                 for split, stats in {**self.split_stats, "likert": likert}.items()
             },
             "notes_by_group_kind": dict(self.group_kinds),
+            **split_disjointness(self.group_kinds),
+            "deduplication": {
+                "exact_key": DUPLICATE_KEY,
+                "normalisation": NORMALISATION,
+                "near_duplicate_threshold": options.near_duplicate_threshold,
+            },
             "dropped": dict(sorted(self.dropped.items())),
             "identifiers": {
                 "mode": options.identifier_mode,

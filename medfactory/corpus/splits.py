@@ -1,8 +1,10 @@
-"""Deterministic, leak-free splits: every note of a patient lands in the same split.
+"""Deterministic splits by group: every note of a group lands in the same split.
 
 A note's group is its patient, or its admission where the export has no patient id, or the
 note itself where it has neither. The split of a group is a pure function of (seed, group), so
-a rerun, or a corpus that grows, never moves a patient between train and evaluation.
+a rerun, or a corpus that grows, never moves a group between train and evaluation. Only when
+every note has a patient id are the splits patient-disjoint; otherwise the same patient can be
+in train and test, and :func:`split_disjointness` says so for the manifest and the summary.
 
 The held-out notes of the Likert study are drawn from the test split (never from training):
 the ``k`` test-split groups with the smallest hashes, one note each, kept in O(k) memory while
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +56,28 @@ def group_of(patient_id: str | None, admission_id: str | None, note_key: str) ->
     if admission_id:
         return "admission", f"admission:{admission_id}"
     return "note", f"note:{note_key}"
+
+
+_CAVEATS = {
+    "admission": ("admission", "have no patient id"),
+    "note": ("note", "have neither a patient nor an admission id"),
+}
+
+
+def split_disjointness(notes_by_group_kind: Mapping[str, int]) -> dict[str, Any]:
+    """``{"patient_disjoint": bool, "split_caveats": [...]}`` for notes counted by group kind.
+
+    Patient-disjoint only when every note was grouped by its patient; each other kind gets one
+    caveat (counts only), e.g. "splits are by admission; the same patient can be in train and
+    test (90 of 90 notes have no patient id)".
+    """
+    total = sum(notes_by_group_kind.values())
+    caveats = []
+    for kind, (unit, why) in _CAVEATS.items():
+        count = notes_by_group_kind.get(kind, 0)
+        if count:
+            caveats.append(f"splits are by {unit}; the same patient can be in train and test ({count:,} of {total:,} notes {why})")
+    return {"patient_disjoint": total > 0 and not caveats, "split_caveats": caveats}
 
 
 @dataclass

@@ -51,6 +51,13 @@ _NEEDS_TRANSLATION = re.compile("[" + "".join(re.escape(chr(code)) for code in s
 _HORIZONTAL_RUNS = re.compile(r"[ \t]{2,}|\t")
 _SPACE_AROUND_NEWLINE = re.compile(r" \n ?|\n ")
 _BLANK_LINE_RUNS = re.compile(r"\n{3,}")
+_NEEDS_DROP = re.compile("[" + "".join(re.escape(chr(code)) for code in sorted(_DROP)) + "]")
+
+
+def remove_invisible(text: str) -> str:
+    """``text`` without control (except tab, LF, CR) and zero-width characters: what
+    :func:`normalise_note` drops, for callers that compare texts (duplicate keys)."""
+    return text.translate(_DROP) if _NEEDS_DROP.search(text) else text
 
 
 def normalise_note(text: str) -> str:

@@ -1,20 +1,27 @@
-"""`medfactory recipes check`: every recipe parsed the way LLaMA-Factory parses it.
+"""`medfactory recipes check`: every recipe checked offline for what would stop or silently mislead its run.
 
-What is checked, per recipe (each problem names the recipe, the key and the fix):
+What is checked, per recipe (each problem names the recipe, the key and the fix; docs/recipes_check.md
+lists every rule with its source):
 
 * the header comment: ``# recipe:`` (the file's name), ``# version:`` (x.y.z), ``# source:``;
 * YAML syntax, loaded with OmegaConf exactly as ``llamafactory-cli`` loads it;
 * keys unknown to LLaMA-Factory's argument dataclasses (with a did-you-mean);
+* values of the wrong type (the YAML path does not convert: ``learning_rate: fast`` parses);
 * values LLaMA-Factory accepts but silently ignores: its parser does not validate enum
   fields, so ``quantization_method: bitsandbytes`` parses and quantizes nothing;
-* LLaMA-Factory's and transformers' own argument validation, deprecations included;
-* every dataset named in ``dataset`` / ``eval_dataset`` registered in ``dataset_info.json``;
+* LLaMA-Factory's and transformers' own argument validation, deprecations included, and every
+  launch-time check of ``get_train_args`` / ``_verify_model_args`` / the model loader
+  (:mod:`medfactory.recipes.launch_checks`), plus the packages those keys need;
+* combinations LLaMA-Factory or transformers silently do not act on (:mod:`medfactory.recipes.ignored`);
+* ``model_name_or_path`` / ``ref_model``: a Hub id of the base-model table or a local path;
+* every dataset named in ``dataset`` / ``eval_dataset`` registered in ``dataset_info.json``, and
+  prepared (its file exists): an error with ``prepared=True``, otherwise a warning;
 * the source paper's values (``medfactory/recipes/paper_values.yaml``);
 * local logging only (``report_to: none``) and automatic resume (no ``overwrite_output_dir``);
 * the version rule: the values of a version are locked in ``recipes/versions.lock.json`` and
   the version has a ``recipes/CHANGELOG.md`` entry, so any changed value forces a version bump.
 
-Nothing is downloaded: only argument parsing runs, never model or tokenizer loading.
+Nothing is downloaded: only argument parsing runs, never model, tokenizer or dataset loading.
 """
 
 from __future__ import annotations
@@ -30,35 +37,31 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from medfactory.base.registry import REGISTRY_NAME, load_registry
+from medfactory.recipes.base_models import unknown_model_problem
+from medfactory.recipes.dataset_checks import (
+    load_recipe_registry,
+    registration_problems,
+    repository_root,
+    split_list,
+    tokenized_cache_problem,
+    unprepared_problems,
+)
+from medfactory.recipes.ignored import ignored_problems
+from medfactory.recipes.launch_checks import dependency_problems, field_types, launch_problems, parse_recipe, type_problems
 from medfactory.recipes.lock import CHANGELOG_NAME, load_lock, lock_path
 from medfactory.recipes.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
-from medfactory.recipes.recipe_file import HEADER_KEYS, RECIPES_DIR, VERSION_RE, load_recipe, read_header, values_hash
+from medfactory.recipes.problems import RecipeProblem
+from medfactory.recipes.recipe_file import HEADER_KEYS, VERSION_RE, load_recipe, read_header, values_hash
+
+__all__ = ["RecipeProblem", "RecipeReport", "check_recipe", "check_recipes", "inspect_recipe"]
+
+logger = logging.getLogger(__name__)
+MODEL_KEYS = ("model_name_or_path", "ref_model")
 
 # Values that parse but that LLaMA-Factory does not act on, with the value it does act on.
 KNOWN_IGNORED_VALUES: dict[str, dict[str, str]] = {
     "quantization_method": {"bitsandbytes": "bnb", "bitsandbytes4bit": "bnb", "bnb4": "bnb"},
 }
-
-
-@dataclasses.dataclass(frozen=True)
-class RecipeProblem:
-    """One thing wrong with one recipe."""
-
-    recipe: Path
-    key: str | None
-    message: str
-    fix: str
-
-    def __str__(self) -> str:
-        where = f"{self.recipe}" + (f": `{self.key}`" if self.key else "")
-        return f"{where}: {self.message} Fix: {self.fix}"
-
-
-def _llamafactory_fields() -> dict[str, dataclasses.Field]:
-    from llamafactory.hparams.parser import _TRAIN_ARGS
-
-    return {field.name: field for cls in _TRAIN_ARGS for field in dataclasses.fields(cls)}
 
 
 def _allowed_values(annotation: Any) -> list[str] | None:
@@ -73,7 +76,7 @@ def _allowed_values(annotation: Any) -> list[str] | None:
 
 
 def _check_keys_and_enums(path: Path, values: dict[str, Any]) -> list[RecipeProblem]:
-    fields = _llamafactory_fields()
+    fields = field_types()
     problems = []
     for key, value in values.items():
         if key not in fields:
@@ -92,8 +95,8 @@ def _check_keys_and_enums(path: Path, values: dict[str, Any]) -> list[RecipeProb
                 )
             )
             continue
-        allowed = _allowed_values(fields[key].type)
-        if allowed is not None and value is not None and str(value) not in allowed:
+        allowed = _allowed_values(fields[key][0])
+        if allowed is not None and isinstance(value, str) and value not in allowed:  # other types: the type check
             problems.append(
                 RecipeProblem(
                     path,
@@ -106,76 +109,33 @@ def _check_keys_and_enums(path: Path, values: dict[str, Any]) -> list[RecipeProb
     return problems
 
 
-class _WarningCollector(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(level=logging.WARNING)
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-def _check_with_llamafactory_parser(path: Path, values: dict[str, Any]) -> list[RecipeProblem]:
-    """Run LLaMA-Factory's own parser (dataclass validation included); report errors and deprecations."""
-    import torch
-    from llamafactory.hparams.parser import _parse_train_args
-
-    parse_values = dict(values)
-    if not torch.cuda.is_available():
-        # Only for parsing here: transformers refuses bf16 without a GPU unless use_cpu is set.
-        parse_values["use_cpu"] = True
-    collector = _WarningCollector()
-    watched = [logging.getLogger("transformers"), logging.getLogger("llamafactory")]
-    for logger in watched:
-        logger.addHandler(collector)
-    try:
-        _parse_train_args(parse_values)
-    except (ValueError, TypeError) as error:
-        return [RecipeProblem(path, None, f"LLaMA-Factory's parser rejects the recipe: {error}", "correct the value it names.")]
-    finally:
-        for logger in watched:
-            logger.removeHandler(collector)
-    return [
-        RecipeProblem(path, None, f"deprecated: {message}", "use the replacement the message names.")
-        for message in collector.messages
-        if "deprecated" in message.lower()
-    ]
-
-
-def _repository_root(path: Path) -> Path:
-    path = Path(path).resolve()
-    return path.parent.parent if path.parent.name == RECIPES_DIR.name else path.parent
-
-
-def _check_datasets(path: Path, values: dict[str, Any], registry_path: Path | None) -> list[RecipeProblem]:
-    root = _repository_root(path)
-    registry_file = registry_path or root / values.get("dataset_dir", ".") / REGISTRY_NAME
-    try:
-        registry = load_registry(registry_file)
-    except (FileNotFoundError, ValueError) as error:
-        return [RecipeProblem(path, "dataset_dir", str(error), f"point dataset_dir at the folder holding {REGISTRY_NAME}.")]
+def _check_models(path: Path, values: dict[str, Any]) -> list[RecipeProblem]:
     problems = []
-    for key in ("dataset", "eval_dataset"):
-        for name in _split_list(values.get(key)):
-            if name not in registry:
-                problems.append(
-                    RecipeProblem(
-                        path,
-                        key,
-                        f"dataset `{name}` is not registered in {registry_file}.",
-                        f"prepare it with `medfactory prepare {name}` (which registers it) or correct the name; "
-                        f"registered: {', '.join(sorted(registry))}.",
-                    )
-                )
+    for key in MODEL_KEYS:
+        if isinstance(values.get(key), str):
+            found = unknown_model_problem(values[key], repository_root(path))
+            if found:
+                problems.append(RecipeProblem(path, key, *found))
     return problems
 
 
-def _split_list(value: Any) -> list[str]:
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(item).strip() for item in value]
-    return [item.strip() for item in str(value).split(",") if item.strip()]
+def _check_arguments(path: Path, values: dict[str, Any]) -> list[RecipeProblem]:
+    """What LLaMA-Factory and transformers refuse or ignore, from the keys to the launch-time rules."""
+    problems = _check_keys_and_enums(path, values) + type_problems(path, values)
+    if problems:  # the parser stops at the first unknown key and misreads wrong types; report those with hints instead
+        return problems
+    parsed, problems = parse_recipe(path, values)
+    if parsed is not None:
+        problems += launch_problems(path, parsed) + ignored_problems(path, parsed) + dependency_problems(path, parsed)
+    return problems
+
+
+def _check_datasets(path: Path, values: dict[str, Any], registry_path: Path | None) -> tuple[list[RecipeProblem], list[RecipeProblem]]:
+    """Registration problems, and the datasets not prepared on this machine (problems or warnings: the caller decides)."""
+    registry_file, registry, problems = load_recipe_registry(path, values, registry_path)
+    if registry is None:
+        return problems, []
+    return registration_problems(path, values, registry_file, registry), unprepared_problems(path, values, registry)
 
 
 def _same_value(actual: Any, expected: Any) -> bool:
@@ -184,7 +144,7 @@ def _same_value(actual: Any, expected: Any) -> bool:
     if isinstance(expected, (int, float)) and isinstance(actual, (int, float)):
         return math.isclose(float(actual), float(expected), rel_tol=1e-9)
     if isinstance(expected, str) and "," in expected:
-        return _split_list(actual) == _split_list(expected)
+        return split_list(actual) == split_list(expected)
     return actual == expected
 
 
@@ -213,7 +173,7 @@ def _check_paper_values(path: Path, name: str, values: dict[str, Any]) -> list[R
 
 def _check_policies(path: Path, values: dict[str, Any]) -> list[RecipeProblem]:
     problems = []
-    report_to = _split_list(values.get("report_to", "none"))
+    report_to = split_list(values.get("report_to", "none"))
     if values.get("do_train") and report_to != ["none"]:
         problems.append(
             RecipeProblem(
@@ -285,28 +245,44 @@ def _check_version_rule(path: Path, header: dict[str, str], values: dict[str, An
     return problems
 
 
-def check_recipe(path: Path, registry_path: Path | None = None) -> list[RecipeProblem]:
-    """Every problem of one recipe; an empty list means it is ready to run."""
+@dataclasses.dataclass(frozen=True)
+class RecipeReport:
+    """A recipe's problems (it must not run as it is) and warnings (facts about this machine, e.g. unprepared data)."""
+
+    problems: list[RecipeProblem]
+    warnings: list[RecipeProblem]
+
+
+def inspect_recipe(path: Path, registry_path: Path | None = None, *, prepared: bool = False) -> RecipeReport:
+    """Every problem and warning of one recipe. ``prepared=True`` makes unprepared datasets problems."""
     path = Path(path)
     if not path.is_file():
-        return [RecipeProblem(path, None, "no such recipe file.", "check the path (recipes live in recipes/*.yaml).")]
+        return RecipeReport([RecipeProblem(path, None, "no such recipe file.", "check the path (recipes live in recipes/*.yaml).")], [])
     header = read_header(path)
     problems = _check_header(path, header)
     try:
         values = load_recipe(path)
     except Exception as error:  # OmegaConf raises several YAML error types; all mean the same here
-        return [*problems, RecipeProblem(path, None, f"not valid YAML: {error}", "correct the line it names.")]
-    key_problems = _check_keys_and_enums(path, values)
-    problems += key_problems
-    if not key_problems:  # the parser stops at the first unknown key; report those with hints instead
-        problems += _check_with_llamafactory_parser(path, values)
-    problems += _check_datasets(path, values, registry_path)
+        return RecipeReport([*problems, RecipeProblem(path, None, f"not valid YAML: {error}", "correct the line it names.")], [])
+    problems += _check_arguments(path, values)
+    problems += _check_models(path, values)
+    registration, unprepared = _check_datasets(path, values, registry_path)
+    problems += registration + (unprepared if prepared else [])
     problems += _check_paper_values(path, path.stem, values)
     problems += _check_policies(path, values)
     problems += _check_version_rule(path, header, values)
-    return problems
+    warnings = ([] if prepared else unprepared) + [found for found in [tokenized_cache_problem(path, values)] if found]
+    return RecipeReport(problems, warnings)
 
 
-def check_recipes(paths: Iterable[Path], registry_path: Path | None = None) -> dict[Path, list[RecipeProblem]]:
-    """Problems per recipe, for every recipe given."""
-    return {Path(path): check_recipe(Path(path), registry_path) for path in paths}
+def check_recipe(path: Path, registry_path: Path | None = None, *, prepared: bool = False) -> list[RecipeProblem]:
+    """Every problem of one recipe; an empty list means it is ready to run. Warnings are logged."""
+    report = inspect_recipe(path, registry_path, prepared=prepared)
+    for warning in report.warnings:
+        logger.warning("warning: %s", warning)
+    return report.problems
+
+
+def check_recipes(paths: Iterable[Path], registry_path: Path | None = None, *, prepared: bool = False) -> dict[Path, list[RecipeProblem]]:
+    """Problems per recipe, for every recipe given (warnings are logged)."""
+    return {Path(path): check_recipe(Path(path), registry_path, prepared=prepared) for path in paths}

@@ -1,13 +1,16 @@
 """`medfactory card saves/<run>`: the run's provenance and a Hugging Face model card.
 
 Reads what LLaMA-Factory leaves in a run folder (``trainer_state.json``, ``all_results.json`` /
-``train_results.json`` / ``eval_results.json``, ``trainer_log.jsonl``, ``adapter_config.json``;
-never ``training_args.bin``, a pickle that is unsafe to load), the recipe that produced it and the
-manifests of its datasets, and writes into the run folder:
+``train_results.json`` / ``eval_results.json``, ``trainer_log.jsonl``, ``adapter_config.json``,
+the Trainer's own model card with the hyperparameters it parsed; never ``training_args.bin``, a
+pickle that is unsafe to load), the recipe that produced it and the manifests of its datasets, and
+writes into the run folder:
 
-* ``provenance.json``: recipe (path, version, file sha256, values hash, values), dataset
-  manifests (path + sha256, or "not prepared"), package versions, git commit, training results,
-  adapter config;
+* ``provenance.json``: recipe (path, version, file sha256, values hash, values), the values the run
+  folder shows the run used (``ran``) and those that differ from the recipe file (``overridden``:
+  ``key=value`` given after the recipe on the command line), dataset manifests (path + sha256, or
+  "not prepared"), package versions, git commit (the checkout's, else the image's build argument),
+  training results, adapter config;
 * ``README.md``: the model card (YAML front matter through ``huggingface_hub.ModelCardData``);
   LLaMA-Factory's own auto card is kept as ``README.llamafactory.md``.
 
@@ -20,8 +23,12 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import enum
+import functools
 import hashlib
 import json
+import math
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -31,12 +38,14 @@ from medfactory.base.atomic import atomic_write, sha256_file, write_json_atomic
 from medfactory.base.jsonl import read_jsonl
 from medfactory.base.tables import markdown_table
 from medfactory.base.versions import package_versions
-from medfactory.recipes.paper_values import PAPER_SOURCE, PAPER_VALUES, SIXTEEN_BIT_RECIPES
+from medfactory.recipes.paper_values import PAPER_SOURCE
 from medfactory.recipes.recipe_file import RECIPES_DIR, load_recipe, read_header, values_hash
 
 PROVENANCE_NAME = "provenance.json"
 CARD_NAME = "README.md"
 LLAMAFACTORY_CARD_NAME = "README.llamafactory.md"
+# The overrides a medfactory launcher (the demo, bench) passed after the recipe (write_launch_args).
+LAUNCH_ARGS_NAME = "medfactory_launch.json"
 CARD_MARKER = "<!-- medfactory card: written by `medfactory card`; LLaMA-Factory's card is README.llamafactory.md -->"
 PACKAGES = (
     "medfactory",
@@ -187,34 +196,40 @@ def package_versions_record() -> dict[str, str | None]:
     return package_versions(PACKAGES, missing=None)
 
 
-def git_state(where: Path | None = None) -> dict[str, Any]:
-    """``git rev-parse HEAD`` and whether the tree has uncommitted changes; "unknown" outside git."""
-    where = Path(where or Path.cwd())
+# The commit the Docker image was built from (docker/Dockerfile's GIT_COMMIT build argument): the
+# build context has no .git, so a container without the checkout mounted knows its code only by this.
+IMAGE_COMMIT_ENV = "MEDFACTORY_GIT_COMMIT"
+
+
+def _checkout_state(where: Path) -> dict[str, Any]:
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+            ["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=30, check=False
         )
         if commit.returncode != 0:
             return {"commit": "unknown", "dirty": None}
         status = subprocess.run(
-            ["git", "status", "--porcelain"],
-            cwd=where,
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
+            ["git", "status", "--porcelain"], cwd=where, capture_output=True, text=True, timeout=60, check=False
         )
     except (OSError, subprocess.SubprocessError):
         return {"commit": "unknown", "dirty": None}
     return {
         "commit": commit.stdout.strip(),
         "dirty": bool(status.stdout.strip()) if status.returncode == 0 else None,
+        "source": "git checkout",
     }
+
+
+def git_state(where: Path | None = None) -> dict[str, Any]:
+    """``git rev-parse HEAD`` and whether the tree has uncommitted changes; outside a checkout, the
+    commit the Docker image was built from (``$MEDFACTORY_GIT_COMMIT``, dirty unknown); else "unknown"."""
+    state = _checkout_state(Path(where or Path.cwd()))
+    image_commit = os.environ.get(IMAGE_COMMIT_ENV, "").strip()
+    if image_commit and image_commit != "unknown":
+        state["image_commit"] = image_commit
+        if state["commit"] == "unknown":
+            state.update(commit=image_commit, dirty=None, source=f"image build argument (${IMAGE_COMMIT_ENV})")
+    return state
 
 
 def training_results(run_dir: Path) -> dict[str, Any]:
@@ -311,13 +326,241 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
+# --------------------------------------------------------------------------- what ran
+#
+# `llamafactory-cli train recipe.yaml key=value ...` merges the overrides into the recipe before
+# parsing (llamafactory/hparams/parser.py `read_args`), so the recipe file alone does not say what
+# ran. The run folder does, in part: the Trainer's model card lists the TrainingArguments it ran
+# with (transformers/modelcard.py `extract_hyperparameters_from_trainer`), adapter_config.json the
+# LoRA values, trainer_state.json the batch size, the step intervals and the epochs trained.
+
+TRAINER_CARD = "the Trainer's model card"
+# transformers' "Training hyperparameters" names -> the argument each one is.
+_TRAINER_CARD_KEYS = {
+    "learning_rate": "learning_rate",
+    "train_batch_size": "per_device_train_batch_size",
+    "eval_batch_size": "per_device_eval_batch_size",
+    "seed": "seed",
+    "gradient_accumulation_steps": "gradient_accumulation_steps",
+    "lr_scheduler_type": "lr_scheduler_type",
+    "lr_scheduler_warmup_steps": "warmup_steps",
+    "training_steps": "max_steps",
+    "num_epochs": "num_train_epochs",
+    "label_smoothing_factor": "label_smoothing_factor",
+}
+# The card leaves these out when they have this value (max_steps: an epoch-based run).
+_TRAINER_CARD_OMITTED = {"gradient_accumulation_steps": 1, "warmup_steps": 0, "label_smoothing_factor": 0.0, "max_steps": -1}
+_ADAPTER_KEYS = {
+    "base_model_name_or_path": "model_name_or_path",
+    "r": "lora_rank",
+    "lora_alpha": "lora_alpha",
+    "lora_dropout": "lora_dropout",
+    "target_modules": "lora_target",
+}
+# A recipe may give a value under its older name (transformers 5 reads warmup_ratio as warmup_steps).
+_ALIASES = {"warmup_steps": "warmup_ratio"}
+_OPTIMIZER = re.compile(r"^Use (?:OptimizerNames\.)?(\S+?)(?: with betas=\(([^,]+),([^)]+)\) and epsilon=(\S+))?(?: and|$)")
+_DATASETS = re.compile(r"^This model is a fine-tuned version of \[(.+?)\]\(.*?\) on (the .+?) datasets?\.$", re.MULTILINE)
+
+
+def _scalar(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def trainer_card_hyperparameters(run_dir: Path) -> dict[str, Any]:
+    """The "Training hyperparameters" list of the Trainer's model card (README.md before `card`
+    runs, README.llamafactory.md after), plus its base model and datasets; {} when there is none."""
+    text = ""
+    for name in (LLAMAFACTORY_CARD_NAME, CARD_NAME):
+        path = Path(run_dir) / name
+        if path.is_file() and CARD_MARKER not in (candidate := path.read_text(encoding="utf-8")):
+            text = candidate
+            break
+    section = re.search(r"^### Training hyperparameters\n(.*?)(?=^#|\Z)", text, re.MULTILINE | re.DOTALL)
+    if section is None:
+        return {}
+    found = dict(re.findall(r"^- ([\w ]+?): (.*)$", section.group(1), re.MULTILINE))
+    described = _DATASETS.search(text)
+    if described:
+        found["finetuned_from"] = described.group(1)
+        found["datasets"] = re.split(r", the | and the ", described.group(2).removeprefix("the "))
+    return found
+
+
+def _from_trainer_card(found: dict[str, Any]) -> dict[str, Any]:
+    ran: dict[str, Any] = {key: _scalar(found[name]) for name, key in _TRAINER_CARD_KEYS.items() if name in found}
+    for key, value in _TRAINER_CARD_OMITTED.items():
+        ran.setdefault(key, value)
+    if ran["max_steps"] != -1:
+        ran.pop("num_train_epochs", None)  # max_steps decides; the card leaves num_train_epochs out
+    ran["fp16"] = found.get("mixed_precision_training") == "Native AMP"
+    optimizer = _OPTIMIZER.match(found.get("optimizer", ""))
+    if optimizer:
+        ran["optim"] = optimizer.group(1).lower()
+        if optimizer.group(2):
+            ran.update(adam_beta1=_scalar(optimizer.group(2)), adam_beta2=_scalar(optimizer.group(3)), adam_epsilon=_scalar(optimizer.group(4)))
+    if "finetuned_from" in found:
+        ran["model_name_or_path"] = found["finetuned_from"]
+        ran["dataset"] = ",".join(found["datasets"])
+    return ran
+
+
+def _epochs_trained(state: dict[str, Any], values: dict[str, Any]) -> float | None:
+    """The epochs a finished epoch-based run trained; the recipe's value when within one step of it."""
+    step, last, epoch = state.get("global_step"), state.get("max_steps"), state.get("epoch")
+    if not all(isinstance(x, int | float) for x in (step, last, epoch)) or not 0 < last <= step or epoch <= 0:
+        return None
+    if (values.get("max_steps") or -1) > 0:
+        return None
+    planned = values["num_train_epochs"] if "num_train_epochs" in values else library_default("num_train_epochs")
+    if isinstance(planned, int | float) and abs(epoch - planned) <= epoch / step + 1e-9:
+        return planned
+    return round(epoch, 4)
+
+
+def _from_trainer_state(state: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    ran: dict[str, Any] = {}
+    if isinstance(state.get("train_batch_size"), int):
+        ran["per_device_train_batch_size"] = state["train_batch_size"]
+    # The state holds these as steps (a ratio below 1 becomes a step count), so only a recipe's
+    # step count can be compared with them.
+    for key in ("logging_steps", "eval_steps", "save_steps"):
+        if isinstance(values.get(key), int | float) and values[key] >= 1 and isinstance(state.get(key), int):
+            ran[key] = state[key]
+    epochs = _epochs_trained(state, values)
+    if epochs is not None:
+        ran["num_train_epochs"] = epochs
+    return ran
+
+
+def write_launch_args(output_dir: Path, recipe: Path, overrides: dict[str, Any]) -> Path:
+    """Record in ``output_dir`` the ``key=value`` overrides a medfactory launcher passes after the
+    recipe (LLaMA-Factory itself saves its arguments only as a pickle), for `medfactory card`."""
+    path = Path(output_dir) / LAUNCH_ARGS_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, {"recipe": str(recipe), "overrides": {key: _plain(value) for key, value in overrides.items()}})
+    return path
+
+
+def _plain(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool | type(None) | list | dict) else str(value)
+
+
+def _launch_overrides(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / LAUNCH_ARGS_NAME
+    if not path.is_file():
+        return {}
+    overrides = _read_json(path).get("overrides")
+    if not isinstance(overrides, dict):
+        raise CardError(f"{path}: no `overrides` mapping; delete the file or write it with write_launch_args.")
+    return overrides
+
+
+def run_values(run_dir: Path, values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """{argument: {"value", "from"}} for what the run folder shows the run used; later sources win:
+    medfactory's launch record, trainer_state.json, the Trainer's model card, adapter_config.json."""
+    run_dir = Path(run_dir)
+    state_path, adapter_path = run_dir / "trainer_state.json", run_dir / "adapter_config.json"
+    sources = [
+        (LAUNCH_ARGS_NAME, _launch_overrides(run_dir)),
+        ("trainer_state.json", _from_trainer_state(_read_json(state_path), values) if state_path.is_file() else {}),
+        (f"{TRAINER_CARD} ({LLAMAFACTORY_CARD_NAME})", _from_trainer_card(found) if (found := trainer_card_hyperparameters(run_dir)) else {}),
+    ]
+    if adapter_path.is_file():
+        adapter = _read_json(adapter_path)
+        sources.append(("adapter_config.json", {key: adapter[name] for name, key in _ADAPTER_KEYS.items() if adapter.get(name) is not None}))
+    ran = {key: {"value": value, "from": where} for where, found_values in sources for key, value in found_values.items()}
+    if (ran.get("max_steps", {}).get("value") or -1) > 0 and ran.get("num_train_epochs", {}).get("from") == "trainer_state.json":
+        del ran["num_train_epochs"]  # max_steps stopped the run: its epochs trained are not the argument
+    return ran
+
+
+@functools.cache
+def _library_defaults() -> dict[str, Any]:
+    """LLaMA-Factory's and transformers' defaults of the training arguments (what an unset key means)."""
+    import dataclasses
+
+    from llamafactory.hparams import DataArguments, FinetuningArguments, ModelArguments, TrainingArguments
+
+    defaults = {}
+    for cls in (ModelArguments, DataArguments, TrainingArguments, FinetuningArguments):
+        for field in dataclasses.fields(cls):
+            if field.default is not dataclasses.MISSING and field.default is not None:
+                defaults[field.name] = field.default.value if isinstance(field.default, enum.Enum) else field.default
+    return defaults
+
+
+def library_default(key: str) -> Any:
+    """The default a recipe gets for ``key`` when it does not set it; None when there is no fixed one."""
+    return _library_defaults().get(key)
+
+
+def _names(value: Any) -> list[str]:
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    return [str(item).strip() for item in items if str(item).strip()]
+
+
+def same_value(key: str, expected: Any, ran: Any) -> bool:
+    """Whether a run's value is the recipe's (numbers within rounding, names in any order for LoRA targets)."""
+    if key == "lora_target":
+        # "all" is expanded to the model's modules, a regex is not a list: neither can be compared.
+        return "all" in _names(expected) or not isinstance(ran, list) or set(_names(expected)) == set(_names(ran))
+    if key == "dataset":
+        return _names(expected) == _names(ran)
+    if isinstance(expected, bool) or isinstance(ran, bool):
+        return bool(expected) == bool(ran)
+    if isinstance(expected, int | float) and isinstance(ran, int | float):
+        return math.isclose(expected, ran, rel_tol=1e-6, abs_tol=1e-12)
+    return str(expected) == str(ran)
+
+
+def overridden_values(values: dict[str, Any], ran: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """{argument: {"recipe", "ran", "from"}} where the run used another value than the recipe file
+    gives (its own value, else LLaMA-Factory's / transformers' default, recorded as "default")."""
+    overridden: dict[str, dict[str, Any]] = {}
+    for key, entry in ran.items():
+        given = next((name for name in (key, _ALIASES.get(key)) if name in values), None)
+        expected = values[given] if given else library_default(key)
+        if expected is None or same_value(key, expected, entry["value"]):
+            continue
+        overridden[key] = {"recipe": values[given] if given else None, "ran": entry["value"], "from": entry["from"]}
+        if not given:
+            overridden[key]["default"] = expected
+    return overridden
+
+
+def value_tags(recipe: Path) -> dict[str, list[str]]:
+    """{key: [tag, ...]}: the ``[paper]``, ``[report]``, ``[qlora]``, ``[ours]`` ... tags of each
+    top-level key's line comment in the recipe file, in the order written."""
+    tags: dict[str, list[str]] = {}
+    for line in Path(recipe).read_text(encoding="utf-8").splitlines():
+        match = re.match(r"^([A-Za-z_]\w*)\s*:.*?\s#(.*)$", line)
+        if match:
+            tags[match.group(1)] = re.findall(r"\[([a-z][a-z0-9_-]*)\]", match.group(2))
+    return tags
+
+
+def used_values(provenance: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's values with the run's overrides in place: what the card shows."""
+    values = dict(provenance["recipe"]["values"])
+    values.update({key: entry["ran"] for key, entry in provenance.get("overridden", {}).items()})
+    return values
+
+
 # --------------------------------------------------------------------------- provenance
 
 
 def build_provenance(run_dir: Path, recipe: Path) -> dict[str, Any]:
     header = read_header(recipe)
     values = load_recipe(recipe)
-    return {
+    ran = run_values(run_dir, values)
+    overridden = overridden_values(values, ran)
+    provenance = {
         "run_dir": str(run_dir),
         "recipe": {
             "path": str(recipe),
@@ -327,14 +570,20 @@ def build_provenance(run_dir: Path, recipe: Path) -> dict[str, Any]:
             "sha256": hashlib.sha256(recipe.read_bytes()).hexdigest(),
             "values_hash": values_hash(values),
             "values": values,
+            "tags": value_tags(recipe),
         },
-        "datasets": dataset_manifests(values),
-        "packages": package_versions_record(),
-        "git": git_state(),
-        "training": training_results(run_dir),
-        "adapter_config": adapter_config(run_dir),
-        "created_utc": dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+        "ran": ran,
+        "overridden": overridden,
     }
+    provenance.update(
+        datasets=dataset_manifests(used_values(provenance)),
+        packages=package_versions_record(),
+        git=git_state(),
+        training=training_results(run_dir),
+        adapter_config=adapter_config(run_dir),
+        created_utc=dt.datetime.now(dt.UTC).replace(microsecond=0).isoformat(),
+    )
+    return provenance
 
 
 # --------------------------------------------------------------------------- the card
@@ -381,54 +630,56 @@ def _precision(values: dict[str, Any]) -> str:
     return text
 
 
+# (label, the arguments the row shows); the first one's value is the row's setting.
+_VALUE_ROWS = (
+    ("base model", ("model_name_or_path",)),
+    ("stage", ("stage",)),
+    ("fine-tuning", ("finetuning_type",)),
+    ("LoRA r", ("lora_rank",)),
+    ("LoRA alpha", ("lora_alpha",)),
+    ("LoRA dropout", ("lora_dropout",)),
+    ("LoRA targets", ("lora_target",)),
+    ("learning rate", ("learning_rate",)),
+    ("epochs", ("num_train_epochs",)),
+    ("max steps", ("max_steps",)),
+    ("context (cutoff_len)", ("cutoff_len",)),
+    ("optimizer", ("optim",)),
+    ("scheduler", ("lr_scheduler_type",)),
+    ("warm-up", ("warmup_steps",)),
+)
+_PRECISION_KEYS = ("pure_bf16", "bf16", "fp16", "quantization_bit", "quantization_method", "quantization_type")
+
+
+def value_origin(keys: tuple[str, ...], tags: dict[str, list[str]], overridden: dict[str, Any]) -> str:
+    """"override" when the run differed from the recipe in any of ``keys``; else the recipe's tags of
+    those keys ("paper", "qlora", "paper + ours", ...), or "recipe" for a value without a tag."""
+    if any(key in overridden for key in keys):
+        return "override"
+    found = [tag for key in keys for tag in tags.get(key, [])]
+    return " + ".join(dict.fromkeys(found)) or "recipe"
+
+
 def training_value_rows(
-    name: str, values: dict[str, Any]
+    values: dict[str, Any], tags: dict[str, list[str]], overridden: dict[str, Any] | None = None
 ) -> list[tuple[str, str, str]]:
-    """(label, value, from) rows: "paper" where the source paper fixes the value (PAPER_VALUES), else "ours"."""
-    paper = PAPER_VALUES.get(name, {})
-
-    def origin(*keys: str) -> str:
-        present = [key for key in keys if key in values]
-        if present and all(
-            key in paper and paper[key] == values[key] for key in present
-        ):
-            return "paper"
-        return "ours"
-
-    spec = [
-        ("base model", ("model_name_or_path",)),
-        ("stage", ("stage",)),
-        ("fine-tuning", ("finetuning_type",)),
-        ("LoRA r", ("lora_rank",)),
-        ("LoRA alpha", ("lora_alpha",)),
-        ("LoRA dropout", ("lora_dropout",)),
-        ("LoRA targets", ("lora_target",)),
-        ("learning rate", ("learning_rate",)),
-        ("epochs", ("num_train_epochs",)),
-        ("context (cutoff_len)", ("cutoff_len",)),
-        ("optimizer", ("optim",)),
-        ("scheduler", ("lr_scheduler_type",)),
-    ]
-    rows = [
-        (label, _fmt(values[keys[0]]), origin(*keys))
-        for label, keys in spec
-        if keys[0] in values
-    ]
-    precision_origin = (
-        "paper"
-        if name in SIXTEEN_BIT_RECIPES and (values.get("bf16") or values.get("fp16"))
-        else origin("quantization_bit")
-    )
-    rows.append(("precision", _precision(values), precision_origin))
+    """(label, value, from) rows of the values the run used (``used_values``), each tagged by its source."""
+    overridden = overridden or {}
+    rows = []
+    for label, keys in _VALUE_ROWS:
+        if keys[0] not in values or (keys[0] == "max_steps" and (values["max_steps"] or -1) <= 0):
+            continue
+        rows.append((label, _fmt(values[keys[0]]), value_origin(keys, tags, overridden)))
+    if (values.get("max_steps") or -1) > 0 and "num_train_epochs" in values:
+        rows = [
+            (label, f"{value} (max_steps decides)", origin) if label == "epochs" else (label, value, origin)
+            for label, value, origin in rows
+        ]
+    precision = tuple(key for key in _PRECISION_KEYS if values.get(key) or key in overridden)
+    rows.append(("precision", _precision(values), value_origin(precision, tags, overridden)))
     if "per_device_train_batch_size" in values:
         batch = f"{values['per_device_train_batch_size']} × {values.get('gradient_accumulation_steps', 1)}"
-        rows.append(
-            (
-                "batch × accumulation",
-                batch,
-                origin("per_device_train_batch_size", "gradient_accumulation_steps"),
-            )
-        )
+        keys = ("per_device_train_batch_size", "gradient_accumulation_steps")
+        rows.append(("batch × accumulation", batch, value_origin(keys, tags, overridden)))
     return rows
 
 
@@ -478,13 +729,60 @@ def _description_section(provenance: dict[str, Any], base: str, langs: str) -> l
     )
     if recipe.get("source"):
         out += ["", f"Source: {recipe['source']}"]
-    if name in PAPER_SOURCE:
-        out += ["", f"Values marked *paper* are those of {PAPER_SOURCE[name]}; *ours* are not in the source."]
+    paper = f" (*paper*: {PAPER_SOURCE[name]})" if name in PAPER_SOURCE else ""
+    out += [
+        "",
+        (
+            f"In *from*, each value carries the tag its line in the recipe gives it{paper}, *recipe* where the line has "
+            "none, and *override* where the run used another value than the recipe file (a `key=value` after the "
+            f"recipe on the command line; both values are under `overridden` in `{PROVENANCE_NAME}`)."
+        ),
+    ]
     return out
 
 
-def _training_values_section(name: str, values: dict[str, Any], adapter: dict[str, Any] | None) -> list[str]:
-    out = ["## Training values", "", _table(["value", "setting", "from"], training_value_rows(name, values))]
+def _overrides_note(provenance: dict[str, Any]) -> list[str]:
+    overridden = provenance.get("overridden", {})
+    if not overridden:
+        return []
+    said = [
+        f"`{key}` {_fmt(entry['recipe']) if entry['recipe'] is not None else 'unset (default ' + _fmt(entry.get('default')) + ')'} "
+        f"in the recipe, {_fmt(entry['ran'])} in the run ({entry['from']})"
+        for key, entry in overridden.items()
+    ]
+    return ["", "Overridden: " + "; ".join(said) + "."]
+
+
+def _row_keys(values: dict[str, Any], overridden: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+    """{row label: the arguments it shows} for the rows ``training_value_rows`` writes."""
+    keys = {label: row_keys for label, row_keys in _VALUE_ROWS}
+    keys["precision"] = tuple(key for key in _PRECISION_KEYS if values.get(key) or key in overridden)
+    keys["batch × accumulation"] = ("per_device_train_batch_size", "gradient_accumulation_steps")
+    return keys
+
+
+def _unrecorded_note(provenance: dict[str, Any], rows: list[tuple[str, str, str]]) -> list[str]:
+    """Which rows the run folder could not confirm: those are the recipe's values, as written."""
+    ran = provenance.get("ran", {})
+    keys = _row_keys(used_values(provenance), provenance.get("overridden", {}))
+    unrecorded = [label for label, _, _ in rows if any(key not in ran for key in keys.get(label, ()))]
+    sources = sorted({entry["from"] for entry in ran.values()})
+    checked = f"checked against {', '.join(sources)}" if sources else "no file of the run folder records its arguments"
+    if not unrecorded:
+        return ["", f"Every value above is the run's ({checked})."]
+    return [
+        "",
+        (
+            f"The run folder does not record {', '.join(unrecorded)}: those are the recipe's values, and a `key=value` "
+            f"given for them on the command line is not seen here. The others are {checked}."
+        ),
+    ]
+
+
+def _training_values_section(provenance: dict[str, Any], adapter: dict[str, Any] | None) -> list[str]:
+    rows = training_value_rows(used_values(provenance), provenance["recipe"].get("tags", {}), provenance.get("overridden"))
+    out = ["## Training values", "", _table(["value", "setting", "from"], rows)]
+    out += _overrides_note(provenance) + _unrecorded_note(provenance, rows)
     if adapter:
         out += [
             "",
@@ -542,6 +840,14 @@ def _use_and_limitations_sections(name: str, langs: str) -> list[str]:
     return out + ["", "## Limitations", ""] + [f"- {item}" for item in _limitations(name)]
 
 
+def _commit_source(git: dict[str, Any]) -> str:
+    if git.get("source", "").startswith("image"):
+        return " (the Docker image's build argument; the container has no git checkout)"
+    if git.get("image_commit") and git["image_commit"] != git["commit"]:
+        return f" (the image was built from `{git['image_commit']}`)"
+    return ""
+
+
 def _provenance_section(provenance: dict[str, Any]) -> list[str]:
     recipe, git = provenance["recipe"], provenance["git"]
     dirty = {True: " (uncommitted changes)", False: "", None: ""}[git.get("dirty")]
@@ -549,7 +855,7 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
         "## Provenance",
         "",
         f"- recipe: `{recipe['path']}` version {recipe['version']}, sha256 `{recipe['sha256']}`, values hash `{recipe['values_hash']}`",
-        f"- medfactory git commit: `{git['commit']}`{dirty}",
+        f"- medfactory git commit: `{git['commit']}`{dirty}{_commit_source(git)}",
     ]
     for dataset, info in provenance["datasets"].items():
         detail = f"manifest sha256 `{info['sha256']}`" if info["status"] == "prepared" else info["status"]
@@ -560,15 +866,14 @@ def _provenance_section(provenance: dict[str, Any]) -> list[str]:
 
 def build_card_body(provenance: dict[str, Any], reports: list[dict[str, Any]], license_note: str) -> str:
     """The model card's markdown below its YAML front matter: one section after the other."""
-    recipe = provenance["recipe"]
-    name, values = recipe["name"], recipe["values"]
+    name, values = provenance["recipe"]["name"], used_values(provenance)
     adapter = provenance.get("adapter_config")
     base = (adapter or {}).get("base_model_name_or_path") or values.get("model_name_or_path", "unknown")
     language = {"pt": "Brazilian Portuguese", "es": "Spanish", "en": "English"}
     langs = " / ".join(language.get(code, code) for code in languages_for(name))
     sections = [
         _description_section(provenance, base, langs),
-        _training_values_section(name, values, adapter),
+        _training_values_section(provenance, adapter),
         _training_data_section(provenance["datasets"]),
         _evaluation_section(provenance["training"], reports),
         _use_and_limitations_sections(name, langs),
@@ -586,12 +891,9 @@ def build_model_card(
 ):
     from huggingface_hub import ModelCard, ModelCardData
 
-    recipe = provenance["recipe"]
-    name, values = recipe["name"], recipe["values"]
+    name, values = provenance["recipe"]["name"], used_values(provenance)
     adapter = provenance.get("adapter_config")
-    base = (adapter or {}).get("base_model_name_or_path") or values.get(
-        "model_name_or_path"
-    )
+    base = (adapter or {}).get("base_model_name_or_path") or values.get("model_name_or_path")
     languages = languages_for(name)
     datasets = list(
         dict.fromkeys(

@@ -24,8 +24,13 @@ from medfactory.run.tiny_model import build_tiny_model
 DEMO_RECIPE = Path("recipes/clinical_br_mistral.yaml")
 DEMO_DATASET = "clinical_br_demo"
 DEMO_DATA_FILE = Path("data/demo/clinical_notes.jsonl")
+# The recipe's eval loss is on held-out validation sets (eval_dataset), so the demo brings one too.
+DEMO_EVAL_DATASET = "clinical_br_demo_validation"
+DEMO_EVAL_FILE = Path("data/demo/validation.jsonl")
 DEMO_SAVES = Path("saves/demo")
 DEMO_NOTES = 2000
+DEMO_EVAL_NOTES = 40
+DEMO_EVAL_SEED = 101  # other notes than the training ones (seed 13)
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,9 @@ def demo_overrides(model_dir: Path, output_dir: Path, max_steps: int) -> dict[st
     return {
         # model path: no hub here; a tiny random Mistral stands in for Mistral-7B-v0.2.
         "model_name_or_path": str(model_dir),
-        # datasets: synthetic notes instead of the credentialed corpora; own tokenized cache.
+        # datasets: synthetic notes instead of the credentialed corpora (training and validation); own tokenized cache.
         "dataset": DEMO_DATASET,
+        "eval_dataset": DEMO_EVAL_DATASET,
         "tokenized_path": str(output_dir.parent / "tokenized"),
         "output_dir": str(output_dir),
         # steps: a few hundred optimizer steps instead of two epochs of 309 M tokens.
@@ -66,9 +72,9 @@ def demo_overrides(model_dir: Path, output_dir: Path, max_steps: int) -> dict[st
     }
 
 
-def write_demo_corpus(path: Path, count: int = DEMO_NOTES) -> list[str]:
+def write_demo_corpus(path: Path, count: int = DEMO_NOTES, seed: int = 13) -> list[str]:
     """Write the synthetic notes as LLaMA-Factory pt-stage JSONL (atomically) and return them."""
-    notes = list(generate_notes(count))
+    notes = list(generate_notes(count, seed=seed))
     with atomic_write(path) as handle:
         for note in notes:
             handle.write(json.dumps({"text": note}, ensure_ascii=False) + "\n")
@@ -82,9 +88,13 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     if not recipe.is_file():
         raise SystemExit(f"{recipe}: not found. Run `medfactory demo` from the repository root (the folder with recipes/).")
 
-    print(f"[1/4] Writing {DEMO_NOTES} synthetic pt-BR clinical notes to {DEMO_DATA_FILE}")
+    print(f"[1/4] Writing {DEMO_NOTES} synthetic pt-BR clinical notes to {DEMO_DATA_FILE} (+{DEMO_EVAL_NOTES} for validation)")
     notes = write_demo_corpus(root / DEMO_DATA_FILE)
-    register_datasets(root / REGISTRY_NAME, {DEMO_DATASET: {"file_name": str(DEMO_DATA_FILE), "columns": {"prompt": "text"}}})
+    write_demo_corpus(root / DEMO_EVAL_FILE, DEMO_EVAL_NOTES, seed=DEMO_EVAL_SEED)
+    register_datasets(
+        root / REGISTRY_NAME,
+        {name: {"file_name": str(file), "columns": {"prompt": "text"}} for name, file in ((DEMO_DATASET, DEMO_DATA_FILE), (DEMO_EVAL_DATASET, DEMO_EVAL_FILE))},
+    )
 
     print("[2/4] Building (or reusing) a tiny Mistral-architecture model and a tokenizer trained on the notes")
     model_dir = build_tiny_model("mistral", notes)

@@ -43,10 +43,21 @@ TOP_LEVEL_KEYS = {
 }
 REQUIRED_TOP_LEVEL = ("method", "base_model", "models", "dtype", "output")
 MODEL_KEYS = {
-    "model": "a fine-tuned model (hub id, local folder, or LoRA adapter folder on base_model)",
+    "model": "a fine-tuned model (hub id, local folder, or LoRA adapter folder)",
     "weight": "its weight",
     "density": "fraction of its task vector kept, in (0, 1]",
+    "adapter_base": "for a LoRA adapter: the model it was trained on (default: its adapter_config.json's base_model_name_or_path)",
 }
+REQUIRED_MODEL_KEYS = ("model", "weight", "density")
+# config.json fields two checkpoints must share for a task vector to mean anything: the architecture and
+# every shape, plus the position encoding (Mistral-7B v0.1 and v0.2 have one shape but rope_theta 1e4 / 1e6).
+ARCHITECTURE_FIELDS = (
+    "architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+    "num_key_value_heads", "head_dim", "vocab_size", "tie_word_embeddings", "rope_theta", "sliding_window",
+)  # fmt: skip
+# A fine-tune moves a weight matrix by a small fraction of its norm; two independent initialisations (or
+# pre-trainings) of one architecture differ by ~sqrt(2) of it. Above this, the model is not from the base.
+MAX_RELATIVE_DISTANCE = 1.0
 DEFAULT_MAX_SHARD_SIZE = "5GB"
 MANIFEST_NAME = "merge_manifest.json"
 VERSION_RE = re.compile(r"^\d+\.\d+\.\d+$")
@@ -75,6 +86,7 @@ class MergeModel:
     model: str
     weight: float
     density: float
+    adapter_base: str | None = None
 
 
 @dataclass(frozen=True)
@@ -185,10 +197,15 @@ def _validate_model(path: Path, index: int, entry: Any) -> MergeModel:
                 "is not a model key.",
                 f"{_suggest(str(key), list(MODEL_KEYS))}keys: {', '.join(MODEL_KEYS)}.",
             )
-    for key, meaning in MODEL_KEYS.items():
+    for key in REQUIRED_MODEL_KEYS:
         if entry.get(key) is None:
-            raise _problem(path, f"{where}.{key}", "is missing (or has no value).", f"write `{key}:` ({meaning}).")
+            raise _problem(path, f"{where}.{key}", "is missing (or has no value).", f"write `{key}:` ({MODEL_KEYS[key]}).")
     model, weight, density = entry["model"], entry["weight"], entry["density"]
+    adapter_base = entry.get("adapter_base")
+    if adapter_base is not None and (not isinstance(adapter_base, str) or not adapter_base.strip()):
+        raise _problem(
+            path, f"{where}.adapter_base", f"{adapter_base!r} is not a path or hub id.", "write e.g. `adapter_base: BioMistral/BioMistral-7B`."
+        )
     if not isinstance(model, str) or not model.strip():
         raise _problem(path, f"{where}.model", f"{model!r} is not a path or hub id.", "write a folder or an org/name hub id.")
     if not _is_number(weight) or not math.isfinite(weight):
@@ -200,7 +217,7 @@ def _validate_model(path: Path, index: int, entry: Any) -> MergeModel:
             f"{density!r} is outside (0, 1].",
             "write the fraction of the task vector kept, e.g. `density: 0.5`.",
         )
-    return MergeModel(model=model, weight=float(weight), density=float(density))
+    return MergeModel(model=model, weight=float(weight), density=float(density), adapter_base=adapter_base)
 
 
 def _read_recipe_mapping(path: Path) -> dict[str, Any]:
@@ -756,6 +773,88 @@ def _check_compatible(recipe: MergeRecipe, base: Checkpoint, others: list[Checkp
                     f"{recipe.path}: `models[{index}]` ({checkpoint.folder}): tensor {name} has shape {list(shape)}, "
                     f"the base {list(base_shape)}. A resized vocabulary or another architecture cannot be merged here."
                 )
+        _check_lineage(recipe, index, base, checkpoint)
+
+
+def _probe_tensor(base: Checkpoint) -> str | None:
+    """The tensor the lineage check compares: the first weight matrix of the decoder (not the vocabulary)."""
+    for name in sorted(base.names()):
+        shape, dtype = base.shape_and_dtype(name)
+        if len(shape) == 2 and dtype in _ST_FLOATS and not re.search(r"embed|lm_head|wte|wpe", name):
+            return name
+    return None
+
+
+def relative_distance(model_tensor, base_tensor) -> float:
+    """``||model - base|| / ||base||`` in float32: small for a fine-tune of the base, ~1.4 for an unrelated model."""
+    torch = _torch()
+    base32 = base_tensor.to(torch.float32)
+    norm = float(torch.linalg.vector_norm(base32))
+    return float(torch.linalg.vector_norm(model_tensor.to(torch.float32) - base32)) / norm if norm else 0.0
+
+
+def _check_lineage(recipe: MergeRecipe, index: int, base: Checkpoint, checkpoint: Checkpoint) -> None:
+    """Refuse a model whose weights are not near the base's: same shapes, another base (a task vector of nothing)."""
+    name = _probe_tensor(base)
+    if name is None:
+        return
+    distance = relative_distance(checkpoint.get(name), base.get(name))
+    if distance > MAX_RELATIVE_DISTANCE:
+        raise MergeError(
+            f"{recipe.path}: `models[{index}]` ({recipe.models[index].model}, read from {checkpoint.folder}) is not a fine-tune of "
+            f"`base_model` ({recipe.base_model}): tensor {name} differs from the base's by {distance:.2f} of its norm (a fine-tune "
+            f"moves it by a small fraction; unrelated weights of one shape differ by ~1.4). Fix: merge models fine-tuned from "
+            "base_model, or make base_model the model they were fine-tuned from."
+        )
+
+
+def read_config(folder: Path) -> dict[str, Any] | None:
+    """A model folder's config.json (None when it has none)."""
+    path = Path(folder) / "config.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def architecture_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """The :data:`ARCHITECTURE_FIELDS` a config states (a multimodal config's ``text_config`` as ``text_config.<field>``).
+
+    ``rope_theta`` is read from ``rope_parameters`` too, where transformers 5 writes it.
+    """
+    facts: dict[str, Any] = {}
+    for prefix, part in (("", config), ("text_config.", config.get("text_config"))):
+        if not isinstance(part, dict):
+            continue
+        values = dict(part)
+        if values.get("rope_theta") is None and isinstance(values.get("rope_parameters"), dict):
+            values["rope_theta"] = values["rope_parameters"].get("rope_theta")
+        for key in ARCHITECTURE_FIELDS:
+            if values.get(key) is not None:
+                facts[prefix + key] = values[key]
+    return facts
+
+
+def check_architectures(recipe: MergeRecipe, base_dir: Path, inputs: Sequence[_Input]) -> None:
+    """Refuse, before anything heavy runs, a model whose config differs from the base's in architecture or shape.
+
+    An adapter is checked through the model it is applied to. The error names both models and the field.
+    """
+    base_config = read_config(base_dir)
+    if base_config is None:
+        raise _problem(recipe.path, "base_model", f"{base_dir} has no config.json.", "give a Hugging Face model folder.")
+    base_facts = architecture_facts(base_config)
+    for item in inputs:
+        folder = item.adapter_base_dir or item.folder
+        what = f"`models[{item.index}]` ({item.entry.model}" + (f", a LoRA adapter on {item.adapter_base})" if item.adapter_base_dir else ")")
+        config = read_config(folder)
+        if config is None:
+            raise MergeError(f"{recipe.path}: {what}: {folder} has no config.json; its architecture cannot be checked. Fix: give a Hugging Face model folder.")
+        facts = architecture_facts(config)
+        for key in [key for key in base_facts if key in facts]:  # in ARCHITECTURE_FIELDS' order: the same field reported first
+            if facts[key] != base_facts[key]:
+                raise MergeError(
+                    f"{recipe.path}: {what} and `base_model` ({recipe.base_model}) differ in {key}: {facts[key]!r} vs {base_facts[key]!r}. "
+                    "TIES/DARE subtract the base from each model, so every model must be a fine-tune of base_model (same architecture "
+                    "and shapes). Fix: merge models of base_model's family, or set base_model to the model they were fine-tuned from."
+                )
 
 
 def _copy_base_files(base_dir: Path, staging: Path, dtype: str) -> list[str]:
@@ -779,14 +878,41 @@ def _versions() -> dict[str, str | None]:
     return package_versions(("medfactory", "torch", "safetensors", "transformers", "peft"))
 
 
-def _resolve_inputs(recipe: MergeRecipe, output: Path) -> tuple[Path, list[tuple[int, MergeModel, Path]]]:
-    """The base's folder and (index, entry, folder) of every model; refuses an output over any input."""
+@dataclass(frozen=True)
+class _Input:
+    """One entry of ``models``, resolved: its folder and, for a LoRA adapter, the model it is applied to."""
+
+    index: int
+    entry: MergeModel
+    folder: Path
+    adapter_base: str | None = None
+    adapter_base_dir: Path | None = None
+    adapter_base_source: str | None = None
+
+
+def _resolve_adapter_base(recipe: MergeRecipe, index: int, entry: MergeModel, folder: Path) -> tuple[str, Path, str]:
+    """(reference, folder, where it came from) of the model a LoRA adapter is applied to before its task vector is taken."""
+    declared = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
+    if entry.adapter_base:
+        reference, source = entry.adapter_base, "recipe"
+    elif declared:
+        reference, source = declared, "adapter_config.json base_model_name_or_path"
+    else:
+        reference, source = recipe.base_model, "base_model (the adapter names no base)"
+    return reference, resolve_model_dir(reference, f"models[{index}].adapter_base", recipe.path), source
+
+
+def _resolve_inputs(recipe: MergeRecipe, output: Path) -> tuple[Path, list[_Input]]:
+    """The base's folder and every model's; refuses an output over any input."""
     base_dir = resolve_model_dir(recipe.base_model, "base_model", recipe.path)
-    inputs = [
-        (index, entry, resolve_model_dir(entry.model, f"models[{index}].model", recipe.path))
-        for index, entry in enumerate(recipe.models)
-    ]
-    for key, folder in [("base_model", base_dir), *((f"models[{i}].model", d) for i, _, d in inputs)]:
+    inputs = []
+    for index, entry in enumerate(recipe.models):
+        folder = resolve_model_dir(entry.model, f"models[{index}].model", recipe.path)
+        if is_adapter(folder):
+            inputs.append(_Input(index, entry, folder, *_resolve_adapter_base(recipe, index, entry, folder)))
+        else:
+            inputs.append(_Input(index, entry, folder))
+    for key, folder in [("base_model", base_dir), *((f"models[{item.index}].model", item.folder) for item in inputs)]:
         if folder == output or output in folder.parents:
             raise _problem(
                 recipe.path,
@@ -810,36 +936,33 @@ def _lora_adapter_config(recipe: MergeRecipe, index: int, folder: Path) -> dict[
     return adapter_config
 
 
-def _prepare_models(
-    recipe: MergeRecipe,
-    base_dir: Path,
-    inputs: list[tuple[int, MergeModel, Path]],
-    output: Path,
-    stack: contextlib.ExitStack,
-) -> tuple[list[dict[str, Any]], list[Path]]:
-    """The manifest record and the checkpoint folder of every model. A LoRA adapter is merged into the
-    base first, into a scratch folder beside ``output`` that ``stack`` removes at the end."""
+def _prepare_models(recipe: MergeRecipe, inputs: list[_Input], output: Path, stack: contextlib.ExitStack) -> tuple[list[dict[str, Any]], list[Path]]:
+    """The manifest record and the checkpoint folder of every model. A LoRA adapter is merged into the model it
+    was trained on first (``adapter_base``), into a scratch folder beside ``output`` that ``stack`` removes at the end."""
     scratch: Path | None = None
     records: list[dict[str, Any]] = []
     folders: list[Path] = []
-    for index, entry, folder in inputs:
-        record: dict[str, Any] = {"model": entry.model, "path": str(folder), "weight": entry.weight, "density": entry.density}
-        if is_adapter(folder):
-            adapter_config = _lora_adapter_config(recipe, index, folder)
+    for item in inputs:
+        entry = item.entry
+        record: dict[str, Any] = {"model": entry.model, "path": str(item.folder), "weight": entry.weight, "density": entry.density}
+        if item.adapter_base_dir is not None:
+            adapter_config = _lora_adapter_config(recipe, item.index, item.folder)
             if scratch is None:
                 scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix=f".{output.name}.adapters.", dir=output.parent)))
-            target = merge_adapter_into_base(base_dir, folder, scratch / f"model-{index}", recipe.adapter_merge_dtype)
+            target = merge_adapter_into_base(item.adapter_base_dir, item.folder, scratch / f"model-{item.index}", recipe.adapter_merge_dtype)
             record.update(
                 kind="lora_adapter",
-                merged_into="base_model",
+                merged_into=item.adapter_base,
+                merged_into_path=str(item.adapter_base_dir),
+                merged_into_from=item.adapter_base_source,
                 adapter_merge_dtype=recipe.adapter_merge_dtype,
                 adapter_declared_base=adapter_config.get("base_model_name_or_path"),
-                adapter_config_sha256=hashlib.sha256((folder / "adapter_config.json").read_bytes()).hexdigest(),
+                adapter_config_sha256=hashlib.sha256((item.folder / "adapter_config.json").read_bytes()).hexdigest(),
             )
             folders.append(target)
         else:
             record["kind"] = "full"
-            folders.append(folder)
+            folders.append(item.folder)
         records.append(record)
     return records, folders
 
@@ -976,12 +1099,13 @@ def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
     recipe = load_merge_recipe(Path(recipe_path), overrides)
     output = recipe.output.expanduser().resolve()
     base_dir, inputs = _resolve_inputs(recipe, output)
+    check_architectures(recipe, base_dir, inputs)  # before an adapter is merged: a wrong model fails in seconds
     output.parent.mkdir(parents=True, exist_ok=True)
     out_dtype = _torch_dtype(recipe.dtype)
     started = dt.datetime.now(dt.UTC)
 
     with contextlib.ExitStack() as stack:
-        model_records, model_dirs = _prepare_models(recipe, base_dir, inputs, output, stack)
+        model_records, model_dirs = _prepare_models(recipe, inputs, output, stack)
         base = stack.enter_context(Checkpoint(base_dir))
         others = [stack.enter_context(Checkpoint(folder)) for folder in model_dirs]
         _check_compatible(recipe, base, others)
