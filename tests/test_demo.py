@@ -12,7 +12,7 @@ import pytest
 
 from medfactory.recipes.paper_values import PAPER_VALUES
 from medfactory.recipes.recipe_file import load_recipe, read_header, values_hash
-from medfactory.run.demo import DEMO_RECIPE, demo_overrides
+from medfactory.run.demo import DEMO_EVAL_DATASET, DEMO_RECIPE, demo_overrides
 
 
 def test_demo_overrides_leave_the_training_values_of_the_recipe_alone(tmp_path: Path) -> None:
@@ -22,13 +22,19 @@ def test_demo_overrides_leave_the_training_values_of_the_recipe_alone(tmp_path: 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / DEMO_RECIPE)
     for key in ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "learning_rate", "adam_beta1", "adam_beta2"):
         assert key not in overrides and key in recipe
+    # Eval loss as the recipe computes it, on a held-out set of its own (the recipe's eval_dataset is
+    # the corpora's patient-disjoint validation splits; LLaMA-Factory refuses val_size beside it).
+    assert recipe["eval_dataset"] and "val_size" not in recipe
+    assert overrides["eval_dataset"] == DEMO_EVAL_DATASET and "val_size" not in overrides
 
 
 @pytest.mark.slow
-def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path) -> None:
+def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "elsewhere"  # --workdir, not the current folder, is where the recipe's relative paths live
+    elsewhere.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "medfactory.cli", "demo", "--max-steps", "240"],
-        cwd=repo_copy,
+        [sys.executable, "-m", "medfactory.cli", "demo", "--max-steps", "240", "--workdir", str(repo_copy)],
+        cwd=elsewhere,
         capture_output=True,
         text=True,
         timeout=600,
@@ -78,6 +84,9 @@ def test_demo_trains_a_real_lora_adapter_and_the_loss_falls(repo_copy: Path) -> 
     assert overridden["model_name_or_path"]["recipe"] == load_recipe(recipe_file)["model_name_or_path"]
     assert "| max steps" in model_card and "| 240 " in model_card and "override" in model_card
     assert "clinical_br_demo" in provenance["datasets"]
+    # The eval loss came from the demo's own validation notes, never trained on.
+    assert (repo_copy / "data" / "demo" / "validation.jsonl").is_file()
+    assert DEMO_EVAL_DATASET in json.loads((repo_copy / "dataset_info.json").read_text())
 
 
 def test_demo_outside_the_repository_says_where_to_run_it(tmp_path: Path) -> None:

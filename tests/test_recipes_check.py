@@ -169,7 +169,14 @@ def test_every_model_id_the_repository_names_is_in_the_base_model_table(repo_roo
     files = [repo_root / "README.md", *(repo_root / "docs").rglob("*.md"), *(repo_root / "recipes").rglob("*.yaml"),
              *(repo_root / "recipes").rglob("*.md"), *(repo_root / "medfactory").rglob("*.yaml"), *(repo_root / "eval").rglob("*.py")]  # fmt: skip
     files = [path for path in files if path.name != "base_models.yaml"]  # the table names the ids that do not exist, as mistaken_for
-    unknown = {f"{path.relative_to(repo_root)}: {match}" for path in files for match in pattern.findall(path.read_text("utf-8")) if match not in BASE_MODELS}
+    meant = {mistaken: model.model_id for model in BASE_MODELS.values() for mistaken in model.mistaken_for}
+    unknown = {
+        f"{path.relative_to(repo_root)}: {match}"
+        for path in files
+        for line in path.read_text("utf-8").splitlines()
+        for match in pattern.findall(line)
+        if match not in BASE_MODELS and meant.get(match) not in line  # naming a known mistake beside the right id is fine
+    }
     assert not unknown, sorted(unknown)
     for recipe, values in PAPER_VALUES.items():
         for key in ("model_name_or_path", "ref_model"):

@@ -16,6 +16,7 @@ from medfactory.cli.likert import likert_app
 from medfactory.cli.prepare import prepare_app
 from medfactory.cli.recipes import recipes_app
 from medfactory.cli.run import card_command, merge_command
+from medfactory.cli.tokens import tokens_command
 
 app = typer.Typer(help="Recipes, corpus plugins and evaluation for medical LMs in pt-BR and es.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
@@ -30,4 +31,5 @@ app.command("bench", help="Tokens/s, step time, peak memory, MFU and projected c
     bench_command
 )
 app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
+app.command("tokens", help="Tokens of a recipe's prepared corpora versus tokens that reach its packed training blocks (fails below 99 %).")(tokens_command)
 app.command("demo")(demo_command)

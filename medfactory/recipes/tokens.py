@@ -42,6 +42,11 @@ MIN_TRAINED_FRACTION = 0.99
 TOKENIZE_CHUNK = 10_000
 MISTRAL_COMMON = "mistral-common"
 MISTRAL_V1_MEMBER = "mistral_common/data/tokenizer.model.v1"
+# The 493,443-byte model: the same bytes in mistral-common 1.9.1 and 1.13.1, and the sha256 the Hub's
+# Mistral / Mixtral ``tokenizer.model`` files carry.
+MISTRAL_V1_SHA256 = "dadfd56d766715c61d2ef780a525ab43b8e6da4de6865bda3d95fdef5e134055"
+# A mistral-common wheel (`pip download --no-deps mistral-common==1.9.1`): the tokenizer without installing it.
+WHEEL_VARIABLE = "MEDFACTORY_MISTRAL_COMMON_WHEEL"
 # Base models whose tokenizer is Mistral's v1 SentencePiece model (32,000 pieces), the one the
 # mistral-common wheel ships: Mistral-7B v0.1 / v0.2 and the instruct and domain models built on them.
 MISTRAL_V1_MODELS = frozenset(
@@ -65,9 +70,9 @@ SENTENCEPIECE_TOKENIZER_CONFIG = {
     "add_eos_token": False,
 }
 TOKENIZER_HELP = (
-    "pass --tokenizer with the model's tokenizer folder, a SentencePiece .model file, or a mistral-common "
-    "wheel (`pip download --no-deps mistral-common==1.9.1`); for the Mistral-7B v0.x family, "
-    "`pip install -c constraints.txt '.[tokens]'` makes it the default"
+    "pass --tokenizer with the model's tokenizer folder or a SentencePiece .model file; for the Mistral-7B "
+    "v0.x family, a mistral-common wheel (`pip download --no-deps mistral-common==1.9.1 -d DIR`, then "
+    f"--tokenizer DIR/mistral_common-1.9.1-py3-none-any.whl or {WHEEL_VARIABLE}=that path)"
 )
 
 
@@ -79,23 +84,31 @@ class TokenReportError(ValueError):
 
 
 def mistral_v1_sentencepiece(wheel: Path | None = None) -> bytes:
-    """Mistral-7B v0.1/v0.2's SentencePiece model, from a mistral-common wheel or its installed files.
+    """Mistral-7B v0.1/v0.2's SentencePiece model, from a mistral-common wheel (``wheel``, else
+    ``$MEDFACTORY_MISTRAL_COMMON_WHEEL``) or from an installed mistral-common's files.
 
-    Never imports ``mistral_common`` (see docs/corpora.md, "Tokens", for why).
+    Never imports ``mistral_common`` and never needs it installed (docs/corpora.md, "Tokens", says why);
+    the bytes are checked against the model's sha256.
     """
+    wheel = wheel or (Path(os.environ[WHEEL_VARIABLE]) if os.environ.get(WHEEL_VARIABLE) else None)
     if wheel is not None:
         try:
             with zipfile.ZipFile(wheel) as archive:
-                return archive.read(MISTRAL_V1_MEMBER)
-        except (KeyError, zipfile.BadZipFile) as error:
-            raise TokenReportError(f"{wheel}: not a mistral-common wheel holding {MISTRAL_V1_MEMBER}. Fix: {TOKENIZER_HELP}.") from error
-    try:
-        located = Path(str(importlib.metadata.distribution(MISTRAL_COMMON).locate_file(MISTRAL_V1_MEMBER)))
-    except importlib.metadata.PackageNotFoundError as error:
-        raise TokenReportError(f"{MISTRAL_COMMON} is not installed. Fix: {TOKENIZER_HELP}.") from error
-    if not located.is_file():
-        raise TokenReportError(f"{located}: missing from the installed {MISTRAL_COMMON}. Fix: reinstall mistral-common==1.9.1.")
-    return located.read_bytes()
+                model = archive.read(MISTRAL_V1_MEMBER)
+        except (OSError, KeyError, zipfile.BadZipFile) as error:
+            raise TokenReportError(f"{wheel}: not a mistral-common wheel holding {MISTRAL_V1_MEMBER} ({error}). Fix: {TOKENIZER_HELP}.") from error
+        where = str(wheel)
+    else:
+        try:
+            located = Path(str(importlib.metadata.distribution(MISTRAL_COMMON).locate_file(MISTRAL_V1_MEMBER)))
+        except importlib.metadata.PackageNotFoundError as error:
+            raise TokenReportError(f"no mistral-common wheel given and none installed. Fix: {TOKENIZER_HELP}.") from error
+        if not located.is_file():
+            raise TokenReportError(f"{located}: missing from the installed {MISTRAL_COMMON}. Fix: {TOKENIZER_HELP}.")
+        model, where = located.read_bytes(), str(located)
+    if hashlib.sha256(model).hexdigest() != MISTRAL_V1_SHA256:
+        raise TokenReportError(f"{where}: {MISTRAL_V1_MEMBER} is not Mistral's v1 model (sha256 differs). Fix: {TOKENIZER_HELP}.")
+    return model
 
 
 def _llamafactory_tokenizer(name_or_path: str, values: Mapping[str, Any]) -> Any:
@@ -137,7 +150,8 @@ def load_tokenizer(spec: str | Path | None, values: Mapping[str, Any] | None = N
         spec = MISTRAL_COMMON if model in MISTRAL_V1_MODELS and not Path(model).is_dir() else model
     spec, path = str(spec), Path(str(spec))
     if spec == MISTRAL_COMMON:
-        return tokenizer_from_sentencepiece(mistral_v1_sentencepiece(), values), f"{MISTRAL_V1_MEMBER} (installed {MISTRAL_COMMON})"
+        where = os.environ.get(WHEEL_VARIABLE) or f"the installed {MISTRAL_COMMON}"
+        return tokenizer_from_sentencepiece(mistral_v1_sentencepiece(), values), f"{MISTRAL_V1_MEMBER} in {where}"
     if path.suffix == ".whl" and path.is_file():
         return tokenizer_from_sentencepiece(mistral_v1_sentencepiece(path), values), f"{MISTRAL_V1_MEMBER} in {path.name}"
     if path.suffix == ".model" and path.is_file():

@@ -9,6 +9,7 @@ rank, alpha, dropout, targets, learning rate, AdamW betas, schedule, packing) is
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import dataclass
@@ -114,7 +115,8 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     console_log = root / DEMO_SAVES / "llamafactory.log"
     trainer_log = output_dir / "trainer_log.jsonl"
     print(f"[3/4] llamafactory-cli train {DEMO_RECIPE} with overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "model_name_or_path"))
-    returncode = run_with_progress(command, env, console_log, trainer_log, max_steps)
+    with contextlib.chdir(root):  # the recipe's relative paths (recipes/, dataset_dir: .) are the workdir's
+        returncode = run_with_progress(command, env, console_log, trainer_log, max_steps)
     if returncode != 0:
         tail = "\n".join(console_log.read_text(encoding="utf-8", errors="replace").splitlines()[-30:])
         raise SystemExit(f"llamafactory-cli train failed (exit {returncode}); last lines of {console_log}:\n{tail}")
