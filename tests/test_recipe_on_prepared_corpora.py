@@ -47,7 +47,7 @@ def test_clinical_br_recipe_trains_on_semclinbr_brateca_and_lopes2019(repo_copy:
 
     model = build_tiny_model("mistral", notes)
     overrides = demo_overrides(model, repo_copy / "saves" / "run", max_steps=4)
-    del overrides["dataset"]  # the recipe's own list: semclinbr,brateca,lopes2019
+    del overrides["dataset"], overrides["eval_dataset"]  # the recipe's own lists and their _validation splits
     overrides["tokenized_path"] = str(repo_copy / "saves" / "tokenized")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     result = subprocess.run(

@@ -129,6 +129,8 @@ def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict
         overrides["adapter_name_or_path"] = model.adapter_name_or_path
     if model.template:
         overrides["template"] = model.template
+        # The recipe's `default_system: <s>` gives template `empty` its BOS; a chat template has its own.
+        overrides["default_system"] = None
     overrides.update(extra_overrides)
     overrides.update(model.overrides)
     command = [llamafactory_cli(), "train", str(COMPLETE_RECIPE), *to_cli_arguments(overrides)]

@@ -19,6 +19,7 @@ from medfactory.base.atomic import atomic_write
 from medfactory.base.overrides import to_cli_arguments
 from medfactory.base.registry import REGISTRY_NAME, register_datasets
 from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.card import write_launch_args
 from medfactory.run.launch import environment_with_venv_path, llamafactory_cli, read_trainer_log, run_with_progress
 from medfactory.run.tiny_model import build_tiny_model
 
@@ -105,6 +106,7 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     shutil.rmtree(root / DEMO_SAVES, ignore_errors=True)  # a demo starts fresh (no resume, no stale cache)
     output_dir.mkdir(parents=True)
     overrides = demo_overrides(model_dir, output_dir, max_steps)
+    write_launch_args(output_dir, DEMO_RECIPE, overrides)  # the card then shows what this run changed
     command = [llamafactory_cli(), "train", str(DEMO_RECIPE), *to_cli_arguments(overrides)]
     env = {
         **environment_with_venv_path(),
