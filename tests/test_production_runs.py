@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from medfactory.run.demo import DEMO_DATA_FILE, DEMO_RECIPE, demo_overrides, write_demo_corpus
+from medfactory.run.demo import DEMO_DATA_FILE, DEMO_EVAL_FILE, DEMO_EVAL_NOTES, DEMO_EVAL_SEED, DEMO_RECIPE, demo_overrides, write_demo_corpus
 from medfactory.run.tiny_model import build_tiny_model
 
 
@@ -28,6 +28,7 @@ def environment(**extra: str) -> dict[str, str]:
 @pytest.fixture
 def demo_run(repo_copy: Path) -> tuple[Path, Path]:
     notes = write_demo_corpus(repo_copy / DEMO_DATA_FILE, count=600)
+    write_demo_corpus(repo_copy / DEMO_EVAL_FILE, count=DEMO_EVAL_NOTES, seed=DEMO_EVAL_SEED)  # the recipe's eval_dataset
     return repo_copy, build_tiny_model("mistral", notes)
 
 
