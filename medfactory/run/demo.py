@@ -10,12 +10,11 @@ rank, alpha, dropout, targets, learning rate, AdamW betas, schedule, packing) is
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from medfactory.base.atomic import atomic_write
+from medfactory.base.jsonl import write_jsonl
 from medfactory.base.overrides import to_cli_arguments
 from medfactory.base.registry import REGISTRY_NAME, register_datasets
 from medfactory.corpus.synthetic_notes import generate_notes
@@ -77,9 +76,7 @@ def demo_overrides(model_dir: Path, output_dir: Path, max_steps: int) -> dict[st
 def write_demo_corpus(path: Path, count: int = DEMO_NOTES, seed: int = 13) -> list[str]:
     """Write the synthetic notes as LLaMA-Factory pt-stage JSONL (atomically) and return them."""
     notes = list(generate_notes(count, seed=seed))
-    with atomic_write(path) as handle:
-        for note in notes:
-            handle.write(json.dumps({"text": note}, ensure_ascii=False) + "\n")
+    write_jsonl(path, ({"text": note} for note in notes))
     return notes
 
 
