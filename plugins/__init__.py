@@ -16,8 +16,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from typing import Annotated
+
+import typer
 
 ENTRY_POINT_GROUP = "medfactory.plugins"
+
+# Every prepare command takes --replace: a dataset folder or registry key another plugin (or a person)
+# wrote is refused without it (medfactory.base.publish).
+ReplaceOption = Annotated[bool, typer.Option("--replace", help="Replace a data/ folder or dataset_info.json keys that another plugin (or a person) wrote")]
 
 
 @dataclass(frozen=True)

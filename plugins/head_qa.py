@@ -21,12 +21,13 @@ from typing import Annotated, Any
 
 import typer
 
-from medfactory.base.atomic import atomic_directory, sha256_file, write_json_atomic
+from medfactory.base.atomic import sha256_file, write_json_atomic
 from medfactory.base.errors import CorpusError
-from medfactory.base.manifest import MANIFEST_FILE, dataset_records, manifest_header, output_facts, write_manifest
-from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.base.manifest import dataset_records, manifest_header, output_facts
+from medfactory.base.publish import publish_datasets
+from medfactory.base.registry import REGISTRY_NAME
 from medfactory.corpus.mcq import LETTERS, McqItem, lettered_options, write_items
-from medfactory.plugins import CorpusPlugin
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 CORPUS_NAME = "head_qa"
 LANGUAGE_CHOICES = ("es", "en")
@@ -442,10 +443,11 @@ def prepare_head_qa(
     seed: int = DEFAULT_SEED,
     on_error: str = "fail",
     dpo_fraction: float = DEFAULT_DPO_FRACTION,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Prepare HEAD-QA into ``output_root/data/head_qa_<language>`` and register it; return the manifest.
 
-    The dataset folder is replaced in one step: a failed run leaves the previous one as it was.
+    The dataset folder and its registry entries are replaced together: a failed run leaves the previous ones as they were.
     """
     if language not in LANGUAGE_CHOICES:
         raise CorpusError(f"--language {language!r}: HEAD-QA ships {', '.join(LANGUAGE_CHOICES)}.")
@@ -455,8 +457,6 @@ def prepare_head_qa(
         raise CorpusError(f"--dpo-fraction {dpo_fraction!r}: the share of train questions held out for DPO must be between 0 and 1, e.g. 0.3.")
     output_root = Path(output_root)
     folder = resolve_source(Path(source), language)
-    registry = output_root / REGISTRY_NAME
-    load_registry_before_writing(registry)
     splits, dropped, source_files = _load_splits(folder, language, on_error)
     style = PROMPTS[language]
     sets = training_sets(splits["train"], style, seed, dpo_fraction)
@@ -468,7 +468,8 @@ def prepare_head_qa(
             )
     sft, dpo = sets.sft, sets.dpo
 
-    with atomic_directory(output_root / dataset_dir(language)) as staging:
+    with publish_datasets(output_root, dataset_dir(language), registry_entries(language), CORPUS_NAME, replace) as publication:
+        staging = publication.staging
         outputs = []
         for split, items in splits.items():
             write_items(staging / f"{split}.jsonl", items)
@@ -494,8 +495,7 @@ def prepare_head_qa(
             "outputs": output_facts(outputs),
             "registered": sorted(registry_entries(language)),
         }
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, registry_entries(language))
+        publication.write_manifest(manifest)
     return manifest
 
 
@@ -509,10 +509,11 @@ def prepare_command(
     seed: Annotated[int, typer.Option(help="Seed of the SFT / DPO split of train and of the wrong option drawn as DPO 'rejected'")] = DEFAULT_SEED,
     on_error: Annotated[str, typer.Option(help="fail or skip (malformed questions are left out and listed in the manifest)")] = "fail",
     dpo_fraction: Annotated[float, typer.Option(help="Share of the train questions held out for DPO (the rest is SFT; disjoint)")] = DEFAULT_DPO_FRACTION,
+    replace: ReplaceOption = False,
 ) -> None:
     """Prepare HEAD-QA: MCQ evaluation sets per split, SFT and DPO sets from disjoint parts of train, registered as head_qa_<language>_sft/_dpo."""
     try:
-        manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error, dpo_fraction=dpo_fraction)
+        manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error, dpo_fraction=dpo_fraction, replace=replace)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error

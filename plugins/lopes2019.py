@@ -22,12 +22,12 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from medfactory.base.atomic import atomic_directory
 from medfactory.base.errors import CorpusError
-from medfactory.base.manifest import MANIFEST_FILE, PreparationStats, build_manifest, dataset_records, write_manifest
-from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.base.manifest import PreparationStats, build_manifest, dataset_records
+from medfactory.base.publish import publish_datasets
+from medfactory.base.registry import REGISTRY_NAME
 from medfactory.corpus.text import UndecodableBytes, decode
-from medfactory.plugins import CorpusPlugin
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 log = logging.getLogger(__name__)
 
@@ -475,21 +475,20 @@ def _documents(source: Path, stats: PreparationStats, files_by_folder: Counter, 
         yield json.dumps({"text": text, "source": f"{folder}/{path.name}"}, ensure_ascii=False)
 
 
-def prepare_lopes2019(source: Path, output_root: Path = Path("."), on_error: str = "fail") -> dict[str, Any]:
+def prepare_lopes2019(source: Path, output_root: Path = Path("."), on_error: str = "fail", replace: bool = False) -> dict[str, Any]:
     """Prepare the corpus into ``output_root/data/lopes2019`` and register it; return the manifest.
 
     ``on_error="skip"`` leaves out (and counts) files that cannot be decoded or parsed instead of
-    failing. The dataset folder is replaced in one step: a failed run leaves the previous one as it was.
+    failing. The dataset folder and its registry entry are replaced together: a failed run leaves the previous ones as they were.
     """
     if on_error not in ON_ERROR_CHOICES:
         raise CorpusError(f"on_error={on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
     source, output_root = Path(source), Path(output_root)
     check_layout(source)
-    registry = output_root / REGISTRY_NAME
-    load_registry_before_writing(registry)
     stats = PreparationStats()
     files_by_folder: Counter = Counter()
-    with atomic_directory(output_root / DATASET_DIR) as staging:
+    with publish_datasets(output_root, DATASET_DIR, REGISTRY_ENTRIES, CORPUS_NAME, replace) as publication:
+        staging = publication.staging
         train_path = staging / TRAIN_FILE
         with open(train_path, "w", encoding="utf-8") as train:
             for line in _documents(source, stats, files_by_folder, on_error):
@@ -509,8 +508,7 @@ def prepare_lopes2019(source: Path, output_root: Path = Path("."), on_error: str
         # Every file is counted here, kept or not; documents_by_source counts the kept ones.
         manifest["files_read_by_source"] = {folder: files_by_folder[folder] for folder in EXPECTED_FOLDERS}
         manifest["datasets"] = dataset_records(staging, REGISTRY_ENTRIES, DATASET_DIR)
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, REGISTRY_ENTRIES)
+        publication.write_manifest(manifest)
     log.info(
         "%s: %d files read, %d documents kept, %d characters (~%d tokens), dropped %s",
         CORPUS_NAME,
@@ -537,10 +535,11 @@ def prepare_command(
         Path, typer.Option(help="Repository root: gets data/lopes2019/ and dataset_info.json")
     ] = Path("."),
     on_error: Annotated[str, typer.Option(help="fail or skip")] = "fail",
+    replace: ReplaceOption = False,
 ) -> None:
     """Prepare the Lopes et al. 2019 corpus for continued pretraining and register it as 'lopes2019'."""
     try:
-        manifest = prepare_lopes2019(source, output_root=output_root, on_error=on_error)
+        manifest = prepare_lopes2019(source, output_root=output_root, on_error=on_error, replace=replace)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error

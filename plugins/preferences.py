@@ -27,11 +27,12 @@ from typing import Annotated, Any
 
 import typer
 
-from medfactory.base.atomic import atomic_directory, sha256_file, write_json_atomic
+from medfactory.base.atomic import sha256_file, write_json_atomic
 from medfactory.base.errors import CorpusError
-from medfactory.base.manifest import MANIFEST_FILE, dataset_records, manifest_header, output_facts, write_manifest
-from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
-from medfactory.plugins import CorpusPlugin
+from medfactory.base.manifest import dataset_records, manifest_header, output_facts
+from medfactory.base.publish import publish_datasets
+from medfactory.base.registry import REGISTRY_NAME
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 PLUGIN_NAME = "preferences"
 ON_ERROR_CHOICES = ("fail", "skip")
@@ -146,22 +147,7 @@ def _reason_kind(reason: str) -> str:
     return re.sub(r" \(.*\)$", "", reason)
 
 
-def _check_folder_is_ours(folder: Path, name: str) -> None:
-    """Refuse to replace a data/<name>/ folder that another plugin (or a person) wrote."""
-    if not folder.exists() or not any(folder.iterdir()):
-        return
-    try:
-        owner = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")).get("corpus")
-    except (OSError, ValueError, AttributeError):
-        owner = None
-    if owner != PLUGIN_NAME:
-        raise CorpusError(
-            f"--name {name!r}: {folder} already holds another dataset (not written by 'prepare preferences'); "
-            "choose another name so that it is not replaced."
-        )
-
-
-def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), on_error: str = "fail") -> dict[str, Any]:
+def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), on_error: str = "fail", replace: bool = False) -> dict[str, Any]:
     """Validate ``source``, write ``output_root/data/<name>/dpo.json`` and register ``name``; return the manifest."""
     if on_error not in ON_ERROR_CHOICES:
         raise CorpusError(f"on_error={on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
@@ -171,15 +157,7 @@ def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), 
             "(it names the folder data/<name>/ and the dataset in dataset_info.json)."
         )
     source, output_root = Path(source), Path(output_root)
-    registry = output_root / REGISTRY_NAME
     entry = registry_entry(name)
-    existing = load_registry_before_writing(registry).get(name)
-    if existing is not None and existing.get("file_name") != entry[name]["file_name"]:
-        raise CorpusError(
-            f"--name {name!r}: {registry} already registers {name!r} for {existing.get('file_name')!r}; "
-            "choose another name so that dataset is not replaced."
-        )
-    _check_folder_is_ours(output_root / dataset_dir(name), name)
     pairs, problems, extra_keys, lines = read_pairs(source, name)
     if problems and on_error == "fail":
         listed = "; ".join(f"line {problem['line']}: {problem['reason']}" for problem in problems[:MAX_LISTED_ERRORS])
@@ -191,7 +169,8 @@ def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), 
         )
     if not pairs:
         raise CorpusError(f"{source}: no valid preference pair in {lines} line(s) ({len(problems)} invalid).")
-    with atomic_directory(output_root / dataset_dir(name)) as staging:
+    with publish_datasets(output_root, dataset_dir(name), entry, PLUGIN_NAME, replace) as publication:
+        staging = publication.staging
         dpo_path = staging / DPO_FILE
         write_json_atomic(dpo_path, pairs)
         skipped = dict(sorted(Counter(_reason_kind(problem["reason"]) for problem in problems).items()))
@@ -210,8 +189,7 @@ def prepare_preferences(source: Path, name: str, output_root: Path = Path("."), 
             "outputs": output_facts([dpo_path]),
             "registered": name,
         }
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, entry)
+        publication.write_manifest(manifest)
     return manifest
 
 
@@ -223,10 +201,11 @@ def prepare_command(
     name: Annotated[str, typer.Option(help="Dataset name: data/<name>/dpo.json, registered as <name>")],
     output_root: Annotated[Path, typer.Option(help="Repository root: gets data/<name>/ and dataset_info.json")] = Path("."),
     on_error: Annotated[str, typer.Option(help="fail (list every invalid line) or skip (leave them out, counted)")] = "fail",
+    replace: ReplaceOption = False,
 ) -> None:
     """Import your own preference pairs as a DPO (ranking) dataset registered under --name."""
     try:
-        manifest = prepare_preferences(source, name, output_root=output_root, on_error=on_error)
+        manifest = prepare_preferences(source, name, output_root=output_root, on_error=on_error, replace=replace)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error

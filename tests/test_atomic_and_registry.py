@@ -39,10 +39,10 @@ def test_register_datasets_keeps_other_entries_and_skips_needless_writes(tmp_pat
     registry = tmp_path / "dataset_info.json"
     registry.write_text(json.dumps({"semclinbr": {"file_name": "data/semclinbr/train.jsonl"}}))
     entry = {"lopes2019": {"file_name": "data/lopes2019/train.jsonl", "columns": {"prompt": "text"}}}
-    assert register_datasets(registry, entry) is True
+    assert register_datasets(registry, entry, owner="lopes2019") is True
     assert set(load_registry(registry)) == {"semclinbr", "lopes2019"}
     before = registry.stat().st_mtime_ns
-    assert register_datasets(registry, entry) is False
+    assert register_datasets(registry, entry, owner="lopes2019") is False
     assert registry.stat().st_mtime_ns == before
 
 

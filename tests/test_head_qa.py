@@ -249,10 +249,12 @@ def test_registry_entries_are_added_and_others_kept(prepared) -> None:
     registry = read_json(output_root / "dataset_info.json")
     assert registry["other"] == {"file_name": "data/other/x.json"}
     assert registry["head_qa_es_sft"] == {
+        "medfactory_plugin": "head_qa",
         "file_name": "data/head_qa_es/sft_train.json",
         "columns": {"prompt": "instruction", "query": "input", "response": "output"},
     }
     assert registry["head_qa_es_dpo"] == {
+        "medfactory_plugin": "head_qa",
         "file_name": "data/head_qa_es/dpo_train.json",
         "ranking": True,
         "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected"},

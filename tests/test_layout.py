@@ -49,7 +49,7 @@ def test_wheel_installs_only_the_medfactory_package(repo_root: Path, tmp_path: P
     # the base-model configurations `medfactory bench` builds from travel with the package
     assert {f"medfactory/model_configs/{n}.json" for n in ("llama2_7b", "mistral_7b_v02", "biomistral_7b", "medgemma_4b")} <= set(names)
     entry_points = next(zipfile.ZipFile(wheel).read(n) for n in names if n.endswith("entry_points.txt")).decode()
-    assert "medfactory = medfactory.cli:app" in entry_points
+    assert "medfactory = medfactory.cli:main" in entry_points
     assert "[medfactory.plugins]" in entry_points
     for plugin in ("lopes2019", "semclinbr", "brateca", "notes"):
         assert f"{plugin} = medfactory.plugins.{plugin}:PLUGIN" in entry_points

@@ -255,7 +255,7 @@ def test_prepare_writes_documents_manifest_and_registry(corpus: Path, tmp_path: 
     registry = json.loads((root / "dataset_info.json").read_text(encoding="utf-8"))
     assert registry == {
         **OTHER_REGISTRY_ENTRY,
-        "lopes2019": {"file_name": "data/lopes2019/train.jsonl", "columns": {"prompt": "text"}},
+        "lopes2019": {"file_name": "data/lopes2019/train.jsonl", "columns": {"prompt": "text"}, "medfactory_plugin": "lopes2019"},
     }
 
 

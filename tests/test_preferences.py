@@ -68,6 +68,7 @@ def test_valid_pairs_become_a_registered_ranking_dataset(tmp_path: Path, output_
     registry = read_json(output_root / "dataset_info.json")
     assert registry["other"] == {"file_name": "data/other/x.json"}
     assert registry["my_prefs"] == {
+        "medfactory_plugin": "preferences",
         "file_name": "data/my_prefs/dpo.json",
         "ranking": True,
         "columns": {"prompt": "instruction", "query": "input", "chosen": "chosen", "rejected": "rejected", "system": "system"},
@@ -132,11 +133,11 @@ def test_names_and_collisions(tmp_path: Path, output_root: Path) -> None:
     for name in ("", "../up", "a/b", "-x", "with space"):
         with pytest.raises(CorpusError, match="--name"):
             prepare_preferences(source, name, output_root)
-    with pytest.raises(CorpusError, match="already registers 'other' for 'data/other/x.json'"):
+    with pytest.raises(CorpusError, match=r"would replace 'other' \(registered for 'data/other/x.json' by hand.*--replace"):
         prepare_preferences(source, "other", output_root)
     (output_root / "data/head_qa_es").mkdir(parents=True)
     (output_root / "data/head_qa_es/manifest.json").write_text(json.dumps({"corpus": "head_qa"}))
-    with pytest.raises(CorpusError, match="already holds another dataset"):
+    with pytest.raises(CorpusError, match=r"already holds a dataset written by 'prepare head_qa'.*--replace"):
         prepare_preferences(source, "head_qa_es", output_root)
     assert (output_root / "data/head_qa_es/manifest.json").exists()
     prepare_preferences(source, "mine", output_root)

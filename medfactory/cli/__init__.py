@@ -6,6 +6,10 @@ The work is in the stage packages (``medfactory.corpus``, ``recipes``, ``run``, 
 
 from __future__ import annotations
 
+import errno
+import signal
+import sys
+
 import typer
 
 from medfactory.cli.bench import bench_command
@@ -33,3 +37,32 @@ app.command("bench", help="Tokens/s, step time, peak memory, MFU and projected c
 app.command("merge", help="TIES / DARE merge of models from a versioned recipe in recipes/merge/.")(merge_command)
 app.command("tokens", help="Tokens of a recipe's prepared corpora versus tokens that reach its packed training blocks (fails below 99 %).")(tokens_command)
 app.command("demo")(demo_command)
+
+
+# Errors of a full or read-only disk: every output is written to a temporary file and renamed, so
+# the message can promise that nothing prepared before was touched.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # docker stop and VM preemption send SIGTERM: unwind as Ctrl-C does, so staging copies of
+    # clinical text are removed by the context managers that made them.
+    raise SystemExit(128 + signum)
+
+
+def main() -> None:
+    """The ``medfactory`` console script: the typer app, with SIGTERM unwound and disk-full errors as one message."""
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    try:
+        app()
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        where = f" writing {error.filename}" if error.filename else ""
+        typer.secho(
+            f"error: {error.strerror or 'the disk is full'}{where}. Outputs are written to temporary files and renamed, so what existed "
+            "before is unchanged. Fix: free space (or point --output-root / --output at a larger disk) and run again.",
+            fg=typer.colors.RED,
+            err=True,
+        )
+        sys.exit(1)

@@ -1,5 +1,5 @@
 """``python -m medfactory.cli``: the same command as the ``medfactory`` script."""
 
-from medfactory.cli import app
+from medfactory.cli import main
 
-app()
+main()

@@ -93,6 +93,7 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     register_datasets(
         root / REGISTRY_NAME,
         {name: {"file_name": str(file), "columns": {"prompt": "text"}} for name, file in ((DEMO_DATASET, DEMO_DATA_FILE), (DEMO_EVAL_DATASET, DEMO_EVAL_FILE))},
+        owner="demo",
     )
 
     print("[2/4] Building (or reusing) a tiny Mistral-architecture model and a tokenizer trained on the notes")
