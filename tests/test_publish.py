@@ -250,3 +250,20 @@ def test_registry_entries_of_a_notes_dataset_are_owned_by_its_plugin(tmp_path: P
     run_writer("semclinbr", "semclinbr", root, tmp_path)
     registry = json.loads((root / REGISTRY_NAME).read_text(encoding="utf-8"))
     assert {name: entry[OWNER_KEY] for name, entry in registry.items()} == dict.fromkeys(registry_entries("semclinbr"), "semclinbr")
+
+
+def test_the_medfactory_script_turns_a_full_disk_into_one_message(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    import medfactory.cli as cli
+
+    def full_disk() -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", "data/hc_notes/train.jsonl")
+
+    monkeypatch.setattr(cli, "app", full_disk)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    message = capsys.readouterr().err
+    assert "No space left on device writing data/hc_notes/train.jsonl" in message
+    assert "what existed before is unchanged" in message and "Traceback" not in message
+    assert signal.getsignal(signal.SIGTERM) is cli.exit_on_sigterm
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)

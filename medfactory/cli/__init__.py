@@ -44,7 +44,7 @@ app.command("demo")(demo_command)
 DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
-def _exit_on_sigterm(signum: int, frame: object) -> None:
+def exit_on_sigterm(signum: int, frame: object) -> None:
     # docker stop and VM preemption send SIGTERM: unwind as Ctrl-C does, so staging copies of
     # clinical text are removed by the context managers that made them.
     raise SystemExit(128 + signum)
@@ -52,7 +52,7 @@ def _exit_on_sigterm(signum: int, frame: object) -> None:
 
 def main() -> None:
     """The ``medfactory`` console script: the typer app, with SIGTERM unwound and disk-full errors as one message."""
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    signal.signal(signal.SIGTERM, exit_on_sigterm)
     try:
         app()
     except OSError as error:
