@@ -545,6 +545,28 @@ def test_contamination_recipe_command_exits_non_zero_on_overlap(tmp_path: Path, 
     assert "or --recipe" in runner.invoke(cli_app(), []).stderr
 
 
+def test_recipes_check_prepared_fails_a_recipe_whose_eval_sets_overlap_its_training_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The path a user runs on the VM before training: the overlap is one more problem of the recipe, counts only."""
+    from medfactory.cli import app
+
+    planted = prepare_two_corpora(tmp_path)
+    recipe = tmp_path / "recipes" / "both.yaml"
+    recipe.parent.mkdir()
+    real = (Path(__file__).resolve().parents[1] / "recipes" / "clinical_br_mistral.yaml").read_text(encoding="utf-8")
+    lines = [line for line in real.splitlines() if not line.startswith(("dataset:", "eval_dataset:", "dataset_dir:"))]
+    recipe.write_text("\n".join([*lines, "dataset: corpus_a,corpus_b", "eval_dataset: corpus_a_validation", "dataset_dir: ."]) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["recipes", "check", "--prepared", str(recipe)])
+    assert result.exit_code == 1, result.output
+    (line,) = [line for line in result.stderr.splitlines() if "overlap the training data" in line]
+    assert line.startswith(f"{recipe}: `eval_dataset`: evaluation sets overlap the training data (")
+    assert "corpus_a_likert (likert of corpus_a): 1 of 1 records in training" in line
+    assert f"Fix: run `medfactory contamination --recipe {recipe}` for the ids" in line
+    assert_no_text(result.output, planted["texts"])
+    clean = CliRunner().invoke(app, ["recipes", "check", str(recipe)])  # without --prepared the data is not read
+    assert "overlap the training data" not in clean.output
+
+
 def test_recipe_overlap_reads_instruction_datasets_and_flags_same_prompt(tmp_path: Path) -> None:
     from medfactory.corpus.recipe_overlap import format_recipe_summary, recipe_overlap
 

@@ -29,7 +29,7 @@ def recipes_check(
 
     results = check_recipes(paths or default_recipe_paths(), registry, prepared=prepared)
     for path, problems in results.items():
-        problems += _overlap_problems(path, registry) if prepared and not problems else []
+        problems += _overlap_problems(path, registry) if prepared else []
         for problem in problems:
             typer.secho(str(problem), fg=typer.colors.RED, err=True)
         if not problems:
@@ -40,9 +40,10 @@ def recipes_check(
         raise typer.Exit(code=1)
 
 
-def _overlap_problems(path: Path, registry: Path | None) -> list[str]:
+def _overlap_problems(path: Path, registry: Path | None) -> list:
     """With --prepared: a recipe whose evaluation sets share records with its training data (counts, never text)."""
     from medfactory.corpus.recipe_overlap import format_recipe_summary, recipe_overlap
+    from medfactory.recipes.problems import RecipeProblem
     from medfactory.recipes.recipe_file import load_recipe
 
     values = load_recipe(path)
@@ -52,7 +53,7 @@ def _overlap_problems(path: Path, registry: Path | None) -> list[str]:
         return []
     summary = "; ".join(format_recipe_summary(report))
     fix = f"run `medfactory contamination --recipe {path}` for the ids, then re-prepare or drop the copies"
-    return [f"{path}: evaluation sets overlap the training data ({summary}). Fix: {fix}."]
+    return [RecipeProblem(path, "eval_dataset", f"evaluation sets overlap the training data ({summary}).", f"{fix}.")]
 
 
 @recipes_app.command("lock")
