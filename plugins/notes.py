@@ -17,7 +17,7 @@ from medfactory.base.errors import CorpusError
 from medfactory.corpus.pipeline import PrepareOptions, prepare_corpus
 from medfactory.corpus.readers import FIELDS, ColumnMapping
 from medfactory.corpus.splits import SplitPlan
-from medfactory.plugins import CorpusPlugin
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 GENERIC_MAPPING = ColumnMapping(
     text=("text", "texto", "note", "nota", "note_text", "evolucao", "evolução", "descricao"),
@@ -26,6 +26,10 @@ GENERIC_MAPPING = ColumnMapping(
     admission_id=("admission_id", "id_atendimento", "atendimento", "id_internacao", "hadm_id", "encounter_id"),
     date=("date", "data", "dt_evolucao", "note_date", "charttime"),
 )
+
+
+# A tab is hard to type as an argument: --delimiter tab (or a literal backslash-t) means one.
+DELIMITER_NAMES = {"tab": "\t", "\\t": "\t"}
 
 
 def mapping_with_overrides(defaults: ColumnMapping, **columns: str | None) -> ColumnMapping:
@@ -60,10 +64,12 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         on_error: Annotated[str, typer.Option(help="fail on the first bad record, or skip and count it")] = "fail",
         tokenizer: Annotated[str | None, typer.Option(help="Count tokens exactly with this tokenizer (path or hub name)")] = None,
         output_root: Annotated[Path, typer.Option(help="Repository root: gets data/<name>/ and dataset_info.json")] = Path("."),
+        replace: ReplaceOption = False,
     ) -> None:
         from medfactory.corpus.identifiers import parse_locales
 
         try:
+            PrepareOptions.check_fractions(validation_fraction, test_fraction)  # before SplitPlan, to name the option
             options = PrepareOptions(
                 name=name,
                 plugin=plugin,
@@ -72,7 +78,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
                     admission_id=admission_column, date=date_column,
                 ),  # fmt: skip
                 encoding=encoding,
-                delimiter=delimiter,
+                delimiter=DELIMITER_NAMES.get(delimiter or "", delimiter),
                 identifier_locales=parse_locales(identifiers),
                 identifier_mode=identifier_mode,
                 near_duplicate_threshold=near_duplicates,
@@ -82,6 +88,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
                 min_characters=min_characters,
                 on_error=on_error,
                 tokenizer=tokenizer,
+                replace=replace,
             )
             manifest = prepare_corpus(source, options, output_root)
         except (CorpusError, ValueError) as error:
@@ -101,10 +108,20 @@ def print_summary(manifest: dict, output_root: Path) -> None:
         tokens = f"{stats['tokens']:,} tokens" if stats.get("tokens") is not None else f"~{stats['estimated_tokens']:,} tokens"
         typer.echo(f"  {split:<10} {stats['documents']:>10,} notes {stats['characters']:>14,} characters  {tokens}")
     typer.echo(f"dropped: {', '.join(f'{k} {v:,}' for k, v in manifest['dropped'].items()) or 'none'}")
+    if manifest.get("repeated_note_ids"):
+        typer.secho(
+            f"warning: {manifest['repeated_note_ids']:,} records had the note id of an earlier record; the first of each "
+            "was kept (dropped as repeated_note_id). Check --id-column and the export",
+            fg=typer.colors.YELLOW,
+        )
+    for caveat in manifest.get("likert_caveats", []):
+        typer.secho(f"warning: {caveat}", fg=typer.colors.YELLOW)
     for caveat in manifest.get("split_caveats", []):
         typer.secho(f"warning: {caveat}; pass --patient-column if the export has patient ids", fg=typer.colors.YELLOW)
     ids = manifest["identifiers"]
     typer.echo(f"identifiers ({ids['mode']}): {ids['notes_with_findings']:,} notes; {ids['findings_by_type'] or 'none found'}")
+    if manifest.get("stale_staging_removed"):
+        typer.echo(f"removed {manifest['stale_staging_removed']} staging folder(s) left by an earlier run that was killed")
     typer.echo(f"wrote {Path(output_root) / 'data' / manifest['dataset']}/ and registered it in {Path(output_root) / 'dataset_info.json'}")
 
 

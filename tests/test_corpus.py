@@ -108,7 +108,7 @@ def test_counts_add_up_and_the_manifest_holds_no_text(export: Path, tmp_path: Pa
     for name, entry in manifest["outputs"].items():
         assert entry["sha256"] == hashlib.sha256((tmp_path / "data" / "hc_notes" / name).read_bytes()).hexdigest()
     registry = json.loads((tmp_path / "dataset_info.json").read_text())
-    assert registry["hc_notes"] == {"file_name": "data/hc_notes/train.jsonl", "columns": {"prompt": "text"}}
+    assert registry["hc_notes"] == {"file_name": "data/hc_notes/train.jsonl", "columns": {"prompt": "text"}, "medfactory_plugin": "notes"}
     assert {"hc_notes_validation", "hc_notes_test", "hc_notes_likert"} <= set(registry)
 
 
@@ -308,7 +308,7 @@ def test_missing_column_lists_the_columns_found(tmp_path: Path) -> None:
     assert "no text column" in str(error.value) and "'nota_id', 'conteudo'" in str(error.value)
     assert "--text-column" in str(error.value)
     mapping = mapping_with_overrides(SEMCLINBR_MAPPING, text="conteudo", patient_id="prontuario")
-    with pytest.raises(CorpusError, match="no patient_id column .*'prontuario'.*--patient-id-column"):
+    with pytest.raises(CorpusError, match="no patient_id column .*'prontuario'.*--patient-column with"):
         prepare_corpus([tmp_path / "x.csv"], options(mapping=mapping), tmp_path)
 
 

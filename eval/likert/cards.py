@@ -32,6 +32,7 @@ import typer
 
 from medfactory.base.atomic import atomic_write, write_json_atomic
 from medfactory.base.jsonl import read_jsonl, write_jsonl
+from medfactory.base.names import confined_path
 
 from . import (
     CARDS_FILE,
@@ -549,7 +550,7 @@ def write_study(
     workbooks = {rater: rater_workbook_bytes(cards, note_indexes, rater) for rater in rater_names}
 
     paths = _study_paths(out_dir)
-    rater_paths = {rater: out_dir / RATERS_DIR / f"{rater}.xlsx" for rater in rater_names}
+    rater_paths = {rater: confined_path(out_dir / RATERS_DIR, f"{rater}.xlsx", what="rater name") for rater in rater_names}
 
     if not force:
         _refuse_study_in_progress(paths["key"], key_text, list(rater_paths.values()))

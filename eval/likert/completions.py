@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from tqdm import tqdm
 
 from medfactory.base.atomic import atomic_write, write_json_atomic
 from medfactory.base.jsonl import iter_jsonl, read_jsonl, write_jsonl
+from medfactory.base.names import confined_path, safe_component
 from medfactory.base.overrides import to_cli_arguments
 from medfactory.base.registry import REGISTRY_NAME, register_datasets
 from medfactory.eval.likert import COMPLETIONS_FILE
@@ -71,26 +73,63 @@ class ModelSpec:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def load_models(path: Path) -> list[ModelSpec]:
-    """Models from a YAML file: ``models: [{name, model_name_or_path, adapter_name_or_path?, template?}]``."""
+MODEL_NAME_FIX = "Fix: a model name is shown in the report and names its run folder runs/<name>/: use letters, digits, ., - and _."
+
+
+def _read_models_document(path: Path) -> Any:
+    """The parsed YAML of a models file; ValueError naming the file (and line) when it cannot be read."""
     import yaml
 
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
     except FileNotFoundError as error:
         raise ValueError(f"{path}: no such models file.") from error
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the models file ({type(error).__name__}).") from error
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f", line {mark.line + 1}" if mark is not None else ""
+        raise ValueError(f"{path}{where}: not valid YAML ({getattr(error, 'problem', None) or type(error).__name__}).") from error
+
+
+def _model_spec(entry: Any, where: str) -> ModelSpec:
+    """One entry of the models list, its name checked to be one folder name."""
+    keys = "Keys: name, model_name_or_path, adapter_name_or_path, template, overrides."
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where}: expected a mapping {{name, model_name_or_path, ...}}, got {type(entry).__name__}. {keys}")
+    try:
+        model = ModelSpec(**entry)
+    except TypeError as error:
+        raise ValueError(f"{where}: {error}. {keys}") from error
+    for field_name in ("name", "model_name_or_path"):
+        if not isinstance(getattr(model, field_name), str):
+            raise ValueError(f"{where}: `{field_name}` must be text (quote it in YAML).")
+    for field_name in ("adapter_name_or_path", "template"):
+        if getattr(model, field_name) is not None and not isinstance(getattr(model, field_name), str):
+            raise ValueError(f"{where}: `{field_name}` must be text (quote it in YAML).")
+    if not isinstance(model.overrides, dict):
+        raise ValueError(f"{where}: `overrides` must be a mapping of llamafactory-cli keys to values.")
+    # The name is the user's own configuration, so the message may show it.
+    safe_component(model.name, "model name", where=where, fix=MODEL_NAME_FIX)
+    return model
+
+
+def load_models(path: Path) -> list[ModelSpec]:
+    """Models from a YAML file: ``models: [{name, model_name_or_path, adapter_name_or_path?, template?}]``."""
+    document = _read_models_document(path)
     entries = document.get("models") if isinstance(document, dict) else None
-    if not entries:
+    if not entries or not isinstance(entries, list):
         raise ValueError(f"{path}: expected `models:` with a list of {{name, model_name_or_path, adapter_name_or_path}}.")
-    models = []
-    for index, entry in enumerate(entries, start=1):
-        try:
-            models.append(ModelSpec(**entry))
-        except TypeError as error:
-            raise ValueError(f"{path}: model {index}: {error}. Keys: name, model_name_or_path, adapter_name_or_path, template, overrides.") from error
+    models = [_model_spec(entry, f"{path}: model {index}") for index, entry in enumerate(entries, start=1)]
     names = [model.name for model in models]
     if len(set(names)) != len(names):
         raise ValueError(f"{path}: model names must be unique, got {names}.")
+    # Names equal up to case or Unicode form share a run folder on macOS / Windows file systems.
+    folded: dict[str, str] = {}
+    for name in names:
+        other = folded.setdefault(unicodedata.normalize("NFKC", name).casefold(), name)
+        if other != name:
+            raise ValueError(f"{path}: model names {other!r} and {name!r} differ only in case or Unicode form; they would share runs/{other}/.")
     return models
 
 
@@ -118,6 +157,7 @@ def write_prediction_set(notes: list[dict[str, str]], root: Path, rule: ExcerptR
     register_datasets(
         root / REGISTRY_NAME,
         {PROMPTS_DATASET: {"file_name": PROMPTS_FILE.as_posix(), "columns": {"prompt": "instruction", "query": "input", "response": "output"}}},
+        owner="likert",
     )
     return items
 
@@ -177,13 +217,14 @@ def generate_completions(
     run again, so an interrupted study resumes where it stopped.
     """
     root, study_dir = Path(root), Path(study_dir)
+    # Every run folder is checked before anything is written or run.
+    run_dirs = [confined_path(study_dir / "runs", model.name, what="model name", fix=MODEL_NAME_FIX) for model in models]
     items = write_prediction_set(read_heldout(heldout), root, rule)
     if not items:
         raise ValueError(f"{heldout}: no note is long enough to cut an excerpt and leave a continuation ({rule.describe()}).")
     prompts_digest = (root / PROMPTS_FILE).read_bytes()
     completions: list[dict[str, str]] = []
-    for model in tqdm(models, desc="models", unit="model"):
-        run_dir = study_dir / "runs" / model.name
+    for model, run_dir in zip(tqdm(models, desc="models", unit="model"), run_dirs):
         predictions = run_dir / "generated_predictions.jsonl"
         marker = run_dir / "prompts.jsonl"
         if not (predictions.is_file() and marker.is_file() and marker.read_bytes() == prompts_digest):

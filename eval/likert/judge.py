@@ -9,21 +9,38 @@ and each retry changes what can change the answer: the bad answer and a correcti
 (the same request at temperature 0 would get the same answer). A failed request is sent again
 as it was. The observation column says when a card was scored on a retry and how; after the
 last attempt the card's scores are recorded as missing, with the reason, so the report can
-count them. Requests go only to the endpoint the user names (by default localhost).
+count them.
+
+Card text is clinical text, so it goes only to the endpoint the user names, and only to a loopback
+one (127.0.0.0/8, ::1, ``localhost``) unless the user allows a remote one: a loopback endpoint is
+reached directly, never through ``http_proxy`` / ``https_proxy`` from the environment, and no
+redirect is followed. A study is judged incrementally (:func:`judge_study`): cards already scored
+in ``ratings/judge_<model>.csv`` are kept as they are and only the others are sent, so a run that
+failed or was stopped resumes where it ended.
 """
 
 from __future__ import annotations
 
+import csv
+import http.client
+import io
+import ipaddress
 import json
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
+from medfactory.base.atomic import atomic_write
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import iter_jsonl
+from medfactory.base.names import confined_path
 from medfactory.eval.likert import CRITERIA, CRITERION_KEYS, LONG_COLUMNS, SCORES
 
 SYSTEM_PROMPT = (
@@ -43,8 +60,18 @@ CORRECTION = (
 )
 
 
+REMOTE_FLAG = "--allow-remote-endpoint"
+# Cards in a row whose every attempt failed on the request: the endpoint is down, so the run stops
+# rather than waiting out the back-off on every remaining card (a rerun resumes).
+MAX_FAILED_IN_A_ROW = 3
+
+
 class UnparseableAnswer(ValueError):
     """The judge's answer holds no complete set of 1-5 scores."""
+
+
+class JudgeError(CorpusError):
+    """The judge cannot run: a refused or malformed endpoint, unreadable cards or earlier ratings."""
 
 
 def build_messages(card: dict[str, str]) -> list[dict[str, str]]:
@@ -69,19 +96,87 @@ def parse_scores(answer: str) -> dict[str, int]:
             for key in CRITERION_KEYS:
                 value = candidate[key]
                 if isinstance(value, bool) or not isinstance(value, (int, float, str)) or str(value).strip() not in {str(s) for s in SCORES}:
-                    raise UnparseableAnswer(f"{key} is {value!r}, not an integer 1-5")
+                    # The value is not quoted: a judge can echo card text into it.
+                    raise UnparseableAnswer(f"{key} is not an integer 1-5 (a {type(value).__name__})")
                 scores[key] = int(str(value).strip())
             return scores
     raise UnparseableAnswer(f"no JSON object with {', '.join(CRITERION_KEYS)} in an answer of {len(answer)} characters")
 
 
-def ask(endpoint: str, model: str, messages: list[dict[str, str]], timeout: float, max_tokens: int = MAX_TOKENS, temperature: float = TEMPERATURE) -> str:
-    """One chat completion request; returns the answer text."""
+def endpoint_host(endpoint: str) -> str:
+    """The host of an http(s) endpoint URL; :class:`JudgeError` for anything else (nothing is sent)."""
+    parts = urllib.parse.urlsplit(str(endpoint).strip())
+    try:
+        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
+        host = parts.hostname
+    except ValueError:
+        host = None
+    if parts.scheme not in ("http", "https") or not host:
+        raise JudgeError(f"--endpoint {endpoint!r} is not an http(s) URL with a host and port; e.g. http://127.0.0.1:8000/v1")
+    return host
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` or a literal loopback address (127.0.0.0/8, ::1).
+
+    Other names are not resolved: the answer must not depend on (or tell) a DNS server, and a
+    name that resolves to loopback today may not tomorrow.
+    """
+    host = host.strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the next request to a place the user did not name: it fails instead."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def endpoint_opener(endpoint: str, allow_remote: bool = False) -> urllib.request.OpenerDirector:
+    """The opener the judge sends card text with, or :class:`JudgeError` before anything is sent.
+
+    A loopback endpoint gets no proxy at all (urllib would otherwise send the request, card text
+    included, to ``http_proxy`` from the environment). A remote endpoint is refused unless
+    ``allow_remote``; then the environment's proxies apply as they would to any request.
+    """
+    host = endpoint_host(endpoint)
+    if is_loopback_host(host):
+        return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
+    if not allow_remote:
+        hint = " (0.0.0.0 is where a server listens, not an address to send to: use 127.0.0.1)" if host in ("0.0.0.0", "::") else ""
+        raise JudgeError(
+            f"refusing to send card text to {host}: it is not a loopback address (127.0.0.0/8, ::1 or localhost){hint}. "
+            f"Card text is clinical text and nothing was sent. Serve the judge on this machine, or pass {REMOTE_FLAG} "
+            f"if {host} may receive it (requests then go through http_proxy/https_proxy from the environment, if set)."
+        )
+    return urllib.request.build_opener(_NoRedirect)
+
+
+def ask(
+    endpoint: str,
+    model: str,
+    messages: list[dict[str, str]],
+    timeout: float,
+    max_tokens: int = MAX_TOKENS,
+    temperature: float = TEMPERATURE,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> str:
+    """One chat completion request through ``opener`` (default: :func:`endpoint_opener`, loopback only)."""
+    opener = opener or endpoint_opener(endpoint)
     body = json.dumps({"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}).encode()
     request = urllib.request.Request(
-        endpoint.rstrip("/") + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        endpoint.strip().rstrip("/") + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
     )
-    with urllib.request.urlopen(request, timeout=timeout) as response:
+    with opener.open(request, timeout=timeout) as response:
         payload = json.loads(response.read().decode("utf-8"))
     return payload["choices"][0]["message"]["content"] or ""
 
@@ -107,28 +202,47 @@ def _retry_note(retry_temperature: float) -> str:
     return f"the unparseable answer and a corrective message added, temperature {retry_temperature:g}"
 
 
-def _judge_card(card: dict[str, str], endpoint: str, model: str, retries: int, timeout: float, retry_temperature: float) -> tuple[dict[str, int] | None, str]:
-    """(scores or None, observation) for one card: temperature 0 first; after an unparseable
+class _Judged(NamedTuple):
+    scores: dict[str, int] | None
+    observation: str
+    request_failed: bool  # the last attempt failed on the request (not on the answer)
+
+
+def _judge_card(
+    card: dict[str, str], endpoint: str, model: str, retries: int, timeout: float, retry_temperature: float, opener: urllib.request.OpenerDirector
+) -> _Judged:
+    """Scores (or None) and the observation for one card: temperature 0 first; after an unparseable
     answer the conversation grows by that answer and a correction, at ``retry_temperature``."""
     messages, temperature = build_messages(card), TEMPERATURE
-    reason, corrected = "", False
+    reason, corrected, request_failed = "", False, False
     for attempt in range(retries + 1):
         try:
-            answer = ask(endpoint, model, messages, timeout, temperature=temperature)
-        except (urllib.error.URLError, TimeoutError, KeyError, ValueError) as error:
-            reason = f"request failed ({type(error).__name__}: {error})"
-            time.sleep(min(2**attempt, 10))
+            answer = ask(endpoint, model, messages, timeout, temperature=temperature, opener=opener)
+        except (OSError, http.client.HTTPException, KeyError, IndexError, TypeError, ValueError) as error:
+            reason, request_failed = f"request failed ({type(error).__name__}: {error})", True
+            if attempt < retries:
+                time.sleep(min(2**attempt, 10))
             continue  # a failed request is sent again unchanged
         try:
             scores = parse_scores(answer)
         except UnparseableAnswer as error:
-            reason = f"unparseable answer ({error})"
+            reason, request_failed = f"unparseable answer ({error})", False
             messages, temperature, corrected = retry_messages(build_messages(card), answer), retry_temperature, True
             continue
         note = f"scored on attempt {attempt + 1} of {retries + 1} ({_retry_note(retry_temperature)})" if corrected else ""
-        return scores, note
+        return _Judged(scores, note, False)
     how = f" (retries: {_retry_note(retry_temperature)})" if corrected else ""
-    return None, f"missing after {retries + 1} attempts{how}: {reason}"
+    return _Judged(None, f"missing after {retries + 1} attempts{how}: {reason}", request_failed)
+
+
+def judge_rater(model: str) -> str:
+    """The rater name of a judge model's ratings."""
+    return f"judge:{model}"
+
+
+def _card_rows(card_id: str, rater: str, judged: _Judged) -> list[dict[str, Any]]:
+    scores = judged.scores
+    return [dict(zip(LONG_COLUMNS, (card_id, rater, key, scores[key] if scores else None, judged.observation))) for key in CRITERION_KEYS]
 
 
 def judge_cards(
@@ -138,29 +252,228 @@ def judge_cards(
     retries: int = 2,
     timeout: float = 120.0,
     retry_temperature: float = RETRY_TEMPERATURE,
+    allow_remote: bool = False,
 ) -> list[dict[str, Any]]:
     """Long-format ratings (LONG_COLUMNS) of rater ``judge:<model>`` for every card and criterion.
 
     The observation column records when a card was scored on a retry, and what the retry changed.
+    A non-loopback endpoint is refused unless ``allow_remote`` (:func:`endpoint_opener`).
     """
-    rater = f"judge:{model}"
+    opener = endpoint_opener(endpoint, allow_remote)
+    rater = judge_rater(model)
     rows: list[dict[str, Any]] = []
     for card in tqdm(cards, desc=f"judge {model}", unit="card"):
-        scores, observation = _judge_card(card, endpoint, model, retries, timeout, retry_temperature)
-        for key in CRITERION_KEYS:
-            rows.append(dict(zip(LONG_COLUMNS, (card["card_id"], rater, key, scores[key] if scores else None, observation))))
+        rows += _card_rows(card["card_id"], rater, _judge_card(card, endpoint, model, retries, timeout, retry_temperature, opener))
     return rows
+
+
+def _rows_text(rows: list[dict[str, Any]], header: bool = False) -> str:
+    """Rows as the canonical long CSV (an empty field for a missing score)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(LONG_COLUMNS), lineterminator="\n")
+    if header:
+        writer.writeheader()
+    for row in rows:
+        writer.writerow({**row, "score": "" if row["score"] is None else row["score"]})
+    return buffer.getvalue()
 
 
 def write_judge_ratings(rows: list[dict[str, Any]], path: Path) -> Path:
     """The judge's ratings as the canonical long CSV (atomically)."""
-    import csv
-
-    from medfactory.base.atomic import atomic_write
-
     with atomic_write(Path(path)) as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(LONG_COLUMNS), lineterminator="\n")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**row, "score": "" if row["score"] is None else row["score"]})
+        handle.write(_rows_text(rows, header=True))
     return Path(path)
+
+
+# --------------------------------------------------------------------------------------------
+# A study: resume from the earlier ratings, never replace a score by a missing one
+# --------------------------------------------------------------------------------------------
+
+
+def load_cards(path: Path) -> list[dict[str, str]]:
+    """The cards of ``cards.jsonl`` the judge needs (card_id, excerpt, completion), checked.
+
+    Problems name the line only: the file holds note text.
+    """
+    cards, seen, problems = [], set(), []
+    for number, record in iter_jsonl(Path(path)):
+        card_id = record.get("card_id")
+        if not isinstance(card_id, str) or not card_id.strip():
+            problems.append(f"line {number}: no card_id")
+        elif card_id in seen:
+            problems.append(f"line {number}: a card_id of an earlier line repeats")
+        elif not all(isinstance(record.get(field), str) for field in ("excerpt", "completion")):
+            problems.append(f"line {number}: excerpt or completion missing or not text")
+        else:
+            seen.add(card_id)
+            cards.append(record)
+    if problems:
+        raise JudgeError(f"{path}: not the cards `medfactory likert run` writes:\n" + "\n".join(problems[:20]))
+    if not cards:
+        raise JudgeError(f"{path}: no cards. `medfactory likert run --study ...` writes them.")
+    return cards
+
+
+def judge_ratings_path(study_dir: Path, model: str) -> Path:
+    """``<study>/ratings/judge_<model>.csv``, the model name made one file name (``/`` of a hub id -> ``_``)."""
+    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in model)
+    return confined_path(Path(study_dir) / "ratings", f"judge_{safe}.csv", what="judge ratings file of --model")
+
+
+@dataclass
+class _Earlier:
+    """One card's rows in the earlier ratings file: their exact text, and whether all are scored."""
+
+    text: str = ""
+    scores: dict[str, int | None] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.scores is not None and all(self.scores.get(key) is not None for key in CRITERION_KEYS)
+
+
+def _raw_records(text: str) -> list[tuple[int, list[str], str]]:
+    """(first line, fields, exact text) of every CSV record of ``text``."""
+    lines = io.StringIO(text, newline="")
+    consumed: list[str] = []
+
+    def feed() -> Any:
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    records, first = [], 1
+    reader = csv.reader(feed())
+    for fields in reader:
+        raw = "".join(consumed)
+        consumed.clear()
+        records.append((first, fields, raw if raw.endswith(("\n", "\r")) else raw + "\n"))
+        first = reader.line_num + 1
+    return records
+
+
+def _earlier_row_problem(fields: list[str], rater: str, known: set[str], earlier: dict[str, _Earlier]) -> str | None:
+    """Why one row of the earlier ratings cannot be kept beside the new ones (None when it can)."""
+    from medfactory.eval.likert.ratings import parse_score
+
+    if len(fields) != len(LONG_COLUMNS):
+        return f"{len(fields)} fields, not {len(LONG_COLUMNS)}"
+    card_id, row_rater, criterion, score, _ = fields
+    if row_rater != rater:
+        return f"another rater than {rater!r} (another --model with the same file name?)"
+    if card_id not in known:
+        return "a card that is not in cards.jsonl (were the cards rebuilt?)"
+    if criterion not in CRITERION_KEYS:
+        return "an unknown criterion"
+    entry = earlier.setdefault(card_id, _Earlier(scores={}))
+    if criterion in entry.scores:
+        return "a second row of one card and criterion"
+    value, reason = parse_score(score)
+    entry.scores[criterion] = None if reason else value
+    return None
+
+
+def read_earlier_ratings(path: Path, rater: str, card_ids: list[str]) -> dict[str, _Earlier]:
+    """card_id -> its rows in an earlier ``judge_<model>.csv`` (empty when there is none).
+
+    A file that cannot be merged with new ratings (another header, rater or study, a doubled row)
+    raises :class:`JudgeError` naming its lines: it is never overwritten.
+    """
+    path = Path(path)
+    if not path.exists():
+        return {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise JudgeError(f"{path}: cannot read the earlier judge ratings ({type(error).__name__}); nothing was sent. Move it aside to start over.") from error
+    records = _raw_records(text.removeprefix("\ufeff"))
+    if not records or [field.strip() for field in records[0][1]] != list(LONG_COLUMNS):
+        raise JudgeError(f"{path}, line 1: not the header {','.join(LONG_COLUMNS)}; nothing was sent. Move the file aside to start over.")
+    earlier: dict[str, _Earlier] = {}
+    known, problems = set(card_ids), []
+    for line, fields, raw in records[1:]:
+        if not any(field.strip() for field in fields):
+            continue
+        problem = _earlier_row_problem(fields, rater, known, earlier)
+        if problem:
+            problems.append(f"line {line}: {problem}")
+        else:
+            earlier[fields[0]].text += raw
+    if problems:
+        raise JudgeError(
+            f"{path}: {len(problems)} row(s) of the earlier judge ratings cannot be kept; nothing was sent or written. "
+            "Fix them or move the file aside to start over:\n" + "\n".join(problems[:20])
+        )
+    return earlier
+
+
+@dataclass
+class JudgeRun:
+    """What one ``likert judge`` run did (counts only: no card text)."""
+
+    path: Path
+    cards: int
+    kept: int = 0  # scored by an earlier run, left as they were
+    judged: int = 0  # scored now
+    failed: int = 0  # not scored after every attempt
+    not_tried: int = 0  # left for the next run after the endpoint failed MAX_FAILED_IN_A_ROW times
+    reason: str = ""  # the last failure
+
+    @property
+    def missing(self) -> int:
+        return self.failed + self.not_tried
+
+
+def _write_blocks(path: Path, card_ids: list[str], blocks: dict[str, str]) -> None:
+    """The ratings file: the header, then each card's rows in the order of the cards (atomically)."""
+    with atomic_write(path) as handle:
+        handle.write(",".join(LONG_COLUMNS) + "\n")
+        for card_id in card_ids:
+            handle.write(blocks.get(card_id, ""))
+
+
+def judge_study(
+    cards: list[dict[str, str]],
+    path: Path,
+    endpoint: str,
+    model: str,
+    retries: int = 2,
+    timeout: float = 120.0,
+    retry_temperature: float = RETRY_TEMPERATURE,
+    allow_remote: bool = False,
+) -> JudgeRun:
+    """Judge the cards not yet scored in ``path`` and write it after each card (atomically).
+
+    Cards fully scored by an earlier run keep their rows byte for byte. A card that cannot be
+    scored now gets missing rows only when it had no rows before, so a score is never replaced
+    by a missing one. After :data:`MAX_FAILED_IN_A_ROW` cards in a row failed on the request the
+    run stops; the rest stay unscored for the next run.
+    """
+    opener = endpoint_opener(endpoint, allow_remote)  # refuses before anything is read or sent
+    path, rater = Path(path), judge_rater(model)
+    card_ids = [card["card_id"] for card in cards]
+    earlier = read_earlier_ratings(path, rater, card_ids)
+    blocks = {card_id: entry.text for card_id, entry in earlier.items()}
+    todo = [card for card in cards if not (card["card_id"] in earlier and earlier[card["card_id"]].complete)]
+    run = JudgeRun(path, len(cards), kept=len(cards) - len(todo))
+    in_a_row = 0
+    for number, card in enumerate(tqdm(todo, desc=f"judge {model}", unit="card")):
+        judged = _judge_card(card, endpoint, model, retries, timeout, retry_temperature, opener)
+        if judged.scores is not None:
+            blocks[card["card_id"]], in_a_row = _rows_text(_card_rows(card["card_id"], rater, judged)), 0
+            run.judged += 1
+        else:
+            if card["card_id"] not in earlier:
+                blocks[card["card_id"]] = _rows_text(_card_rows(card["card_id"], rater, judged))
+            run.failed, run.reason = run.failed + 1, judged.observation
+            in_a_row = in_a_row + 1 if judged.request_failed else 0
+        _write_blocks(path, card_ids, blocks)  # a run stopped now loses at most this card
+        if in_a_row >= MAX_FAILED_IN_A_ROW:
+            run.not_tried = len(todo) - number - 1
+            break
+    if run.not_tried:
+        stopped = _Judged(None, f"not judged: the run stopped after {MAX_FAILED_IN_A_ROW} cards in a row failed on the request", True)
+        for card in todo[len(todo) - run.not_tried :]:
+            blocks.setdefault(card["card_id"], _rows_text(_card_rows(card["card_id"], rater, stopped)))
+        _write_blocks(path, card_ids, blocks)
+    return run

@@ -10,6 +10,28 @@ import typer
 likert_app = typer.Typer(help="The blind Likert study: completions, cards, ratings, report, LLM judge.", no_args_is_help=True)
 
 STUDIES = Path("reports/likert")
+STUDY_FIX = "Fix: a study name is one folder name under reports/likert/ (letters, digits, - and _)."
+
+
+def study_folder(study: str, must_exist: bool = True) -> Path:
+    """``reports/likert/<study>``: one folder name (never a path out of reports/likert), and existing
+    unless ``must_exist`` is False (``likert run`` creates it)."""
+    from medfactory.base.errors import CorpusError
+    from medfactory.base.names import confined_path
+
+    study_dir = confined_path(STUDIES, study, what="--study", fix=STUDY_FIX)
+    if must_exist and not study_dir.is_dir():
+        raise CorpusError(
+            f"no study {study!r}: {study_dir} does not exist. Run from the folder that holds reports/ "
+            f"(the repository root), or create the study with `medfactory likert run --study {study} --heldout ... --models ...`."
+        )
+    return study_dir
+
+
+def fail(error: BaseException) -> typer.Exit:
+    """Print ``error: ...`` and return the exit to raise (status 1)."""
+    typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
 
 
 def parse_override_options(pairs: list[str] | None) -> dict[str, Any]:
@@ -38,17 +60,16 @@ def likert_run(
     from medfactory.eval.likert.cards import write_study
     from medfactory.eval.likert.completions import ExcerptRule, generate_completions, load_models
 
-    study_dir = STUDIES / study
     try:
+        study_dir = study_folder(study, must_exist=False)
         # The models file is read before the overrides are parsed: its errors come first, as they always did.
         model_specs = load_models(models)
         extra_overrides = parse_override_options(override)
         completions = generate_completions(heldout, model_specs, study_dir, rule=ExcerptRule(sentences=excerpt_sentences), extra_overrides=extra_overrides)
         rater_names = [rater.strip() for rater in raters.split(",") if rater.strip()]
         summary = write_study(completions, study_dir, rater_names, seed=seed, force=force)
-    except (ValueError, FileExistsError, RuntimeError) as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
+    except (ValueError, OSError, RuntimeError) as error:
+        raise fail(error) from None
     typer.echo(f"completions: {completions}")
     typer.echo(f"cards and rater files in {study_dir}: {summary.get('cards', '?')} cards; give raters only the files under raters/")
 
@@ -56,22 +77,31 @@ def likert_run(
 @likert_app.command("judge")
 def likert_judge(
     study: Annotated[str, typer.Option(help="Study name (reports/likert/<study>/)")],
-    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1")],
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (loopback only, see --allow-remote-endpoint)")],
     model: Annotated[str, typer.Option(help="Model name sent to the endpoint and used in the rater name judge:<model>")],
-    retries: Annotated[int, typer.Option(help="Extra attempts when an answer does not parse")] = 2,
+    retries: Annotated[int, typer.Option(min=0, help="Extra attempts when an answer does not parse or a request fails")] = 2,
+    allow_remote_endpoint: Annotated[
+        bool, typer.Option("--allow-remote-endpoint", help="Send card text (clinical text) to a non-loopback endpoint, via the environment's proxies if set")
+    ] = False,
 ) -> None:
-    """Score every card with an LLM judge; writes ratings/judge_<model>.csv."""
-    from medfactory.base.jsonl import read_jsonl
+    """Score the cards with an LLM judge into ratings/judge_<model>.csv; cards already scored there are kept."""
     from medfactory.eval.likert import CARDS_FILE
-    from medfactory.eval.likert.judge import judge_cards, write_judge_ratings
+    from medfactory.eval.likert.judge import MAX_FAILED_IN_A_ROW, endpoint_opener, judge_ratings_path, judge_study, load_cards
 
-    study_dir = STUDIES / study
-    cards = read_jsonl(study_dir / CARDS_FILE)
-    rows = judge_cards(cards, endpoint, model, retries=retries)
-    safe = "".join(char if char.isalnum() or char in "-_." else "_" for char in model)
-    path = write_judge_ratings(rows, study_dir / "ratings" / f"judge_{safe}.csv")
-    missing = sum(1 for row in rows if row["score"] is None)
-    typer.echo(f"{len(rows)} judge ratings ({missing} missing) -> {path}")
+    try:
+        endpoint_opener(endpoint, allow_remote_endpoint)  # a refused endpoint is reported before the study
+        study_dir = study_folder(study)
+        cards = load_cards(study_dir / CARDS_FILE)
+        run = judge_study(cards, judge_ratings_path(study_dir, model), endpoint, model, retries=retries, allow_remote=allow_remote_endpoint)
+    except (ValueError, OSError) as error:
+        raise fail(error) from None
+    typer.echo(f"{run.cards} cards: {run.kept} scored by an earlier run (kept), {run.judged} scored now, {run.missing} missing -> {run.path}")
+    if run.missing:
+        stopped = f"; {run.not_tried} not tried: the endpoint failed on {MAX_FAILED_IN_A_ROW} cards in a row" if run.not_tried else ""
+        raise fail(
+            f"{run.missing} of {run.cards} cards could not be judged ({run.failed} after {retries + 1} attempts each{stopped}); last: {run.reason}. "
+            "Scores already in the file were kept. Run the same command again to judge only the missing cards."
+        )
 
 
 @likert_app.command("report")
@@ -87,11 +117,13 @@ def likert_report(
     from medfactory.eval.likert.ratings import RatingsError, read_ratings
     from medfactory.eval.likert.report import write_report
 
-    study_dir = STUDIES / study
     try:
+        study_dir = study_folder(study)
         table = read_ratings(ratings, study_dir / CARDS_FILE, study_dir / KEY_FILE, allow_missing=allow_missing)
+        report = write_report(table, pd.read_csv(study_dir / KEY_FILE, dtype=str), study_dir / "report", title=f"Likert study {study}")
     except RatingsError as error:
         typer.secho(str(error), fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
-    report = write_report(table, pd.read_csv(study_dir / KEY_FILE, dtype=str), study_dir / "report", title=f"Likert study {study}")
+    except (ValueError, OSError) as error:
+        raise fail(error) from None
     typer.echo(f"report: {report}")

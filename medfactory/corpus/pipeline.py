@@ -7,9 +7,10 @@ Per note, in this order: normalise (:func:`medfactory.corpus.text.normalise_note
 too-short notes; scan for personal identifiers and report, mask or refuse (before anything is
 written); drop exact duplicates and optionally near duplicates (copy-forward notes), as
 :mod:`medfactory.corpus.dedup` defines them; assign the group's split (patient, else admission,
-else note: the manifest says when splits are not patient-disjoint); write. Outputs go to a staging folder that replaces ``data/<name>/`` in one step
-only when everything succeeded, and ``dataset_info.json`` is updated after that: a run that fails
-or is killed leaves the previously prepared dataset and the registry as they were.
+else note: the manifest says when splits are not patient-disjoint); write. Outputs go to a staging folder that replaces ``data/<name>/`` together with
+its ``dataset_info.json`` entries only when everything succeeded (:mod:`medfactory.base.publish`): a
+run that fails or is killed leaves the previously prepared dataset and the registry as they were, and
+a name another plugin owns is refused unless ``--replace``.
 """
 
 from __future__ import annotations
@@ -26,24 +27,21 @@ from typing import Any
 
 from tqdm import tqdm
 
-from medfactory.base.atomic import atomic_directory
 from medfactory.base.errors import CorpusError
 from medfactory.base.jsonl import jsonl_line
 from medfactory.base.manifest import (
     CHARS_PER_TOKEN_ESTIMATE,
-    MANIFEST_FILE,
     dataset_records,
     estimate_tokens,
     manifest_header,
     output_facts,
-    write_manifest,
 )
-from medfactory.base.registry import REGISTRY_NAME, load_registry_before_writing, register_datasets
+from medfactory.base.publish import publish_datasets
 from medfactory.base.versions import package_versions
 from medfactory.corpus.dedup import DUPLICATE_KEY, NORMALISATION, NearDuplicateIndex, SeenKeys, key_hex, key_of_normalised, normalise_for_dedup
 from medfactory.corpus.readers import ColumnMapping, ReadOptions, SourceFile, list_source_files, read_notes
 from medfactory.corpus.splits import SPLITS, HeldOutSampler, SplitPlan, group_of, split_disjointness
-from medfactory.corpus.text import AUTO_ENCODING, normalise_note
+from medfactory.corpus.text import AUTO_ENCODING, encoding_problem, normalise_note
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +71,41 @@ class PrepareOptions:
     min_characters: int = 20
     on_error: str = "fail"
     tokenizer: str | None = None
+    replace: bool = False  # allow replacing datasets / registry keys another plugin wrote
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
             raise CorpusError(f"dataset name {self.name!r}: pass --name with letters, digits and underscores (e.g. hc_notes).")
+        # Every value is checked before anything is read, and each message names the option to change.
         if self.identifier_mode not in IDENTIFIER_MODES:
-            raise CorpusError(f"identifier mode {self.identifier_mode!r}: use one of {', '.join(IDENTIFIER_MODES)}.")
+            raise CorpusError(f"--identifier-mode {self.identifier_mode!r}: use one of {', '.join(IDENTIFIER_MODES)}.")
         if self.on_error not in ON_ERROR_CHOICES:
-            raise CorpusError(f"on-error {self.on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
-        if self.near_duplicate_threshold is not None and not 0 < self.near_duplicate_threshold <= 1:
-            raise CorpusError("the near-duplicate threshold is a Jaccard similarity in (0, 1], e.g. 0.85.")
+            raise CorpusError(f"--on-error {self.on_error!r}: use one of {', '.join(ON_ERROR_CHOICES)}.")
+        if self.near_duplicate_threshold is not None and not 0 < self.near_duplicate_threshold <= 1:  # NaN fails too
+            raise CorpusError(f"--near-duplicates {self.near_duplicate_threshold:g}: a Jaccard similarity in (0, 1], e.g. 0.85.")
+        problem = encoding_problem(self.encoding)
+        if problem:
+            raise CorpusError(
+                f"--encoding {self.encoding!r}: {problem}. Fix: pass auto (UTF-8, then cp1252, per line) "
+                "or a codec name such as utf-8, cp1252, latin-1 or utf-16."
+            )
+        if self.delimiter is not None and (len(self.delimiter) != 1 or self.delimiter in '"\r\n'):
+            raise CorpusError(f"--delimiter {self.delimiter!r}: one character other than a quote or a line break, e.g. ';' or '|' (a tab: --delimiter tab).")
+        counts = {"--likert-notes": self.likert_notes, "--likert-min-characters": self.likert_min_characters, "--min-characters": self.min_characters}
+        for flag, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise CorpusError(f"{flag} {value!r}: a whole number, 0 or more.")
+        self.check_fractions(self.split.validation_fraction, self.split.test_fraction)
+
+    @staticmethod
+    def check_fractions(validation: float, test: float) -> None:
+        """The split shares as --validation-fraction / --test-fraction give them (the CLI checks them
+        before it builds a :class:`SplitPlan`, whose own check cannot name the options)."""
+        for flag, value in (("--validation-fraction", validation), ("--test-fraction", test)):
+            if not 0 <= value < 1:  # NaN fails too
+                raise CorpusError(f"{flag} {value:g}: a share of the patients in [0, 1), e.g. 0.01.")
+        if validation + test >= 1:
+            raise CorpusError(f"--validation-fraction {validation:g} + --test-fraction {test:g} leaves no patient for training: keep the sum under 1.")
 
 
 @dataclass
@@ -98,9 +121,21 @@ class _TokenCounter:
     def __init__(self, name: str) -> None:
         from transformers import AutoTokenizer
 
-        self.tokenizer = AutoTokenizer.from_pretrained(name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+        except Exception as error:  # OSError, ValueError, HFValidationError...: no tokenizer there
+            raise CorpusError(self.problem(name, error)) from error
         self.pending: dict[str, list[str]] = {split: [] for split in (*SPLITS, "likert")}
         self.totals: Counter = Counter()
+
+    @staticmethod
+    def problem(name: str, error: Exception) -> str:
+        """The message for a --tokenizer that does not load (no traceback: the option and the fix)."""
+        fix = "Fix: pass the folder that holds the model's tokenizer files (tokenizer.json, tokenizer_config.json) or a hub name"
+        if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+            return f"--tokenizer {name!r}: no such folder. {fix}."
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return f"--tokenizer {name!r}: no tokenizer could be loaded ({reason}). {fix} already downloaded (offline, only cached models load)."
 
     def add(self, split: str, text: str) -> None:
         self.pending[split].append(text)
@@ -144,15 +179,14 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
     """Prepare ``sources`` into ``output_root/data/<name>/`` and register the splits; return the manifest."""
     options.validate()
     output_root = Path(output_root)
-    registry = output_root / REGISTRY_NAME
-    load_registry_before_writing(registry)
     files = [path for source in sources for path in list_source_files(Path(source))]
     notes_pass = _NotesPass(options)
-    with atomic_directory(output_root / "data" / options.name) as staging:
+    with publish_datasets(output_root, Path("data") / options.name, registry_entries(options.name), options.plugin, options.replace) as publication:
+        staging = publication.staging
         notes_pass.run(files, staging)
         manifest = notes_pass.finish(staging, sources)
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, registry_entries(options.name))
+        manifest["stale_staging_removed"] = publication.stale_removed
+        publication.write_manifest(manifest)
     for caveat in manifest["split_caveats"]:
         log.warning("%s: %s", options.name, caveat)
     log.info("%s: %d records read, %d notes kept, dropped %s", options.name, notes_pass.records_read, manifest["documents"], dict(notes_pass.dropped))
@@ -177,6 +211,9 @@ class _NotesPass:
         self.group_kinds: Counter = Counter()
         self.split_stats = {split: SplitStats() for split in SPLITS}
         self.seen = SeenKeys()
+        self.note_ids = SeenKeys()  # each note id as an 8-byte hash: flat memory, and no id kept
+        self.repeated_note_ids = 0
+        self.test_notes = 0  # kept in the test split, before the Likert notes leave it
         self.sampler = HeldOutSampler(options.likert_notes, options.split.seed, options.likert_min_characters)
         self.read_options = ReadOptions(
             mapping=options.mapping, encoding=options.encoding, delimiter=options.delimiter, on_error=options.on_error,
@@ -243,7 +280,27 @@ class _NotesPass:
             return True, key_hex(key)
         return False, key_hex(key)
 
+    def _is_repeated_id(self, raw: Any) -> bool:
+        """Whether ``raw``'s note id (read from a column) was an earlier record's: refused under
+        ``--on-error fail``; otherwise the first record of the id is kept and the others counted."""
+        if not raw.note_id or not raw.id_from_data:
+            return False
+        digest = hashlib.blake2b(raw.note_id.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        if self.note_ids.add_if_new(int.from_bytes(digest, "big", signed=True)):
+            return False
+        self.repeated_note_ids += 1
+        if self.options.on_error == "fail":
+            raise CorpusError(
+                f"{raw.where}: this record has the note id of an earlier record (ids not shown), so two notes "
+                "would share one id. Fix: give each note its own id in the export, pass the right --id-column, or "
+                "--on-error skip to keep the first record of each id and count the others."
+            )
+        self.dropped["repeated_note_id"] += 1
+        return True
+
     def _take(self, raw: Any, handles: dict[str, Any]) -> None:
+        if self._is_repeated_id(raw):
+            return
         text = self._clean(raw)
         if text is None:
             return
@@ -263,6 +320,7 @@ class _NotesPass:
         if self.tokens is not None and split != "test":  # test is counted once the Likert notes left it
             self.tokens.add(split, text)
         if split == "test":
+            self.test_notes += 1
             self.sampler.offer(group, key, line, len(text))
 
     def finish(self, staging: Path, sources: list[Path]) -> dict[str, Any]:
@@ -274,12 +332,26 @@ class _NotesPass:
                 f"(dropped: {dict(self.dropped) or 'none'}). Fix: check the text column (--text-column) and the files."
             )
         likert = _carve_held_out(staging, self.sampler.records(), self.split_stats, self.tokens)
+        for caveat in self._likert_caveats(likert.documents):
+            log.warning("%s: %s", self.options.name, caveat)
         if self.tokens is not None:
             for split in self.tokens.pending:
                 self.tokens.flush(split)
             for split in SPLITS:
                 self.split_stats[split].tokens = self.tokens.totals[split]
         return self._manifest(staging, sources, kept, likert)
+
+    def _likert_caveats(self, drawn: int) -> list[str]:
+        """Why fewer Likert notes than --likert-notes were drawn, and what to change (or nothing)."""
+        options = self.options
+        if drawn >= options.likert_notes:
+            return []
+        return [
+            f"{drawn:,} of the {options.likert_notes:,} Likert notes asked for (--likert-notes) could be drawn: the test split "
+            f"(--test-fraction {options.split.test_fraction:g}) kept {self.test_notes:,} notes, and {drawn:,} of its patients (or "
+            f"admissions, notes where no patient id exists) have one of at least {options.likert_min_characters:,} characters "
+            "(--likert-min-characters); one note is drawn per patient. Fix: raise --test-fraction or lower --likert-min-characters"
+        ]
 
     def _manifest(self, staging: Path, sources: list[Path], kept: int, likert: SplitStats) -> dict[str, Any]:
         options, characters = self.options, sum(stats.characters for stats in self.split_stats.values())
@@ -307,6 +379,8 @@ class _NotesPass:
                 "near_duplicate_threshold": options.near_duplicate_threshold,
             },
             "dropped": dict(sorted(self.dropped.items())),
+            "repeated_note_ids": self.repeated_note_ids,
+            "likert_caveats": self._likert_caveats(likert.documents),
             "identifiers": {
                 "mode": options.identifier_mode,
                 "locales": list(options.identifier_locales),

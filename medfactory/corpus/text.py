@@ -1,12 +1,15 @@
 """Decoding and normalising clinical text, shared by every corpus plugin.
 
 Hospital exports mix UTF-8 and cp1252 (often within one file), so decoding is per line or per
-file: UTF-8 first, then cp1252. Normalisation is conservative: it must keep de-identification
+file: UTF-8 first, then cp1252. Files with a UTF-16 or UTF-32 byte-order mark, and files in a forced
+encoding whose line ends are not the byte ``\n`` (UTF-16/32 without a mark, EBCDIC), are decoded as
+one stream instead (:func:`stream_codec`). Normalisation is conservative: it must keep de-identification
 placeholders (``[NOME]``, ``<PACIENTE>``, ``***``, ``XXXX``) exactly as they are.
 """
 
 from __future__ import annotations
 
+import codecs
 import re
 import unicodedata
 
@@ -21,6 +24,58 @@ class UndecodableBytes(ValueError):
     def __init__(self, offset: int, byte: int, encoding: str) -> None:
         super().__init__(f"byte 0x{byte:02X} at offset {offset} is not valid {encoding}")
         self.offset, self.byte, self.encoding = offset, byte, encoding
+
+
+# Longest first: the UTF-32-LE mark starts with the UTF-16-LE one.
+_WIDE_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+# What a CSV / JSONL reader splits and parses on: an encoding that writes these as ASCII can be decoded per line.
+_STRUCTURE = "\n\r,;|\t\"{}:[]id"
+
+
+def wide_bom_codec(prefix: bytes) -> str | None:
+    """``"utf-16"`` or ``"utf-32"`` when ``prefix`` starts with that byte-order mark (either byte
+    order): the codec that reads the mark, takes its byte order and drops it; None otherwise."""
+    return next((codec for bom, codec in _WIDE_BOMS if prefix.startswith(bom)), None)
+
+
+def encoding_problem(encoding: str) -> str | None:
+    """Why ``encoding`` cannot decode a text file (unknown, or a bytes-to-bytes codec), or None."""
+    if encoding == AUTO_ENCODING:
+        return None
+    try:
+        info = codecs.lookup(encoding)
+    except LookupError:
+        return "it is not a codec Python knows"
+    if not getattr(info, "_is_text_encoding", True):  # base64, rot13, zlib...: bytes to bytes
+        return "it is not a text encoding"
+    return None
+
+
+def stream_codec(encoding: str, prefix: bytes) -> str | None:
+    """The codec a file starting with ``prefix`` must be decoded with as one stream, or None to
+    decode it per line: in ``auto`` mode a UTF-16/32 byte-order mark; otherwise a forced encoding
+    that does not write line ends and delimiters as their ASCII bytes (UTF-16/32, EBCDIC)."""
+    if encoding == AUTO_ENCODING:
+        return wide_bom_codec(prefix)
+    name = codecs.lookup(encoding).name
+    try:
+        ascii_compatible = _STRUCTURE.encode(name) == _STRUCTURE.encode("ascii")
+    except UnicodeError:
+        ascii_compatible = False
+    if ascii_compatible:
+        return None
+    if name in ("utf-16", "utf-32") and wide_bom_codec(prefix) != name:
+        return _byte_order(name, prefix)
+    return name
+
+
+def _byte_order(codec: str, prefix: bytes) -> str:
+    """``utf-16`` / ``utf-32`` without a byte-order mark (its stream decoder needs one): ``-le`` or
+    ``-be`` by where the zero bytes of ASCII characters fall in ``prefix`` (little-endian when tied)."""
+    size = 2 if codec == "utf-16" else 4
+    little = sum(1 for offset in range(size - 1, len(prefix), size) if prefix[offset] == 0)
+    big = sum(1 for offset in range(0, len(prefix), size) if prefix[offset] == 0)
+    return f"{codec}-{'be' if big > little else 'le'}"
 
 
 def decode(data: bytes, encoding: str = AUTO_ENCODING) -> tuple[str, str]:
