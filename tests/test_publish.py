@@ -266,3 +266,25 @@ def test_the_medfactory_script_turns_a_full_disk_into_one_message(monkeypatch: p
     assert "what existed before is unchanged" in message and "Traceback" not in message
     assert signal.getsignal(signal.SIGTERM) is cli.exit_on_sigterm
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def test_a_fixed_name_plugin_refuses_a_folder_a_notes_run_wrote_under_its_name(tmp_path: Path) -> None:
+    """Before ownership, ``prepare notes --name lopes2019`` wrote data/lopes2019; the real lopes2019 run must not silently replace it."""
+    from medfactory.plugins.lopes2019 import RAW_FOLDERS, TAGGED_FOLDER, prepare_lopes2019
+
+    source = tmp_path / "lopes"
+    for folder in RAW_FOLDERS:
+        (source / folder).mkdir(parents=True)
+        (source / folder / "caso1.txt").write_text(f"{NOTE} ({folder})", encoding="utf-8")
+    (source / TAGGED_FOLDER).mkdir()
+    tagged = "".join(f"{word}\tN\t{word.lower()}\n" for word in NOTE.split())  # token<TAB>POS<TAB>lemma
+    (source / TAGGED_FOLDER / "caso2.txt").write_text(tagged, encoding="utf-8")
+    root = tmp_path / "repo"
+    run_writer("notes", "lopes2019", root, tmp_path)
+    before = snapshot(root)
+    with pytest.raises(CorpusError, match=r"would replace 'lopes2019' \(registered for 'data/lopes2019/train.jsonl' by 'prepare notes'\).*--replace"):
+        prepare_lopes2019(source, output_root=root)
+    assert snapshot(root) == before
+    manifest = prepare_lopes2019(source, output_root=root, replace=True)
+    assert manifest["plugin"] == "lopes2019"
+    assert json.loads((root / REGISTRY_NAME).read_text(encoding="utf-8"))["lopes2019"][OWNER_KEY] == "lopes2019"

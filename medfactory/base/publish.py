@@ -72,7 +72,7 @@ def _check_folder(folder: Path, owner: str, replace: bool) -> None:
     made_by = f"'prepare {found}'" if found else "something other than medfactory (no manifest)"
     raise CorpusError(
         f"{folder}: already holds a dataset written by {made_by}; 'prepare {owner}' would replace it. "
-        "Nothing was written. Fix: choose another --name, or pass --replace to replace it."
+        "Nothing was written. Fix: pass --replace if you mean to replace it, or (with a plugin that takes --name) choose another name."
     )
 
 

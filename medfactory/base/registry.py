@@ -95,7 +95,7 @@ def updated_registry(path: Path, entries: dict[str, dict[str, Any]], owner: str,
     if conflicts and not replace:
         raise CorpusError(
             f"{path}: 'prepare {owner}' would replace {'; '.join(conflicts)}. Nothing was written. "
-            "Fix: choose another --name, or pass --replace to replace them."
+            "Fix: pass --replace if you mean to replace them, or (with a plugin that takes --name) choose another name."
         )
     updated = dict(registry)
     updated.update(tagged(entries, owner))
