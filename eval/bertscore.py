@@ -23,6 +23,7 @@ from medfactory.base.atomic import atomic_write, write_json_atomic
 from medfactory.base.jsonl import iter_jsonl
 from medfactory.base.tables import markdown_table
 from medfactory.base.versions import package_versions
+from medfactory.eval.mcqa import check_model_reference, load_named
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import pandas as pd
@@ -114,6 +115,8 @@ BERTIMBAU = BertScoreConfig(
 # (rescale_baseline/pt/xlm-roberta-large.tsv). That baseline was estimated on Portuguese-Portuguese
 # pairs; for English references vs Portuguese outputs it is an approximation, which is why
 # rescaling is off by default.
+# The command's option for each configuration's model, for messages.
+MODEL_FLAGS = {"bertimbau": "--pt-model", "xlmr": "--xlmr-model"}
 XLMR = BertScoreConfig(
     "xlmr",
     "xlm-roberta-large",
@@ -336,8 +339,10 @@ def load_scorer(config: BertScoreConfig, idf_references: Sequence[str] | None = 
     from transformers import AutoConfig
 
     _check_config(config)
+    flag = MODEL_FLAGS.get(config.name, f"{config.name} model")
+    check_model_reference(config.model, flag)  # a missing folder, a truncated download: named, never a traceback
     baseline = resolve_baseline(config)
-    model_config = AutoConfig.from_pretrained(config.model)
+    model_config = load_named(flag, config.model, lambda: AutoConfig.from_pretrained(config.model))
     total_layers = getattr(model_config, "num_hidden_layers", None)
     if total_layers is not None and not 0 <= config.num_layers <= total_layers:
         raise BertScoreError(
@@ -351,17 +356,21 @@ def load_scorer(config: BertScoreConfig, idf_references: Sequence[str] | None = 
     if config.idf and idf_references is None:
         raise BertScoreError(f"{config.name}: idf weighting needs the references to compute the weights on")
 
-    scorer = BERTScorer(
-        model_type=config.model,
-        num_layers=config.num_layers,  # always given: BERTimbau is not in model2layers
-        batch_size=config.batch_size,
-        nthreads=0,  # idf counts without a process pool (fast tokenizers; forking torch is fragile)
-        idf=config.idf,
-        idf_sents=None,  # computed below, after the max-length fix
-        lang=config.lang,
-        rescale_with_baseline=config.rescale_with_baseline,
-        baseline_path=str(baseline) if baseline is not None else None,
-        device=config.device,
+    scorer = load_named(
+        flag,
+        config.model,
+        lambda: BERTScorer(
+            model_type=config.model,
+            num_layers=config.num_layers,  # always given: BERTimbau is not in model2layers
+            batch_size=config.batch_size,
+            nthreads=0,  # idf counts without a process pool (fast tokenizers; forking torch is fragile)
+            idf=config.idf,
+            idf_sents=None,  # computed below, after the max-length fix
+            lang=config.lang,
+            rescale_with_baseline=config.rescale_with_baseline,
+            baseline_path=str(baseline) if baseline is not None else None,
+            device=config.device,
+        ),
     )
     tokenizer = scorer._tokenizer  # bert-score exposes no max-length option: fix this instance only
     _restore_empty_encoding(tokenizer)

@@ -421,19 +421,60 @@ def resolve_dtype(dtype: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+MODEL_FIX = "Fix: pass a model folder (e.g. saves/<run>, run from the repository root) or a Hugging Face hub id (org/name)."
+
+
+def check_model_reference(reference: str, flag: str) -> None:
+    """Refuse a ``--model`` / ``--adapter`` that names a local path that is not a folder, before anything loads.
+
+    Names that could be hub ids (``org/name``, ``gpt2``) are left to the loader, whose errors
+    :func:`load_model` names the same way.
+    """
+    path = Path(reference).expanduser()
+    if path.is_dir():
+        return
+    if path.exists():
+        raise McqaError(f"{flag} {reference}: a file, not a model folder. {MODEL_FIX}")
+    local = path.is_absolute() or reference.startswith((".", "~")) or reference.count("/") > 1 or (
+        "/" in reference and Path(reference.split("/")[0]).is_dir()
+    )
+    if local:
+        raise McqaError(f"{flag} {reference}: no such folder (from {Path.cwd()}). {MODEL_FIX}")
+
+
+def load_named(flag: str, reference: str, load: Callable[[], Any]) -> Any:
+    """``load()``, with any failure (no folder, no hub, a truncated weight file, no tokenizer) named by flag and path.
+
+    Used by the other evaluations too (bertscore's --pt-model / --xlmr-model).
+    """
+    try:
+        return load()
+    except Exception as error:  # transformers / hub / safetensors raise many kinds; one message names them
+        detail = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        if Path(reference).expanduser().exists():
+            raise McqaError(
+                f"{flag} {reference}: cannot be loaded ({detail}). Fix: the folder needs config.json, the tokenizer files and "
+                "complete weights; download or export the model again (a copy that stopped half way leaves a truncated file)."
+            ) from error
+        raise McqaError(f"{flag} {reference}: not a local folder, and not loadable from the Hugging Face Hub or its cache ({detail}). {MODEL_FIX}") from error
+
+
 def load_model(model: str, adapter: str | None = None, dtype: str = "auto", device: str | None = None):
     """(model in eval mode on ``device``, tokenizer); the LoRA adapter, if any, is applied unmerged."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    check_model_reference(model, "--model")
+    if adapter:
+        check_model_reference(adapter, "--adapter")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = resolve_dtype(dtype, device)
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    network = AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype)
+    tokenizer = load_named("--model", model, lambda: AutoTokenizer.from_pretrained(model))
+    network = load_named("--model", model, lambda: AutoModelForCausalLM.from_pretrained(model, dtype=torch_dtype))
     if adapter:
         from peft import PeftModel
 
-        network = PeftModel.from_pretrained(network, adapter)
+        network = load_named("--adapter", adapter, lambda: PeftModel.from_pretrained(network, adapter))
     network.to(device)
     network.eval()
     return network, tokenizer
@@ -1150,6 +1191,10 @@ def evaluate(
     ``adapter`` are then only recorded.
     """
     _check_options(protocol, shots, batch_size, limit, fewshot_from, dtype)
+    if loaded is None:  # a missing folder fails in a second, not after the items and templates are read
+        check_model_reference(model, "--model")
+        if adapter:
+            check_model_reference(adapter, "--adapter")
     template = resolve_chat_template(chat_template, model, adapter, recipes_dir)
     if template[0] is not None:  # before the model loads: a missing record fails fast
         load_sft_prompt(sft_prompt_path(items_path, sft_prompt_from))
@@ -1226,6 +1271,9 @@ def mcqa_command(
         for path, option in ((items, "--items"), (fewshot_from, "--fewshot-from")):
             if path is not None and not Path(path).is_file():
                 raise McqaError(f"{option} {path} does not exist or is not a file")
+        check_model_reference(model, "--model")
+        if adapter:
+            check_model_reference(adapter, "--adapter")
         if fewshot_from is not None and not shots:
             typer.secho("note: --fewshot-from is ignored with --shots 0", fg=typer.colors.YELLOW, err=True)
         if chat_template == NO_TEMPLATE and adapter:

@@ -25,13 +25,15 @@ import typer
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from medfactory.base.atomic import atomic_directory, atomic_write, sha256_file
+from medfactory.base.atomic import atomic_write, sha256_file, write_json_atomic
 from medfactory.base.errors import CorpusError
 from medfactory.base.jsonl import iter_jsonl, read_jsonl, write_jsonl
-from medfactory.base.manifest import MANIFEST_FILE, PreparationStats, build_manifest, dataset_records, write_manifest
-from medfactory.base.registry import REGISTRY_NAME, load_registry, register_datasets
+from medfactory.base.manifest import PreparationStats, build_manifest, dataset_records
+from medfactory.base.names import confined_path, safe_component
+from medfactory.base.publish import publish_datasets
+from medfactory.base.registry import REGISTRY_NAME, load_registry
 from medfactory.corpus.splits import unit_hash
-from medfactory.plugins import CorpusPlugin
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +219,24 @@ def _require_table(root: Path, name: str) -> Path:
     return path
 
 
+# Real MIMIC ids are digits (subject, study) or hex with dashes (dicom): checked in bulk, the rest one by one.
+_PLAIN_ID = r"[A-Za-z0-9_-]+"
+ID_FIX = "Use the table as PhysioNet releases it (download it again); ids name files and folders."
+
+
+def check_ids(path: Path, table: pd.DataFrame, columns: Iterable[str]) -> None:
+    """Refuse a table whose id cells cannot name one file or folder (``..``, ``/``, ``a/b``, ...).
+
+    The ids become paths (reports, images, the image cache); the message names the table and the row,
+    never the value (cells of a credentialed dataset).
+    """
+    for column in columns:
+        values = table[column]
+        for row in np.flatnonzero(~values.str.fullmatch(_PLAIN_ID).to_numpy(dtype=bool)):
+            where = f"{path}, row {row + 1} after the header"
+            safe_component(values.iat[row], f"the {column}", where=where, fix=ID_FIX, show_value=False)
+
+
 def _label_value(value: str) -> int | float | None:
     if value == "":
         return None
@@ -264,26 +284,50 @@ def square_resize(image: Image.Image, size: int = IMAGE_SIZE) -> Image.Image:
     return square.resize((size, size), Image.Resampling.LANCZOS).convert("RGB")
 
 
-def _cached_ok(path: Path, size: int) -> bool:
+# What each cached image was made from, in ``<dicom>.png.source.json`` beside it: a cached image is
+# reused only when its source has the same size and mtime and the PNG the same bytes (sha256).
+CACHE_RECORD_SUFFIX = ".source.json"
+CACHE_FORMAT = 1  # bump when square_resize's output changes: images cached in another format are redone
+
+
+def cache_record_path(target: Path) -> Path:
+    return target.with_name(target.name + CACHE_RECORD_SUFFIX)
+
+
+def _source_facts(source: Path) -> dict[str, int]:
+    stat = source.stat()
+    return {"bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def cache_is_current(source: Path, target: Path, size: int = IMAGE_SIZE) -> bool:
+    """Whether ``target`` was made from ``source`` as it is now, at ``size``, and is whole."""
     try:
-        with Image.open(path) as cached:
-            return cached.size == (size, size) and cached.mode == "RGB"
-    except (OSError, ValueError):
+        record = json.loads(cache_record_path(target).read_text(encoding="utf-8"))
+        if not isinstance(record, dict) or (record.get("format"), record.get("size")) != (CACHE_FORMAT, size):
+            return False
+        if record.get("source") != _source_facts(source):
+            return False
+        image = record.get("image") or {}
+        return target.stat().st_size == image.get("bytes") and sha256_file(target) == image.get("sha256")
+    except (OSError, ValueError, AttributeError):  # no record, unreadable, or not what we wrote
         return False
 
 
 def cache_image(source: Path, target: Path, size: int = IMAGE_SIZE) -> bool:
-    """Write ``target`` from ``source`` unless it is already cached; True when it was written."""
-    if target.is_file() and _cached_ok(target, size):
+    """Write ``target`` from ``source`` unless the cache holds it as made from ``source`` now; True when written."""
+    if cache_is_current(source, target, size):
         return False
     try:
+        facts = _source_facts(source)  # before the read: a source changed meanwhile is redone next time
         with Image.open(source) as image:
             image.load()
             prepared = square_resize(image, size)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise CorpusError(f"{source}: cannot read the image ({error}). Download it again from MIMIC-CXR-JPG.") from error
     with atomic_write(target, mode="wb") as handle:
         prepared.save(handle, format="PNG")
+    image_facts = {"bytes": target.stat().st_size, "sha256": sha256_file(target)}
+    write_json_atomic(cache_record_path(target), {"format": CACHE_FORMAT, "size": size, "source": facts, "image": image_facts})
     return True
 
 
@@ -302,12 +346,22 @@ def _group(part: str) -> str:
     return f"p{part[:2]}"
 
 
+def _under_files(root: Path, *parts: str) -> Path:
+    """``root/files/<parts>``, each part one path component (the ids were checked when the tables were read)."""
+    return Path(root, "files", *(safe_component(part, "a MIMIC id", fix=ID_FIX, show_value=False) for part in parts))
+
+
 def report_path(root: Path, subject_id: str, study_id: str) -> Path:
-    return root / "files" / _group(subject_id) / f"p{subject_id}" / f"s{study_id}.txt"
+    return _under_files(root, _group(subject_id), f"p{subject_id}", f"s{study_id}.txt")
 
 
 def image_path(root: Path, subject_id: str, study_id: str, dicom_id: str) -> Path:
-    return root / "files" / _group(subject_id) / f"p{subject_id}" / f"s{study_id}" / f"{dicom_id}.jpg"
+    return _under_files(root, _group(subject_id), f"p{subject_id}", f"s{study_id}", f"{dicom_id}.jpg")
+
+
+def cached_image(output_root: Path, study_id: str, dicom_id: str) -> Path:
+    """The cache file of one image, checked to stay inside ``data/mimic_cxr_images/``."""
+    return confined_path(output_root / IMAGE_CACHE_DIR, study_id, f"{dicom_id}.png", what="a cached image name", fix=ID_FIX, show_value=False)
 
 
 def _check_registry(registry: Path) -> None:
@@ -320,6 +374,7 @@ def _check_registry(registry: Path) -> None:
 
 def _load_studies(split_path: Path, metadata_path: Path, stats: PreparationStats) -> dict[str, _Study]:
     split_table = read_table(split_path, SPLIT_COLUMNS)
+    check_ids(split_path, split_table, ("dicom_id", "study_id", "subject_id"))
     metadata = read_table(metadata_path, METADATA_COLUMNS)
     views = dict(zip(metadata["dicom_id"], metadata["ViewPosition"], strict=True))
     studies: dict[str, _Study] = {}
@@ -501,7 +556,7 @@ def _cache_images(inputs: _Inputs, selected: list[dict[str, Any]]) -> list[bool]
             jobs.append(
                 (
                     image_path(inputs.jpg_root, study.subject_id, study.study_id, dicom_id),
-                    inputs.output_root / IMAGE_CACHE_DIR / study.study_id / f"{dicom_id}.png",
+                    cached_image(inputs.output_root, study.study_id, dicom_id),
                 )
             )
     with ThreadPoolExecutor(max_workers=inputs.workers) as pool:
@@ -568,6 +623,7 @@ def _image_facts(records: list[dict[str, Any]], written: list[bool], files_missi
         "reused_from_cache": len(written) - sum(written),
         "files_missing_in_inspected_studies": files_missing,
         "cache": IMAGE_CACHE_DIR.as_posix(),
+        "cache_check": f"reused only when the source's bytes and mtime and the PNG's sha256 match <image>{CACHE_RECORD_SUFFIX}",
     }
 
 
@@ -630,6 +686,7 @@ def prepare_mimic_cxr(
     seed: int = DEFAULT_SEED,
     max_images: int = DEFAULT_MAX_IMAGES,
     workers: int | None = None,
+    replace: bool = False,
 ) -> dict[str, Any]:
     """Draw the subset, cache its images, write ``data/mimic_cxr/`` and register the translation set."""
     inputs = _check_inputs(source, jpg_root, output_root, counts, seed, max_images, workers)
@@ -639,11 +696,11 @@ def prepare_mimic_cxr(
     draw = _draw_subset(inputs, studies, stats)
     written = _cache_images(inputs, draw.selected)
     records = _study_records(draw.selected, chexpert, inputs.chexpert_path is not None, stats)
-    with atomic_directory(inputs.output_root / DATASET_DIR) as staging:
+    with publish_datasets(inputs.output_root, DATASET_DIR, TRANSLATE_ENTRY, CORPUS_NAME, replace) as publication:
+        staging = publication.staging
         outputs = _write_translation_set(staging, records)
         manifest = _subset_manifest(inputs, staging, outputs, stats, draw, records, written, chexpert_labels)
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(inputs.registry, TRANSLATE_ENTRY)
+        publication.write_manifest(manifest)
     return manifest
 
 
@@ -779,7 +836,10 @@ def _read_translations(translations: Path, output_root: Path) -> _Translations:
     studies_path = output_root / DATASET_DIR / STUDIES_FILE
     predictions = read_predictions(translations)
     ids = _read_json(ids_path, "the study ids of translate.jsonl")
-    studies = {record["study_id"]: record for record in _read_json(studies_path, "the prepared studies")}
+    records = _read_json(studies_path, "the prepared studies")
+    for number, record in enumerate(records, start=1):
+        _check_image_paths(output_root, record.get("images"), f"{studies_path}, record {number}")
+    studies = {record["study_id"]: record for record in records}
     if len(predictions) != len(ids):
         raise CorpusError(
             f"{translations} has {len(predictions)} predictions but {ids_path} lists {len(ids)} studies: "
@@ -790,6 +850,18 @@ def _read_translations(translations: Path, output_root: Path) -> _Translations:
     if missing_studies:
         raise CorpusError(f"{ids_path}: {len(missing_studies)} ids not in {studies_path}. Run `medfactory prepare mimic_cxr` again.")
     return _Translations(translations, output_root / DATASET_DIR, ids_path, predictions, ids, studies)
+
+
+def _check_image_paths(output_root: Path, images: Any, where: str) -> None:
+    """A study's ``images`` must be files of the image cache (the sets hand these paths to LLaMA-Factory)."""
+    fix = "Run `medfactory prepare mimic_cxr` again."
+    if not isinstance(images, list):
+        raise CorpusError(f"{where}: no list of images. {fix}")
+    for image in images:
+        parts = Path(str(image)).parts
+        if len(parts) != len(IMAGE_CACHE_DIR.parts) + 2 or Path(*parts[:-2]) != IMAGE_CACHE_DIR:
+            raise CorpusError(f"{where}: an image path outside {IMAGE_CACHE_DIR.as_posix()}/<study>/ (value not shown). {fix}")
+        confined_path(output_root / IMAGE_CACHE_DIR, *parts[-2:], what="an image path", where=where, fix=fix, show_value=False)
 
 
 def _judge_translations(joined: _Translations) -> tuple[dict[str, str], dict[str, list[str]], int]:
@@ -923,12 +995,11 @@ def _ptbr_manifest(
     return manifest
 
 
-def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), seed: int = DEFAULT_SEED) -> dict[str, Any]:
+def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), seed: int = DEFAULT_SEED, replace: bool = False) -> dict[str, Any]:
     """Join the translations to the studies; write ``data/mimic_cxr_ptbr/`` and register its sets."""
     translations, output_root = Path(translations), Path(output_root)
     joined = _read_translations(translations, output_root)
-    registry = output_root / REGISTRY_NAME
-    _check_registry(registry)
+    _check_registry(output_root / REGISTRY_NAME)
     accepted, rejected, with_prompt = _judge_translations(joined)
     _check_judgement(joined, accepted, rejected, with_prompt)
     _check_cached_images(output_root, joined, accepted)
@@ -937,11 +1008,11 @@ def prepare_mimic_cxr_ptbr(translations: Path, output_root: Path = Path("."), se
     sets = _build_sets(joined, accepted, fewshot_prompt(accepted[example_id]), stats)
     for reason, study_ids in rejected.items():
         stats.dropped[reason] = len(study_ids)
-    with atomic_directory(output_root / PTBR_DIR) as staging:
+    with publish_datasets(output_root, PTBR_DIR, PTBR_ENTRIES, PTBR_COMMAND, replace) as publication:
+        staging = publication.staging
         outputs = _write_ptbr_sets(staging, sets)
         manifest = _ptbr_manifest(joined, staging, outputs, stats, sets, rejected, example_id, seed)
-        write_manifest(staging / MANIFEST_FILE, manifest)
-    register_datasets(registry, PTBR_ENTRIES)
+        publication.write_manifest(manifest)
     return manifest
 
 
@@ -961,6 +1032,7 @@ def prepare_command(
     seed: Annotated[int, typer.Option(help="Seed of the subset draw")] = DEFAULT_SEED,
     max_images: Annotated[int, typer.Option(help="Images per study: frontal (PA, AP) first, then lateral (LATERAL, LL)")] = DEFAULT_MAX_IMAGES,
     workers: Annotated[int | None, typer.Option(help="Threads resizing images (default: up to 8)")] = None,
+    replace: ReplaceOption = False,
 ) -> None:
     """Draw the MIMIC-CXR subset, cache its images at 896x896 and register 'mimic_cxr_translate'."""
     try:
@@ -972,6 +1044,7 @@ def prepare_command(
             seed=seed,
             max_images=max_images,
             workers=workers,
+            replace=replace,
         )
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
@@ -993,10 +1066,11 @@ def prepare_ptbr_command(
     translations: Annotated[Path, typer.Option(help="generated_predictions.jsonl of the mimic_cxr_translate run")],
     output_root: Annotated[Path, typer.Option(help="Repository root holding data/mimic_cxr/ (from `prepare mimic_cxr`)")] = Path("."),
     seed: Annotated[int, typer.Option(help="Seed choosing the few-shot example among the training studies")] = DEFAULT_SEED,
+    replace: ReplaceOption = False,
 ) -> None:
     """Join the Portuguese translations to the studies and register the mimic_cxr_ptbr_* sets."""
     try:
-        manifest = prepare_mimic_cxr_ptbr(translations, output_root=output_root, seed=seed)
+        manifest = prepare_mimic_cxr_ptbr(translations, output_root=output_root, seed=seed, replace=replace)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error

@@ -8,6 +8,7 @@ the options are told apart from the stem, what is dropped and the image rule are
 from __future__ import annotations
 
 import csv
+import io
 import itertools
 import re
 from collections import Counter
@@ -17,11 +18,12 @@ from typing import Annotated, Any
 
 import typer
 
-from medfactory.base.atomic import atomic_directory, sha256_file
+from medfactory.base.atomic import sha256_file
 from medfactory.base.errors import CorpusError
-from medfactory.base.manifest import MANIFEST_FILE, count_records, manifest_header, output_facts, write_manifest
+from medfactory.base.manifest import count_records, manifest_header, output_facts
+from medfactory.base.publish import publish_datasets
 from medfactory.corpus.mcq import LETTERS, McqItem, write_items
-from medfactory.plugins import CorpusPlugin
+from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 CORPUS_NAME = "pt_exam_mcq"
 DATASET_DIR = Path("data") / CORPUS_NAME
@@ -113,33 +115,122 @@ def _exam_stem(exam: str) -> str:
     return exam[:-4] if exam.lower().endswith(".pdf") else exam
 
 
+REFETCH = "Download dataset.csv again (or copy it again in full) and rerun"
+
+
+@dataclass(frozen=True)
+class _Record:
+    """One CSV record: its fields and the physical lines it spans (1-based, the header is line 1)."""
+
+    fields: list[str]
+    first_line: int
+    last_line: int
+
+
+def _decode(source: Path) -> str:
+    """The file's text; a multi-byte character cut at the very end is a truncated file, not another encoding."""
+    raw = source.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        if error.reason == "unexpected end of data":
+            raise CorpusError(f"{source}: ends in the middle of a character (byte {error.start}): the file is cut short. {REFETCH}.") from error
+        raise CorpusError(f"{source}: not UTF-8 (byte offset {error.start}). Re-save the CSV as UTF-8.") from error
+
+
+def _records(source: Path, lines: list[str]) -> tuple[list[str], list[_Record]]:
+    """(header, records); a record with more fields than the header is refused with its line."""
+    reader = csv.reader(lines)
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        records: list[_Record] = []
+        last_line = reader.line_num
+        for fields in reader:
+            first_line, last_line = last_line + 1, reader.line_num
+            if not fields:
+                continue
+            if len(fields) > len(header):
+                raise CorpusError(f"{source}, line {first_line}: more fields than the header has (an unquoted comma?).")
+            records.append(_Record(fields, first_line, last_line))
+    except csv.Error as error:
+        raise CorpusError(f"{source}, line {reader.line_num}: unreadable CSV ({error}).") from error
+    missing = [name for name in COLUMNS if name not in header]
+    if missing:
+        raise CorpusError(f"{source}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}, found {', '.join(header) or 'no header'}.")
+    return header, records
+
+
+def _extension(name: str) -> str:
+    return name.rsplit(".", 1)[-1].lower() if "." in name else ""
+
+
+def _check_last_record(source: Path, lines: list[str], header: list[str], records: list[_Record]) -> None:
+    """Refuse a file that ends inside its last record: an open quote, missing fields, a cut last field."""
+    last = records[-1]
+    cut = f"{REFETCH}; a partial benchmark would replace the whole one."
+    if "".join(lines[last.first_line - 1 : last.last_line]).count('"') % 2:
+        raise CorpusError(
+            f"{source}, line {last.first_line}: the file ends inside a quoted field of its last record (the quote never closes): "
+            f"it is cut short. {cut}"
+        )
+    if len(last.fields) < len(header):
+        raise CorpusError(
+            f"{source}, line {last.first_line}: the last record has {len(last.fields)} of the header's {len(header)} fields: "
+            f"the file ends in the middle of a question. {cut}"
+        )
+    # The physical last field (Arquivo Prova, a PDF name, in the published file) cut short: it lacks the
+    # extension every other record's has, or it is empty where no other record's is.
+    others = [record.fields[-1].strip() for record in records[:-1]]
+    final = last.fields[-1].strip()
+    extensions = {_extension(value) for value in others}
+    lacks_extension = len(extensions) == 1 and "" not in extensions and _extension(final) not in extensions
+    if others and (lacks_extension or (not final and all(others))):
+        raise CorpusError(
+            f"{source}, line {last.first_line}: the last field ({header[-1]}) of the last record is incomplete: "
+            f"the file ends in the middle of a question. {cut}"
+        )
+
+
+def _check_last_exam(source: Path, records: list[_Record], exam_column: int) -> None:
+    """Refuse a file whose last exam has fewer questions than every other exam: a cut between two records."""
+    sizes = Counter(record.fields[exam_column].strip() for record in records)
+    last_exam = records[-1].fields[exam_column].strip()
+    others = [count for exam, count in sizes.items() if exam != last_exam]
+    if others and sizes[last_exam] < min(others):
+        rows = [index for index, record in enumerate(records, start=1) if record.fields[exam_column].strip() == last_exam]
+        raise CorpusError(
+            f"{source}, line {records[-1].last_line}: the file ends after {sizes[last_exam]} question(s) of its last exam "
+            f"(records {rows[0]}-{rows[-1]}), where each other exam has at least {min(others)}: it looks cut short. "
+            f"{REFETCH} (a shorter exam may be listed before the others)."
+        )
+
+
 def read_rows(source: Path) -> list[dict[str, str]]:
-    """The CSV rows as dicts; CorpusError names the file and the problem."""
+    """The CSV rows as dicts; CorpusError names the file and the problem.
+
+    A file that ends mid-record (an interrupted download or copy) is refused rather than read as a
+    smaller benchmark: see :func:`_check_last_record` and :func:`_check_last_exam`.
+    """
     source = Path(source)
     if not source.exists():
         raise CorpusError(f"{source}: not found. Pass --source the dataset.csv of the Teste de Progresso questions.")
     if not source.is_file():
         raise CorpusError(f"{source}: is a folder. Pass --source the CSV file itself (dataset.csv).")
-    try:
-        with open(source, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
-            header = [name.strip() for name in reader.fieldnames or []]
-            missing = [name for name in COLUMNS if name not in header]
-            if missing:
-                raise CorpusError(
-                    f"{source}: missing column(s) {', '.join(missing)}; expected {', '.join(COLUMNS)}, found {', '.join(header) or 'no header'}."
-                )
-            reader.fieldnames = header
-            rows = []
-            for row in reader:
-                if None in row:
-                    raise CorpusError(f"{source}, line {reader.line_num}: more fields than the header has (an unquoted comma?).")
-                rows.append({name: (row.get(name) or "") for name in COLUMNS})
-            return rows
-    except UnicodeDecodeError as error:
-        raise CorpusError(f"{source}: not UTF-8 (byte offset {error.start}). Re-save the CSV as UTF-8.") from error
-    except csv.Error as error:
-        raise CorpusError(f"{source}: unreadable CSV ({error}).") from error
+    # Lines split as csv counts them (\n, \r\n or \r), so a record's lines can be looked at again.
+    lines = io.StringIO(_decode(source), newline="").readlines()
+    header, records = _records(source, lines)
+    if records:
+        _check_last_record(source, lines, header, records)
+    for record in records[:-1]:
+        if len(record.fields) < len(header):
+            raise CorpusError(
+                f"{source}, line {record.first_line}: {len(record.fields)} of the header's {len(header)} fields "
+                "(a line break outside quotes, or a quote that never closes?). Fix the record or download the file again."
+            )
+    if records:
+        _check_last_exam(source, records, header.index("Arquivo Prova"))
+    index = {name: header.index(name) for name in COLUMNS}
+    return [{name: record.fields[position] for name, position in index.items()} for record in records]
 
 
 def build_items(rows: list[dict[str, str]]) -> tuple[list[McqItem], list[dict[str, Any]], list[str]]:
@@ -192,7 +283,7 @@ def build_items(rows: list[dict[str, str]]) -> tuple[list[McqItem], list[dict[st
     return items, failures, lowercase
 
 
-def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str, Any]:
+def prepare_pt_exam_mcq(source: Path, output_root: Path = Path("."), replace: bool = False) -> dict[str, Any]:
     """Write ``output_root/data/pt_exam_mcq/test.jsonl`` and its manifest; return the manifest.
 
     Questions that cannot be parsed are left out and listed; none parsing at all is an error.
@@ -202,7 +293,8 @@ def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str
     items, failures, lowercase = build_items(rows)
     if not items:
         raise CorpusError(f"{source}: none of the {len(rows)} questions could be parsed (first problem: {failures[0]['reason'] if failures else 'no rows'}).")
-    with atomic_directory(output_root / DATASET_DIR) as staging:
+    with publish_datasets(output_root, DATASET_DIR, {}, CORPUS_NAME, replace) as publication:
+        staging = publication.staging
         test_path = staging / TEST_FILE
         write_items(test_path, items)
         manifest = {
@@ -224,7 +316,7 @@ def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str
             "datasets": {CORPUS_NAME: {"file": (DATASET_DIR / TEST_FILE).as_posix(), "records": count_records(test_path)}},
             "outputs": output_facts([test_path]),
         }
-        write_manifest(staging / MANIFEST_FILE, manifest)
+        publication.write_manifest(manifest)
     return manifest
 
 
@@ -234,10 +326,11 @@ def prepare_pt_exam_mcq(source: Path, output_root: Path = Path(".")) -> dict[str
 def prepare_command(
     source: Annotated[Path, typer.Option(help="The questions CSV (Número, Texto, Bloco, Resposta Correta, Arquivo Prova)")],
     output_root: Annotated[Path, typer.Option(help="Repository root: gets data/pt_exam_mcq/")] = Path("."),
+    replace: ReplaceOption = False,
 ) -> None:
     """Prepare the Brazilian Teste de Progresso questions as an MCQ evaluation set (data/pt_exam_mcq/test.jsonl)."""
     try:
-        manifest = prepare_pt_exam_mcq(source, output_root=output_root)
+        manifest = prepare_pt_exam_mcq(source, output_root=output_root, replace=replace)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error

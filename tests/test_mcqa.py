@@ -13,6 +13,7 @@ import math
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -601,3 +602,67 @@ def test_chat_template_choice_errors_and_auto(tmp_path, head_qa_set, monkeypatch
     with pytest.raises(mcqa.McqaError, match=r"no `sft.prompt` record"):
         mcqa.evaluate(items, "m", tmp_path / "out", chat_template="mistral", loaded=(None, None))
     assert mcqa.load_sft_prompt(head_qa_set / "data/head_qa_es/manifest.json").answer_prefix == "Respuesta"
+
+
+# --------------------------------------------------------------------------------------------
+# Model paths: a missing or damaged --model / --adapter is a message naming the flag and the path
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_missing_model_or_adapter_folder_is_named_before_anything_loads(app, tiny_models, files, tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("nothing may load for a path that is not there")
+
+    monkeypatch.setattr(mcqa, "load_model", never)
+    (tmp_path / "weights.bin").write_bytes(b"x")
+    model = str(tiny_models["mistral"])
+    cases = [
+        (["--model", str(tmp_path / "no-model")], f"--model {tmp_path / 'no-model'}: no such folder"),
+        (["--model", "./saves/no-run"], "--model ./saves/no-run: no such folder"),
+        (["--model", str(tmp_path / "weights.bin")], f"--model {tmp_path / 'weights.bin'}: a file, not a model folder"),
+        (["--model", model, "--adapter", str(tmp_path / "no-adapter")], f"--adapter {tmp_path / 'no-adapter'}: no such folder"),
+    ]
+    for extra, words in cases:
+        result = _run(app, "--items", str(files["items"]), "--out-dir", str(tmp_path / "out"), *extra)
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (extra, result.output)
+        assert f"error: {words}" in result.stderr and "Fix: pass a model folder" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_model_that_cannot_load_is_named_not_a_traceback(app, tiny_models, files, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_models["mistral"], damaged)
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # an interrupted download
+    result = _run(app, "--items", str(files["items"]), "--model", str(damaged), "--out-dir", str(tmp_path / "out"))
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert f"error: --model {damaged}: cannot be loaded" in result.stderr and "download or export the model again" in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = _run(app, "--items", str(files["items"]), "--model", str(empty), "--out-dir", str(tmp_path / "out"))
+    assert result.exit_code == 1 and f"error: --model {empty}: cannot be loaded" in result.stderr
+    result = _run(app, "--items", str(files["items"]), "--model", "nobody/no-such-model", "--out-dir", str(tmp_path / "out"))  # offline
+    assert result.exit_code == 1 and "--model nobody/no-such-model: not a local folder, and not loadable" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bertscore_names_a_missing_or_damaged_model_by_its_flag(tiny_models, tmp_path):
+    """`eval bertscore` loads its models through the same helpers: --pt-model / --xlmr-model, never a traceback."""
+    from medfactory.cli.evaluate import eval_app
+
+    write_jsonl(tmp_path / "refs.jsonl", [{"id": "1", "report_pt": "sem alterações", "report_en": "no change"}])
+    write_jsonl(tmp_path / "pred.jsonl", [{"predict": "sem alterações", "label": ""}])
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_models["mistral"], damaged)
+    (damaged / "model.safetensors").write_bytes((damaged / "model.safetensors").read_bytes()[:1000])
+    common = ["bertscore", "-s", f"zs={tmp_path / 'pred.jsonl'}", "--references", str(tmp_path / "refs.jsonl"), "--out-dir", str(tmp_path / "out")]
+    cases = [
+        (["--pt-model", str(tmp_path / "nowhere"), "--skip-xlmr"], f"--pt-model {tmp_path / 'nowhere'}: no such folder"),
+        (["--xlmr-model", str(tmp_path / "nowhere"), "--skip-bertimbau"], f"--xlmr-model {tmp_path / 'nowhere'}: no such folder"),
+        (["--pt-model", str(damaged), "--pt-layers", "1", "--skip-xlmr"], f"--pt-model {damaged}: cannot be loaded (SafetensorError"),
+    ]
+    for extra, words in cases:
+        result = CliRunner().invoke(eval_app, [*common, *extra])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), (extra, result.output)
+        assert f"error: {words}" in result.stderr, result.stderr
+    assert not (tmp_path / "out").exists()

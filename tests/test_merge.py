@@ -554,3 +554,82 @@ def test_an_adapter_is_applied_to_the_model_it_was_trained_on(family: dict, tmp_
     run_merge(recipe)
     record = json.loads((tmp_path / "override-out" / MANIFEST_NAME).read_text())["models"][0]
     assert record["merged_into"] == str(folders["ft2"]) and record["merged_into_from"] == "recipe"
+
+
+# --------------------------------------------------------------------------------------------------
+# Damaged weight files: a named error, never a traceback
+# --------------------------------------------------------------------------------------------------
+
+
+def _copy_model(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+def _truncate(path: Path, keep: float) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.001, 0.5, 0.999], ids=["empty", "in-header", "half", "last-byte"])
+@pytest.mark.parametrize("which", ["models[0]", "base_model"])
+def test_a_truncated_safetensors_is_named_with_what_to_do(family: dict, tmp_path: Path, keep: float, which: str) -> None:
+    import typer
+    from typer.testing import CliRunner
+
+    from medfactory.cli.run import merge_command
+
+    base = _copy_model(family["folders"]["base"], tmp_path / "base") if which == "base_model" else family["folders"]["base"]
+    model = _copy_model(family["folders"]["ft1"], tmp_path / "ft1") if which == "models[0]" else family["folders"]["ft1"]
+    damaged = (base if which == "base_model" else model) / "model.safetensors"
+    _truncate(damaged, keep)
+    recipe = _one_model_recipe(tmp_path, "truncated", base, model)
+    with pytest.raises(MergeError) as error:
+        run_merge(recipe)
+    message = str(error.value)
+    assert message.startswith(f"{damaged}: not a readable safetensors file") and "download the model again" in message
+    assert not (tmp_path / "truncated-out").exists()
+    app = typer.Typer()
+    app.command()(merge_command)
+    result = CliRunner().invoke(app, [str(recipe)])
+    assert result.exit_code == 1 and f"error: {damaged}: not a readable safetensors file" in result.output
+    assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+
+
+def test_a_damaged_shard_index_or_a_missing_shard_is_named(family: dict, tmp_path: Path) -> None:
+    model = _copy_model(family["folders"]["ft1"], tmp_path / "sharded")
+    tensors = load_file(str(model / "model.safetensors"))
+    (model / "model.safetensors").unlink()
+    names = sorted(tensors)
+    halves = {"model-00001-of-00002.safetensors": names[: len(names) // 2], "model-00002-of-00002.safetensors": names[len(names) // 2 :]}
+    for file, part in halves.items():
+        save_file({name: tensors[name] for name in part}, str(model / file), metadata={"format": "pt"})
+    index = model / "model.safetensors.index.json"
+    index.write_text(json.dumps({"weight_map": {name: file for file, part in halves.items() for name in part}}))
+    recipe = _one_model_recipe(tmp_path, "sharded", family["folders"]["base"], model)
+    assert (run_merge(recipe) / "model.safetensors").is_file()  # the sharded copy itself merges
+    (model / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(MergeError, match=r"model.safetensors.index.json lists model-00002-of-00002.safetensors, not in .*download the model again"):
+        run_merge(recipe)
+    index.write_text('{"weight_map": ')
+    with pytest.raises(MergeError, match=r"model.safetensors.index.json: not a readable shard index"):
+        run_merge(recipe)
+
+
+def test_a_truncated_adapter_is_named_before_anything_is_merged(family: dict, tmp_path: Path, monkeypatch) -> None:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    import medfactory.run.merge as merge
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], task_type="CAUSAL_LM")
+    get_peft_model(AutoModelForCausalLM.from_pretrained(family["folders"]["ft1"]), config).save_pretrained(tmp_path / "adapter")
+    damaged = tmp_path / "adapter" / "adapter_model.safetensors"
+    _truncate(damaged, 0.5)
+
+    def never(*args, **kwargs):
+        raise AssertionError("a truncated adapter must be refused before it is merged")
+
+    monkeypatch.setattr(merge, "merge_adapter_into_base", never)
+    with pytest.raises(MergeError, match=rf"^{re.escape(str(damaged))}: not a readable safetensors file"):
+        run_merge(_one_model_recipe(tmp_path, "adapter_cut", family["folders"]["base"], tmp_path / "adapter"))

@@ -9,13 +9,14 @@ with the reason, elsewhere). Every Portuguese translation below is invented for 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import typer
-from PIL import Image
+from PIL import Image, ImageOps
 from typer.testing import CliRunner
 
 from medfactory.base.errors import CorpusError
@@ -37,7 +38,7 @@ from medfactory.plugins.mimic_cxr import (
     rejection_reason,
     square_resize,
 )
-from testing_utils.synthetic_mimic import build_mimic_layout_from_indiana
+from testing_utils.synthetic_mimic import build_mimic_layout_from_indiana, set_table_cell
 
 INDIANA_DIR = Path(__file__).resolve().parents[1].parent / "shared/data/iu_xray_reports"
 LAYOUT_COUNTS = {"train": 10, "validation": 6, "test": 8}
@@ -252,8 +253,9 @@ def test_registry_entry_is_added_and_others_kept(prepared: tuple[Path, dict]) ->
     assert registry["mimic_cxr_translate"] == {
         "file_name": "data/mimic_cxr/translate.jsonl",
         "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+        "medfactory_plugin": "mimic_cxr",
     }
-    assert registry["mimic_cxr_translate"] == TRANSLATE_ENTRY["mimic_cxr_translate"]
+    assert registry["mimic_cxr_translate"] == {**TRANSLATE_ENTRY["mimic_cxr_translate"], "medfactory_plugin": "mimic_cxr"}
     assert registry["other"] == {"file_name": "data/other.jsonl"}
 
 
@@ -613,3 +615,128 @@ def test_llamafactory_reads_the_registry_entries(translated) -> None:
     translate_row = read_jsonl(output_root / attrs[2].dataset_name)[0]
     converted = get_dataset_converter("alpaca", attrs[2], data_args)(translate_row)
     assert converted["_prompt"][0]["content"] == f"{TRANSLATE_PROMPT}\n{translate_row['input']}"
+
+
+# --- Ids from the tables never lead outside their folders --------------------------------------------------
+
+TRAVERSAL_IDS = ["../../x", "/abs/x", "a/b", "..", ".", "\uff0e\uff0e", "\u2025", "a\\b", "x\x1fy", ""]
+
+
+@pytest.fixture()
+def small_layout(tmp_path: Path) -> Path:
+    return build_mimic_layout_from_indiana(None, tmp_path / "source", {"train": 3, "validation": 1, "test": 1}, seed=4)
+
+
+@pytest.mark.parametrize("column", ["dicom_id", "study_id", "subject_id"])
+@pytest.mark.parametrize("payload", TRAVERSAL_IDS, ids=ascii)
+def test_ids_that_are_not_one_path_component_are_refused_naming_the_row_not_the_value(
+    small_layout: Path, tmp_path: Path, column: str, payload: str
+) -> None:
+    table = set_table_cell(small_layout, "mimic-cxr-2.0.0-split.csv", 2, column, payload)
+    output_root = tmp_path / "out"
+    with pytest.raises(CorpusError) as error:
+        prepare_mimic_cxr(small_layout, output_root=output_root, counts={"train": 3, "validation": 1, "test": 1})
+    message = str(error.value)
+    assert f"{table}, row 3 after the header: the {column} (value not shown) cannot name a file or folder" in message
+    assert "download it again" in message
+    if payload not in ("", ".", ".."):  # (those are words of the reason: "it is '.' or '..'")
+        assert payload not in message.replace(str(table), "")
+    assert not output_root.exists()
+    assert not list(tmp_path.rglob("x.png")) and not list(tmp_path.rglob("*.png"))
+
+
+@pytest.mark.parametrize("payload", TRAVERSAL_IDS, ids=ascii)
+def test_paths_built_from_ids_stay_in_their_folder(tmp_path: Path, payload: str) -> None:
+    """Refused (value not shown), or one file inside its folder (".." + ".jpg" is the harmless "...jpg")."""
+    files, cache = tmp_path / "files", tmp_path / "data/mimic_cxr_images"
+    built = [
+        (files, 4, lambda: mimic_cxr.image_path(tmp_path, "10000001", "50000001", payload)),
+        (files, 3, lambda: mimic_cxr.report_path(tmp_path, payload, "50000001")),
+        (files, 3, lambda: mimic_cxr.report_path(tmp_path, "10000001", payload)),
+        (cache, 2, lambda: mimic_cxr.cached_image(tmp_path, payload, "d1")),
+        (cache, 2, lambda: mimic_cxr.cached_image(tmp_path, "50000001", payload)),
+    ]
+    for folder, depth, build in built:
+        try:
+            path = build()
+        except CorpusError as error:
+            assert "(value not shown) cannot name a file or folder" in str(error)
+            continue
+        assert len(path.relative_to(folder).parts) == depth and folder.resolve() in path.resolve().parents
+
+
+def test_a_link_out_of_the_image_cache_is_refused(tmp_path: Path) -> None:
+    cache = tmp_path / "data/mimic_cxr_images"
+    cache.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    (cache / "50000001").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CorpusError, match="leads outside"):
+        mimic_cxr.cached_image(tmp_path, "50000001", "d1")
+    assert mimic_cxr.cached_image(tmp_path, "50000002", "d1") == cache / "50000002/d1.png"
+
+
+def test_image_paths_of_prepared_studies_must_be_cache_files(translated, tmp_path: Path) -> None:
+    source_root, *_ = translated
+    output_root = tmp_path / "repo"
+    shutil.copytree(source_root, output_root)
+    studies_path = output_root / "data/mimic_cxr/studies.jsonl"
+    records = read_jsonl(studies_path)
+    for payload in ("../../outside.png", "/abs/x.png", "data/mimic_cxr_images/../x.png", "data/mimic_cxr_images/s1/../../x.png"):
+        write_jsonl(studies_path, [records[0], {**records[1], "images": [payload]}, *records[2:]])
+        with pytest.raises(CorpusError) as error:
+            prepare_mimic_cxr_ptbr(output_root / "generated_predictions.jsonl", output_root=output_root)
+        assert f"{studies_path}, record 2:" in str(error.value) and payload not in str(error.value)
+
+
+# --- The image cache is checked against its source -----------------------------------------------------------
+
+SMALL_SUBSET = {"train": 3, "validation": 1, "test": 1}
+
+
+def first_cached(output_root: Path) -> tuple[dict, Path]:
+    study = studies_of(output_root)[0]
+    return study, output_root / study["images"][0]
+
+
+def test_a_changed_source_is_converted_again(small_layout: Path, tmp_path: Path) -> None:
+    output_root = tmp_path / "out"
+    first = prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)
+    assert first["images"]["written"] == first["images"]["total"]
+    study, cached = first_cached(output_root)
+    source = source_jpg(small_layout, study, study["images"][0])
+    # A new version of the source (another image, as a corrected download would be).
+    with Image.open(source) as image:
+        ImageOps.invert(image.convert("L")).save(source, quality=85)
+    second = prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)
+    assert second["images"]["written"] == 1 and second["images"]["reused_from_cache"] == first["images"]["total"] - 1
+    with Image.open(source) as image, Image.open(cached) as redone:
+        assert list(redone.getdata()) == list(square_resize(image).getdata())
+    record = json.loads(mimic_cxr.cache_record_path(cached).read_text())
+    assert record["source"] == {"bytes": source.stat().st_size, "mtime_ns": source.stat().st_mtime_ns}
+    # Only the mtime changed (touched, copied without -p): converted again too, never trusted.
+    os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
+    assert prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)["images"]["written"] == 1
+
+
+def test_a_truncated_or_altered_cached_image_is_converted_again(small_layout: Path, tmp_path: Path) -> None:
+    output_root = tmp_path / "out"
+    first = prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)
+    study, cached = first_cached(output_root)
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[: len(whole) // 2])  # a copy or a disk that stopped half way
+    second = prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)
+    assert second["images"]["written"] == 1 and cached.read_bytes() == whole
+    with Image.open(cached) as image:
+        image.load()  # the whole image decodes
+    flipped = bytearray(whole)
+    flipped[len(whole) // 2] ^= 0xFF  # same size, other bytes
+    cached.write_bytes(bytes(flipped))
+    assert prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)["images"]["written"] == 1
+    assert cached.read_bytes() == whole
+    # A cache without its records (an older medfactory, or records deleted) is converted once, then reused.
+    for record in (output_root / "data/mimic_cxr_images").rglob(f"*{mimic_cxr.CACHE_RECORD_SUFFIX}"):
+        record.unlink()
+    assert prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)["images"]["written"] == first["images"]["total"]
+    assert prepare_mimic_cxr(small_layout, output_root=output_root, counts=SMALL_SUBSET)["images"]["written"] == 0
+    leftovers = [path.name for path in (output_root / "data/mimic_cxr_images").rglob("*") if path.name.endswith(".tmp")]
+    assert leftovers == []

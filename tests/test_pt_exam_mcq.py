@@ -4,7 +4,9 @@ always, and the real file (../shared/data/pt_medical_mcq/dataset.csv) when prese
 from __future__ import annotations
 
 import csv
+import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -231,3 +233,119 @@ def test_real_hard_cases(real) -> None:
     assert lowercase.options[3] == "Diabetes mellitus – iniciar metformina"
     assert 40 <= manifest["image_questions"] <= 60
     assert figures.question[:40] not in json.dumps(manifest, ensure_ascii=False)  # counts and ids, no question text
+
+
+# --- A file cut short (an interrupted download or copy) is refused, never read as a smaller benchmark ---------
+
+EXAMS = ("prova_a_teste_do_progresso_2019.pdf", "prova_b_teste_do_progresso_2020.pdf", "prova_c_teste_do_progresso_2021.pdf")
+
+
+def published_csv(path: Path, questions: int = 4) -> Path:
+    """Three exams of ``questions`` each, laid out as the published dataset.csv: CRLF, no final newline."""
+    rows = [
+        [str(number), f"Paciente {number}, 40 anos, com dor. Qual a conduta? (A) Observar. (B) Tratar, já. (C) Operar. (D) Alta.", bloco, "B", exam]
+        for exam in EXAMS
+        for number, bloco in zip(range(1, questions + 1), ("", "CLÍNICA MÉDICA", "", "SAÚDE COLETIVA") * questions)
+    ]
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\r\n").writerows([["Número", "Texto", "Bloco", "Resposta Correta", "Arquivo Prova"], *rows])
+    path.write_bytes(buffer.getvalue().removesuffix("\r\n").encode("utf-8"))
+    return path
+
+
+def cut_at(source: Path, target: Path, marker: str, offset: int = 0, occurrence: int = -1) -> Path:
+    """``source`` cut just before the ``occurrence``-th ``marker`` (bytes), moved by ``offset``."""
+    raw = source.read_bytes()
+    starts = [index for index in range(len(raw)) if raw.startswith(marker.encode("utf-8"), index)]
+    target.write_bytes(raw[: starts[occurrence] + offset])
+    return target
+
+
+@pytest.fixture()
+def published(tmp_path: Path) -> Path:
+    return published_csv(tmp_path / "dataset.csv")
+
+
+def test_the_complete_published_layout_is_read_with_or_without_a_final_newline(published: Path, tmp_path: Path) -> None:
+    assert len(pt_exam_mcq.read_rows(published)) == 12
+    with_newline = tmp_path / "newline.csv"
+    with_newline.write_bytes(published.read_bytes() + b"\r\n")
+    assert len(pt_exam_mcq.read_rows(with_newline)) == 12
+
+
+@pytest.mark.parametrize(
+    ("marker", "offset", "words"),
+    [
+        ("\r\n4,", 3, "1 of the header's 5 fields"),  # inside Número of the last record
+        ("Qual a conduta?", 5, "inside a quoted field"),  # inside the quoted Texto
+        ('Alta."', 6, "2 of the header's 5 fields"),  # right after Texto's closing quote
+        ("SAÚDE COLETIVA", 6, "3 of the header's 5 fields"),  # inside Bloco
+        (",B,prova_c", 2, "4 of the header's 5 fields"),  # right after the answer
+        ("prova_c", 9, "last field (Arquivo Prova) of the last record is incomplete"),  # inside Arquivo Prova
+        (".pdf", 0, "last field (Arquivo Prova) of the last record is incomplete"),  # Arquivo Prova without .pdf
+        ("já", 2, "ends in the middle of a character"),  # inside the two bytes of "á"
+    ],
+)
+def test_a_file_cut_mid_record_is_refused_and_the_previous_set_kept(published: Path, tmp_path: Path, marker: str, offset: int, words: str) -> None:
+    output_root = tmp_path / "repo"
+    before = prepare_pt_exam_mcq(published, output_root)["items"]
+    cut = cut_at(published, tmp_path / "cut.csv", marker, offset)
+    with pytest.raises(CorpusError) as error:
+        prepare_pt_exam_mcq(cut, output_root)
+    message = str(error.value)
+    assert message.startswith(str(cut)) and words in message and "Download dataset.csv again" in message
+    assert "middle of a character" in words or re.search(r", line \d+: ", message)
+    assert "Paciente" not in message and "conduta" not in message  # no question text
+    assert len(read_items(output_root / "data/pt_exam_mcq/test.jsonl")) == before == 12
+
+
+def test_a_file_cut_between_records_of_its_last_exam_is_refused(published: Path, tmp_path: Path) -> None:
+    for offset, name in ((0, "no_newline.csv"), (2, "newline.csv")):  # before / after the record's CRLF
+        cut = cut_at(published, tmp_path / name, "\r\n3,", offset)
+        expected = r", line 11: the file ends after 2 question\(s\) of its last exam \(records 9-10\), where each other exam has at least 4"
+        with pytest.raises(CorpusError, match=expected):
+            pt_exam_mcq.read_rows(cut)
+
+
+def test_every_cut_after_the_first_exam_is_refused(published: Path, tmp_path: Path) -> None:
+    """Any byte count short of the whole file is refused once the first exam is complete, except a cut
+    exactly between two exams (it reads as a file of fewer exams). Inside the first exam only a cut
+    exactly between two records goes unnoticed: nothing in the file says how many questions follow."""
+    raw = published.read_bytes()
+    exam_ends = [raw.index(b"\r\n1,", raw.index(exam.encode())) for exam in EXAMS[:2]]
+    between_exams = {end + step for end in exam_ends for step in (0, 1, 2)}
+    cut = tmp_path / "cut.csv"
+    for size in sorted(set(range(exam_ends[0] + 3, len(raw))) - between_exams):
+        cut.write_bytes(raw[:size])
+        with pytest.raises(CorpusError, match="cut short|middle of a question"):
+            pt_exam_mcq.read_rows(cut)
+
+
+def test_a_short_record_inside_the_file_is_refused_with_its_line(published: Path, tmp_path: Path) -> None:
+    lines = published.read_bytes().split(b"\r\n")
+    lines[3] = b"3,Sem aspas e sem campos"
+    broken = tmp_path / "broken.csv"
+    broken.write_bytes(b"\r\n".join(lines))
+    with pytest.raises(CorpusError, match=r"broken.csv, line 4: 2 of the header's 5 fields"):
+        pt_exam_mcq.read_rows(broken)
+
+
+def test_the_real_csv_cut_short_is_refused(shared_data: Path, tmp_path: Path) -> None:
+    """The case of the report: the real file cut inside record 390 gave 388 items and exit 0."""
+    source = shared_data / "pt_medical_mcq/dataset.csv"
+    output_root = tmp_path / "repo"
+    assert prepare_pt_exam_mcq(source, output_root)["items"] == 719
+    raw = source.read_bytes()
+    record_starts = [index + 2 for index in range(len(raw)) if raw.startswith(b"\r\n", index)]
+    cuts = {
+        "inside record 390": record_starts[389] + 200,  # the old code read 388 items here, exit 0
+        "between records 399 and 400": record_starts[399] - 2,
+        **{f"at {fraction:.0%} of the bytes": int(len(raw) * fraction) for fraction in (0.05, 0.25, 0.5, 0.75, 0.999)},
+    }
+    for where, size in cuts.items():
+        cut = tmp_path / "cut.csv"
+        cut.write_bytes(raw[:size])
+        with pytest.raises(CorpusError, match=r"cut short|middle of a question") as error:
+            prepare_pt_exam_mcq(cut, output_root)
+        assert str(cut) in str(error.value), where
+    assert len(read_items(output_root / "data/pt_exam_mcq/test.jsonl")) == 719

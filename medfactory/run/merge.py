@@ -556,18 +556,53 @@ def _torch_dtype(name: str):
     return getattr(_torch(), name)
 
 
+WEIGHTS_FIX = (
+    "Fix: download the model again (an interrupted download or copy leaves a truncated file), or re-save it with "
+    "save_pretrained(safe_serialization=True) or `llamafactory-cli export`."
+)
+
+
+def safetensors_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder: those its ``model.safetensors.index.json`` lists, else every ``*.safetensors``."""
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    if not index.is_file():
+        return sorted(folder.glob("*.safetensors"))
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        names = {str(name) for name in weight_map.values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise MergeError(f"{index}: not a readable shard index (no `weight_map` of tensor -> file). {WEIGHTS_FIX}") from error
+    missing = sorted(name for name in names if not (folder / name).is_file())
+    if missing:
+        raise MergeError(f"{index} lists {', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}, not in {folder}. {WEIGHTS_FIX}")
+    return sorted(folder / name for name in names)
+
+
+def open_safetensors(stack: contextlib.ExitStack, file: Path) -> Any:
+    """``safe_open`` of ``file`` on ``stack``; a truncated or damaged file is a MergeError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        return stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+    except (SafetensorError, OSError) as error:
+        size = file.stat().st_size if file.is_file() else 0
+        raise MergeError(f"{file}: not a readable safetensors file ({error}; {size} bytes). {WEIGHTS_FIX}") from error
+
+
+def check_safetensors(folder: Path) -> None:
+    """Open (header only) every safetensors file of ``folder``: a truncated one fails before any work starts."""
+    with contextlib.ExitStack() as stack:
+        for file in safetensors_files(folder):
+            open_safetensors(stack, file)
+
+
 class Checkpoint:
     """The safetensors tensors of a model folder, opened lazily (memory-mapped, one tensor at a time)."""
 
     def __init__(self, folder: Path) -> None:
-        from safetensors import safe_open
-
         self.folder = Path(folder)
-        files = sorted(self.folder.glob("*.safetensors"))
-        index = self.folder / "model.safetensors.index.json"
-        if index.is_file():
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-            files = sorted({self.folder / name for name in weight_map.values()})
+        files = safetensors_files(self.folder)
         if not files:
             raise MergeError(
                 f"{self.folder}: no *.safetensors weights (only {', '.join(sorted(p.name for p in self.folder.iterdir())) or 'nothing'}). "
@@ -577,7 +612,11 @@ class Checkpoint:
         self.location: dict[str, Any] = {}
         self.order: list[str] = []
         for file in files:
-            handle = self._stack.enter_context(safe_open(str(file), framework="pt", device="cpu"))
+            try:
+                handle = open_safetensors(self._stack, file)
+            except MergeError:
+                self._stack.close()
+                raise
             for name in handle.keys():  # noqa: SIM118 - a safetensors handle, not a dict
                 if name in self.location:
                     raise MergeError(f"{self.folder}: tensor {name} is in two shards")
@@ -1100,6 +1139,8 @@ def run_merge(recipe_path: Path, overrides: dict | None = None) -> Path:
     output = recipe.output.expanduser().resolve()
     base_dir, inputs = _resolve_inputs(recipe, output)
     check_architectures(recipe, base_dir, inputs)  # before an adapter is merged: a wrong model fails in seconds
+    for folder in dict.fromkeys([base_dir, *(item.folder for item in inputs), *(item.adapter_base_dir for item in inputs if item.adapter_base_dir)]):
+        check_safetensors(folder)  # a truncated download fails here, named, not as a traceback mid-merge
     output.parent.mkdir(parents=True, exist_ok=True)
     out_dtype = _torch_dtype(recipe.dtype)
     started = dt.datetime.now(dt.UTC)

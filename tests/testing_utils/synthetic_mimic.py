@@ -330,3 +330,17 @@ def build_mimic_layout_from_indiana(
         _write_split(layout, _OFFICIAL_SPLIT[split_name], count)
     _write_tables(layout, compress_tables)
     return out_root
+
+
+def set_table_cell(jpg_root: Path, table: str, row: int, column: str, value: str) -> Path:
+    """Rewrite one cell of a layout's table (``row`` counts data rows from 0), gzipped or plain as found."""
+    path = Path(jpg_root) / table
+    compress = not path.is_file()
+    if compress:
+        path = path.with_name(path.name + ".gz")
+        text = gzip.decompress(path.read_bytes()).decode("utf-8")
+    else:
+        text = path.read_text(encoding="utf-8")
+    header, *rows = list(csv.reader(io.StringIO(text)))
+    rows[row][header.index(column)] = value
+    return _write_table(Path(jpg_root) / table, header, rows, compress)
