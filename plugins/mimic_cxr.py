@@ -32,6 +32,7 @@ from medfactory.base.manifest import PreparationStats, build_manifest, dataset_r
 from medfactory.base.names import confined_path, safe_component
 from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME, load_registry
+from medfactory.corpus.readers import describe_columns
 from medfactory.corpus.splits import unit_hash
 from medfactory.plugins import CorpusPlugin, ReplaceOption
 
@@ -201,7 +202,7 @@ def read_table(path: Path, required: Iterable[str]) -> pd.DataFrame:
     missing = [column for column in required if column not in frame.columns]
     if missing:
         raise CorpusError(
-            f"{path}: missing column(s) {', '.join(missing)} (has {', '.join(map(str, frame.columns))}). "
+            f"{path}: missing column(s) {', '.join(missing)} ({describe_columns([str(column) for column in frame.columns])}). "
             "Use the table as PhysioNet releases it."
         )
     for column in frame.columns:
