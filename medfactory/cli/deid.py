@@ -47,6 +47,143 @@ def train_command(
 
 # --- deid apply (owner: the rules/surrogates helper) ----------------------------------------------------
 
+APPLY_SUFFIXES = (".txt", ".jsonl")
+
+
+def _apply_fail(message: str) -> typer.Exit:
+    """Print ``message`` as an error; the caller raises the returned Exit(1)."""
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    return typer.Exit(1)
+
+
+def _apply_inputs(input_dir: Path, output_dir: Path) -> list[Path]:
+    """The .txt / .jsonl files directly in ``input_dir``; refuses an output folder that is, or is inside, or holds the input folder."""
+    if not input_dir.is_dir():
+        raise _apply_fail(f"--input {input_dir}: no such folder. Fix: pass the folder that holds the notes (.txt or .jsonl files).")
+    source, target = input_dir.resolve(), output_dir.resolve()
+    if source == target or source in target.parents or target in source.parents:
+        raise _apply_fail(f"--output {output_dir} is --input {input_dir} (or one holds the other): the notes would be overwritten or read back. "
+                          "Fix: pass a separate output folder, e.g. --output deid_out.")  # fmt: skip
+    files = sorted(path for path in input_dir.iterdir() if path.is_file() and path.suffix.lower() in APPLY_SUFFIXES)
+    if not files:
+        raise _apply_fail(f"--input {input_dir}: no .txt or .jsonl file directly in it. Fix: pass the folder that holds the notes.")
+    return files
+
+
+def _apply_span_lines(document: str, spans: list, record: int | None = None) -> list[str]:
+    from medfactory.base.jsonl import jsonl_line
+
+    extra = {} if record is None else {"record": record}
+    return [jsonl_line({"document": document, **extra, "start": span.start, "end": span.end, "category": span.category}) for span in spans]
+
+
+def _apply_text(path: Path, target: Path, deidentifier, mode: str, seed: str, spans_out, counts) -> None:
+    """One .txt note: the whole file is one document, its file name (without .txt) the patient key."""
+    from medfactory.base.atomic import atomic_write
+
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:  # newline="": offsets index the file's own line breaks
+            text = handle.read()
+    except UnicodeDecodeError as error:
+        raise _apply_fail(f"{path}: not UTF-8 (byte {error.start}). Fix: convert the file to UTF-8 (e.g. iconv -f cp1252 -t utf-8).") from error
+    new_text, spans = deidentifier.apply(text, patient_key=path.stem, mode=mode, seed=seed)
+    with atomic_write(target) as handle:
+        handle.write(new_text)
+    spans_out.writelines(_apply_span_lines(path.name, spans))
+    counts.update(span.category for span in spans)
+
+
+def _apply_jsonl(path: Path, target: Path, deidentifier, mode: str, seed: str, text_field: str, patient_field: str, spans_out, counts) -> None:
+    """A JSON Lines file: each record's ``text_field`` replaced; the patient key is ``patient_field``, else the record's id, else its line."""
+    import json
+
+    from medfactory.base.atomic import atomic_write
+    from medfactory.base.jsonl import jsonl_line
+
+    with open(path, encoding="utf-8") as source, atomic_write(target) as handle:
+        for number, line in enumerate(source, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise _apply_fail(f"{path}, line {number}: not JSON ({error.msg}). Fix: one JSON object per line.") from error
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise _apply_fail(f"{path}, line {number}: no text field {text_field!r} (a string). Fix: pass --text-field with the field that holds the note.")
+            patient = record.get(patient_field) or record.get("id") or f"{path.name}:{number}"
+            record[text_field], spans = deidentifier.apply(record[text_field], patient_key=str(patient), mode=mode, seed=seed)
+            handle.write(jsonl_line(record))
+            spans_out.writelines(_apply_span_lines(path.name, spans, record=number))
+            counts.update(span.category for span in spans)
+
+
+def _apply_seed(seed: str | None) -> str:
+    """The surrogate key: --seed, else $MEDFACTORY_DEID_SEED, else a random one for this run only (said so, never shown)."""
+    import os
+    import secrets
+
+    chosen = seed or os.environ.get("MEDFACTORY_DEID_SEED")
+    if chosen:
+        return chosen
+    typer.echo("note: no --seed (or MEDFACTORY_DEID_SEED): surrogates are consistent within this run only. Pass the same secret seed to keep them across runs.")
+    return secrets.token_hex(16)
+
+
+@deid_app.command("apply")
+def apply_command(
+    input_dir: Annotated[Path, typer.Option("--input", help="Folder of notes: each .txt is one note; each .jsonl line a record with a text field")],
+    output_dir: Annotated[Path, typer.Option("--output", help="Folder for the de-identified files (same names) and spans.jsonl; not the input folder")],
+    language: Annotated[str, typer.Option("--language", help="Language of the notes: es or pt")] = "es",
+    mode: Annotated[str, typer.Option("--mode", help="surrogate (consistent fake values per patient) or placeholder ([NOMBRE], [DATA] ...)")] = "surrogate",
+    model: Annotated[Path | None, typer.Option("--model", help="CRF model (.crfsuite) to use instead of the embedded one of the language")] = None,
+    seed: Annotated[str | None, typer.Option("--seed", help="Secret key of the surrogates: the same key gives the same surrogates across runs")] = None,
+    text_field: Annotated[str, typer.Option("--text-field", help="Field of a .jsonl record that holds the note")] = "text",
+    patient_field: Annotated[str, typer.Option("--patient-field", help="Field of a .jsonl record with the patient id (surrogates per patient)")] = "patient_id",
+) -> None:
+    """De-identify a folder of notes: writes NAME.txt / NAME.jsonl de-identified and spans.jsonl (offsets in the original text)."""
+    from collections import Counter
+
+    from tqdm import tqdm
+
+    from medfactory.base.atomic import atomic_write
+    from medfactory.base.errors import CorpusError
+    from medfactory.base.names import confined_path
+    from medfactory.corpus.deid.deidentifier import Deidentifier
+    from medfactory.corpus.deid.spans import LANGUAGES
+    from medfactory.corpus.deid.surrogates import MODES
+
+    if language not in LANGUAGES:
+        raise _apply_fail(f"--language {language!r} is not one of {', '.join(LANGUAGES)}. Fix: pass --language es or --language pt.")
+    if mode not in MODES:
+        raise _apply_fail(f"--mode {mode!r} is not one of {', '.join(MODES)}. Fix: pass --mode surrogate or --mode placeholder.")
+    files = _apply_inputs(input_dir, output_dir)
+    try:
+        deidentifier = Deidentifier(language, model=model)
+    except (FileNotFoundError, RuntimeError) as error:
+        raise _apply_fail(str(error)) from error
+    key = _apply_seed(seed)
+    typer.echo(f"de-identifying {len(files)} file(s) in {language} with {' + '.join(deidentifier.layers)}, mode {mode}")
+    counts: Counter = Counter()
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with atomic_write(output_dir / "spans.jsonl") as spans_out:
+            for path in tqdm(files, desc="deid", unit="file"):
+                target = confined_path(output_dir, path.name, what="input file name", fix="Fix: rename the file (letters, digits, - and _).")
+                if target.name == "spans.jsonl":
+                    raise _apply_fail(f"{path}: an input named spans.jsonl would be overwritten by the findings. Fix: rename it.")
+                if path.suffix.lower() == ".txt":
+                    _apply_text(path, target, deidentifier, mode, key, spans_out, counts)
+                else:
+                    _apply_jsonl(path, target, deidentifier, mode, key, text_field, patient_field, spans_out, counts)
+    except CorpusError as error:
+        raise _apply_fail(str(error)) from error
+    except OSError as error:
+        raise _apply_fail(f"cannot write to {output_dir}: {error.strerror or error}") from error
+    typer.echo(f"{sum(counts.values()):,} findings written to {output_dir / 'spans.jsonl'} (values never shown):")
+    for category, count in sorted(counts.items(), key=lambda item: (-item[1], item[0])):
+        typer.echo(f"  {category:<36} {count:>8,}")
+
+
 # --- deid eval (owner: the BRAT/evaluation helper) -------------------------------------------------------
 
 
