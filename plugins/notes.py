@@ -32,6 +32,9 @@ GENERIC_MAPPING = ColumnMapping(
 DELIMITER_NAMES = {"tab": "\t", "\\t": "\t"}
 
 
+DEID_HELP = "De-identify names, dates, places, ids: surrogate (consistent fake values per patient), placeholder ([NOME], [DATA] ...) or none"
+
+
 def mapping_with_overrides(defaults: ColumnMapping, **columns: str | None) -> ColumnMapping:
     """The defaults, with each column the user named replacing its candidates (and then required)."""
     chosen = {name: (columns[name],) if columns.get(name) else getattr(defaults, name) for name in FIELDS}
@@ -65,6 +68,9 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         tokenizer: Annotated[str | None, typer.Option(help="Count tokens exactly with this tokenizer (path or hub name)")] = None,
         output_root: Annotated[Path, typer.Option(help="Repository root: gets data/<name>/ and dataset_info.json")] = Path("."),
         replace: ReplaceOption = False,
+        deid: Annotated[str, typer.Option(help=DEID_HELP)] = "surrogate",
+        deid_model: Annotated[str | None, typer.Option(help="A .crfsuite tagger from `medfactory deid train` (default: the language's embedded one)")] = None,
+        deid_seed: Annotated[str | None, typer.Option(help="Secret key of the surrogates, the same across runs (default: $MEDFACTORY_DEID_SEED)")] = None,
     ) -> None:
         from medfactory.corpus.identifiers import parse_locales
 
@@ -89,6 +95,9 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
                 on_error=on_error,
                 tokenizer=tokenizer,
                 replace=replace,
+                deid=deid,
+                deid_model=deid_model,
+                deid_seed=deid_seed,
             )
             manifest = prepare_corpus(source, options, output_root)
         except (CorpusError, ValueError) as error:
@@ -118,6 +127,13 @@ def print_summary(manifest: dict, output_root: Path) -> None:
         typer.secho(f"warning: {caveat}", fg=typer.colors.YELLOW)
     for caveat in manifest.get("split_caveats", []):
         typer.secho(f"warning: {caveat}; pass --patient-column if the export has patient ids", fg=typer.colors.YELLOW)
+    deid = manifest["deid"]
+    if deid["mode"] == "none":
+        typer.secho("warning: de-identification is off (--deid none): names, dates and places are written as they are", fg=typer.colors.YELLOW)
+    else:
+        layers = "+".join(deid["layers"])
+        found = deid["findings_by_category"] or "none found"
+        typer.echo(f"de-identified ({deid['mode']}, {deid['language']}, {layers}): {deid['notes_with_findings']:,} notes; {found}")
     ids = manifest["identifiers"]
     typer.echo(f"identifiers ({ids['mode']}): {ids['notes_with_findings']:,} notes; {ids['findings_by_type'] or 'none found'}")
     if manifest.get("stale_staging_removed"):

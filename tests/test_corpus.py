@@ -236,7 +236,7 @@ def test_identifiers_masked_by_default_and_counted_without_values(export_with_id
 
 
 def test_identifier_report_mode_keeps_text(export_with_identifiers: Path, tmp_path: Path) -> None:
-    manifest = prepare_corpus([export_with_identifiers], options(likert_notes=0, identifier_mode="report"), tmp_path)
+    manifest = prepare_corpus([export_with_identifiers], options(likert_notes=0, identifier_mode="report", deid="none"), tmp_path)
     assert manifest["identifiers"]["findings_by_type"]["cpf"] == 1
     written = "".join(path.read_text(encoding="utf-8") for path in (tmp_path / "data" / "hc_notes").glob("*.jsonl"))
     assert VALID_CPF in written

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import secrets
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -46,6 +47,10 @@ from medfactory.corpus.text import AUTO_ENCODING, encoding_problem, normalise_no
 log = logging.getLogger(__name__)
 
 IDENTIFIER_MODES = ("report", "mask", "refuse")
+DEID_MODES = ("surrogate", "placeholder", "none")
+DEID_SEED_VARIABLE = "MEDFACTORY_DEID_SEED"
+# The de-identifier's language for each identifier locale (the first locale named decides).
+DEID_LANGUAGE = {"br": "pt", "es": "es"}
 ON_ERROR_CHOICES = ("fail", "skip")
 LIKERT_FILE = "likert_heldout.jsonl"
 # Past this many input files the manifest lists a combined hash instead of one entry per file.
@@ -72,11 +77,16 @@ class PrepareOptions:
     on_error: str = "fail"
     tokenizer: str | None = None
     replace: bool = False  # allow replacing datasets / registry keys another plugin wrote
+    deid: str = "surrogate"  # de-identification (medfactory.corpus.deid): surrogate, placeholder or none
+    deid_model: str | None = None  # a .crfsuite tagger; default: the embedded one of the language, if any
+    deid_seed: str | None = None  # secret key of the surrogates; default $MEDFACTORY_DEID_SEED, else random per run
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
             raise CorpusError(f"dataset name {self.name!r}: pass --name with letters, digits and underscores (e.g. hc_notes).")
         # Every value is checked before anything is read, and each message names the option to change.
+        if self.deid not in DEID_MODES:
+            raise CorpusError(f"--deid {self.deid!r}: use one of {', '.join(DEID_MODES)}.")
         if self.identifier_mode not in IDENTIFIER_MODES:
             raise CorpusError(f"--identifier-mode {self.identifier_mode!r}: use one of {', '.join(IDENTIFIER_MODES)}.")
         if self.on_error not in ON_ERROR_CHOICES:
@@ -193,6 +203,45 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
     return manifest
 
 
+class _Deid:
+    """De-identification of the kept notes: one :class:`~medfactory.corpus.deid.deidentifier.Deidentifier` per run, counts per category."""
+
+    def __init__(self, options: PrepareOptions) -> None:
+        from medfactory.corpus.deid.deidentifier import Deidentifier
+
+        self.mode = options.deid
+        self.language = DEID_LANGUAGE.get(options.identifier_locales[0], "pt") if options.identifier_locales else "pt"
+        try:
+            self.deidentifier = Deidentifier(self.language, model=options.deid_model)
+        except (FileNotFoundError, ValueError, OSError) as error:
+            raise CorpusError(f"{error} (the de-identification tagger of --deid-model)") from error
+        seed = options.deid_seed or os.environ.get(DEID_SEED_VARIABLE)
+        self.seed_source = "--deid-seed" if options.deid_seed else (f"${DEID_SEED_VARIABLE}" if seed else "random (consistent within this run only)")
+        self.seed = seed or secrets.token_hex(16)  # never recorded: it keys the surrogates
+        self.findings: Counter = Counter()
+        self.notes_with_findings = 0
+
+    def apply(self, text: str, patient_key: str) -> str:
+        new_text, spans = self.deidentifier.apply(text, patient_key=patient_key, mode=self.mode, seed=self.seed)
+        if spans:
+            self.notes_with_findings += 1
+            self.findings.update(span.category for span in spans)
+        return new_text
+
+    def summary(self) -> dict[str, Any]:
+        """What the manifest says: mode, language, layers, model, counts per category (never a value, never the seed)."""
+        model = self.deidentifier.model
+        return {
+            "mode": self.mode,
+            "language": self.language,
+            "layers": list(self.deidentifier.layers),
+            "model": model.name if model else None,
+            "surrogate_seed": self.seed_source if self.mode == "surrogate" else None,
+            "notes_with_findings": self.notes_with_findings,
+            "findings_by_category": dict(sorted(self.findings.items())),
+        }
+
+
 class _NotesPass:
     """One streaming pass over the source files: each note is cleaned, scanned, de-duplicated, split, written."""
 
@@ -205,6 +254,7 @@ class _NotesPass:
         if options.near_duplicate_threshold is not None:
             self.near_index = NearDuplicateIndex(threshold=options.near_duplicate_threshold)
         self.tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
+        self.deid = _Deid(options) if options.deid != "none" else None
         self.dropped: Counter = Counter()
         self.findings: Counter = Counter()
         self.notes_with_identifiers = 0
@@ -304,10 +354,12 @@ class _NotesPass:
         text = self._clean(raw)
         if text is None:
             return
-        duplicate, key = self._is_duplicate(text)
+        duplicate, key = self._is_duplicate(text)  # on the text before surrogates, which differ per patient
         if duplicate:
             return
         kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
+        if self.deid is not None:
+            text = self.deid.apply(text, group)
         self.group_kinds[kind] += 1
         split = self.options.split.split_of(group)
         record = {"text": text, "id": raw.note_id or raw.where}
@@ -381,6 +433,7 @@ class _NotesPass:
             "dropped": dict(sorted(self.dropped.items())),
             "repeated_note_ids": self.repeated_note_ids,
             "likert_caveats": self._likert_caveats(likert.documents),
+            "deid": self.deid.summary() if self.deid is not None else {"mode": "none", "note": "de-identification was turned off (--deid none)"},
             "identifiers": {
                 "mode": options.identifier_mode,
                 "locales": list(options.identifier_locales),
@@ -425,6 +478,7 @@ def _options_record(options: PrepareOptions) -> dict[str, Any]:
     record = asdict(options)
     record["mapping"] = {name: list(value) for name, value in asdict(options.mapping).items() if name != "required"}
     record["split"] = asdict(options.split)
+    record["deid_seed"] = "given (not recorded)" if options.deid_seed else None  # the key of the surrogates stays secret
     return record
 
 
