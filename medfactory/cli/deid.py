@@ -23,7 +23,7 @@ def train_command(
     gold: Annotated[list[Path], typer.Option("--gold", help="BRAT folder of .txt + .ann gold files (repeat for several, e.g. train and dev).")],
     output: Annotated[Path, typer.Option("--output", help="Where to write the CRF model (.crfsuite); written atomically.")],
     language: Annotated[str, typer.Option("--language", help="Language of the notes: es or pt.")] = "es",
-    c1: Annotated[float, typer.Option("--c1", help="L1 regularisation (larger: fewer features, a smaller model).")] = 0.05,
+    c1: Annotated[float, typer.Option("--c1", help="L1 regularisation (larger: fewer features, a smaller model).")] = 0.02,
     c2: Annotated[float, typer.Option("--c2", help="L2 regularisation.")] = 0.01,
     max_iterations: Annotated[int, typer.Option("--max-iterations", help="L-BFGS iterations.")] = 150,
 ) -> None:
