@@ -9,10 +9,7 @@ changes the training is reported as such.
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,18 +23,9 @@ from medfactory.bench.perf_model import (
     training_flops_per_token,
 )
 from medfactory.cli.bench import parse_set_options
+from testing_utils.bench_runs import run_bench
 
 pytestmark = pytest.mark.slow
-
-
-def _bench(repo_root: Path, tmp_path: Path, recipe: str, *extra: str, expect_ok: bool = True) -> tuple[list[dict], str]:
-    output = tmp_path / "result.json"
-    command = [sys.executable, "-m", "medfactory.cli", "bench", f"recipes/{recipe}.yaml"]
-    command += ["--workdir", str(tmp_path / "scratch"), "--output", str(output), *extra]
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}  # the CPU path, also on a GPU machine
-    done = subprocess.run(command, cwd=repo_root, capture_output=True, text=True, timeout=900, env=env, check=False)
-    assert (done.returncode == 0) == expect_ok, done.stdout[-3000:] + done.stderr[-3000:]
-    return (json.loads(output.read_text()) if output.is_file() else []), done.stdout + done.stderr
 
 
 def _lora_params(config, rank: int, targets: set[str]) -> int:
@@ -50,7 +38,7 @@ def _lora_params(config, rank: int, targets: set[str]) -> int:
 
 
 def test_clinical_br_pt_recipe_tokens_flops_and_mfu(repo_root: Path, tmp_path: Path) -> None:
-    results, out = _bench(repo_root, tmp_path, "clinical_br_mistral", "--steps", "3", "--warmup", "1", "--peak-tflops", "1.0")
+    results, out = run_bench(repo_root, tmp_path, "clinical_br_mistral", "--steps", "3", "--warmup", "1", "--peak-tflops", "1.0")
     (result,) = results
     assert result["ok"] and result["tiny"] and result["device"] == "cpu"
     # stage pt, packing: every optimizer step trains 1 x 2 full blocks; with `packing: true` LLaMA-Factory
@@ -74,7 +62,7 @@ def test_clinical_br_pt_recipe_tokens_flops_and_mfu(repo_root: Path, tmp_path: P
 
 
 def test_qlora_sft_recipe_runs_4bit_with_its_lora(repo_root: Path, tmp_path: Path) -> None:
-    results, _ = _bench(repo_root, tmp_path, "spanish_medical_qlora_sft", "--steps", "1", "--warmup", "1")
+    results, _ = run_bench(repo_root, tmp_path, "spanish_medical_qlora_sft", "--steps", "1", "--warmup", "1")
     (result,) = results
     assert result["ok"]
     assert result["tokens"] == 1 * 4 * 4 * 256  # micro-batch 4 x accumulation 4, every example filling the context
@@ -85,34 +73,8 @@ def test_qlora_sft_recipe_runs_4bit_with_its_lora(repo_root: Path, tmp_path: Pat
     assert "Quantizing model to 4 bit with bitsandbytes" in log
 
 
-def test_dpo_recipe_continues_an_adapter_like_its_sft_recipe(repo_root: Path, tmp_path: Path) -> None:
-    results, _ = _bench(repo_root, tmp_path, "spanish_medical_dpo", "--steps", "1", "--warmup", "1")
-    (result,) = results
-    assert result["ok"]
-    assert result["tokens"] == 1 * 2 * 8 * 2 * 256  # chosen and rejected of 2 x 8 pairs
-    adapter = json.loads((tmp_path / "scratch" / "adapter" / "adapter_config.json").read_text())
-    assert adapter["r"] == 64 and adapter["lora_alpha"] == 16  # spanish_medical_qlora_sft's LoRA, which the DPO continues
-    args = json.loads((tmp_path / "scratch" / "as_written" / "args.json").read_text())
-    assert args["ref_model_adapters"] == args["adapter_name_or_path"] == str(tmp_path / "scratch" / "adapter")
-    config = load_config(args["model_name_or_path"])
-    policy_only = training_flops_per_token(model_shape(config), 256, "lora", result["trainable_params"]).total
-    assert result["flops_per_token"] > policy_only  # the reference model's forward pass is counted
-
-
-def test_medgemma_multimodal_recipe_counts_images_and_flags_a_changed_batch(repo_root: Path, tmp_path: Path) -> None:
-    results, out = _bench(
-        repo_root, tmp_path, "medgemma_cxr_ptbr_lora", "--steps", "1", "--warmup", "1", "--set", "gradient_accumulation_steps=2"
-    )
-    (result,) = results
-    assert result["ok"]
-    assert result["tokens"] == 1 * 1 * 2 * 256
-    assert result["flops_per_image"] > 0 and result["images_per_second"] == pytest.approx(2 / result["step_seconds"][0])
-    assert result["same_training"] == ["effective batch: 16 -> 2 sequences per step"]
-    assert "NOT the recipe's training" in out
-
-
 def test_sweep_measures_the_speed_settings_and_keeps_the_training(repo_root: Path, tmp_path: Path) -> None:
-    results, out = _bench(repo_root, tmp_path, "clinical_br_mistral", "--steps", "1", "--warmup", "1", "--sweep")
+    results, out = run_bench(repo_root, tmp_path, "clinical_br_mistral", "--steps", "1", "--warmup", "1", "--sweep")
     names = [r["variant"] for r in results]
     assert names[0] == "as written"
     assert {"attention: sdpa", "fused AdamW", "micro-batch 2 x accumulation 1", "no gradient checkpointing"} <= set(names)
@@ -132,7 +94,7 @@ def test_training_differences() -> None:
 
 
 def test_inference_recipe_is_refused(repo_root: Path, tmp_path: Path) -> None:
-    _, out = _bench(repo_root, tmp_path, "medgemma_cxr_ptbr_predict_lora", expect_ok=False)
+    _, out = run_bench(repo_root, tmp_path, "medgemma_cxr_ptbr_predict_lora", expect_ok=False)
     assert "not a training recipe" in out
 
 
@@ -140,7 +102,7 @@ def test_foreign_workdir_is_never_emptied(repo_root: Path, tmp_path: Path) -> No
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "prepared.jsonl").write_text("keep me\n")
-    _, out = _bench(repo_root, tmp_path, "clinical_br_mistral", expect_ok=False)
+    _, out = run_bench(repo_root, tmp_path, "clinical_br_mistral", expect_ok=False)
     assert "was not made by `medfactory bench`" in out
     assert (scratch / "prepared.jsonl").read_text() == "keep me\n"
 
@@ -153,7 +115,7 @@ def test_set_options_are_typed_like_llamafactory() -> None:
 
 
 def test_bad_set_option_is_explained(repo_root: Path, tmp_path: Path) -> None:
-    _, out = _bench(repo_root, tmp_path, "clinical_br_mistral", "--set", "flash_attn", expect_ok=False)
+    _, out = run_bench(repo_root, tmp_path, "clinical_br_mistral", "--set", "flash_attn", expect_ok=False)
     assert "expected KEY=VALUE" in out
 
 

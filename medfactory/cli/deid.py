@@ -240,3 +240,34 @@ def eval_command(
     except OSError as error:
         raise _eval_fail(f"cannot write the report to {output}: {error.strerror or error}") from error
     typer.echo(f"report written to {', '.join(str(path) for path in paths)}")
+
+
+# --- deid planted: the pt-BR evaluation set ------------------------------------------------------------
+
+
+@deid_app.command("planted")
+def planted_command(
+    output: Annotated[Path, typer.Option(help="Folder that gets train/ and test/ (BRAT) and planted.json (counts)")],
+    source: Annotated[Path | None, typer.Option(help="The Lopes 2019 folder (holding 'Texts SPN 1 Raw' ...): real text, planted PHI")] = None,
+    synthetic: Annotated[bool, typer.Option("--synthetic", help="A train part from the project's synthetic notes instead (no real text)")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the planted values")] = 15,
+    documents: Annotated[int | None, typer.Option(help="How many cases (default: all; 600 with --synthetic)")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Share of the cases in test/")] = 0.3,
+) -> None:
+    """Write the pt-BR evaluation set: Portuguese clinical cases with planted, annotated Brazilian-style PHI."""
+    import json
+
+    from medfactory.base.errors import CorpusError
+    from medfactory.corpus.deid import planted
+
+    try:
+        if synthetic:
+            facts = planted.write_synthetic_training_set(output, seed, documents or 600)
+        elif source is None:
+            raise CorpusError("pass --source with the Lopes 2019 folder, or --synthetic.")
+        else:
+            facts = planted.write_planted_set(source, output, seed, documents, test_fraction)
+    except (CorpusError, OSError) as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(json.dumps({part: {key: value for key, value in counts.items() if key != "by_category"} for part, counts in facts["parts"].items()}))

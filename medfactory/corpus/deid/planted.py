@@ -18,8 +18,6 @@ the train part never shows. Written as BRAT folders ``OUTPUT/train`` and ``OUTPU
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
 import re
 from collections import Counter
@@ -303,26 +301,3 @@ def write_planted_set(source: Path, output: Path, seed: int = DEFAULT_SEED, docu
         facts["parts"][part] = {**counts, "by_category": dict(categories)}
     write_json_atomic(output / "planted.json", facts)
     return facts
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Write the pt-BR planted-PHI evaluation set (BRAT train/ and test/).")
-    parser.add_argument("--source", type=Path, default=None, help="the Lopes 2019 folder (holding 'Texts SPN 1 Raw' ...)")
-    parser.add_argument("--synthetic", action="store_true", help="write a train part from synthetic notes instead (no real text)")
-    parser.add_argument("--output", type=Path, required=True)
-    parser.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    parser.add_argument("--documents", type=int, default=None, help="how many cases (default: all)")
-    parser.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION)
-    args = parser.parse_args(argv)
-    if args.synthetic:
-        facts = write_synthetic_training_set(args.output, args.seed, args.documents or 600)
-    elif args.source is None:
-        parser.error("pass --source LOPES_FOLDER, or --synthetic")
-    else:
-        facts = write_planted_set(args.source, args.output, args.seed, args.documents, args.test_fraction)
-    print(json.dumps({part: {key: value for key, value in counts.items() if key != "by_category"} for part, counts in facts["parts"].items()}))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
