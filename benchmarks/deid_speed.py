@@ -28,6 +28,7 @@ from typing import Any
 
 from medfactory.corpus.deid import rules
 from medfactory.corpus.deid.deidentifier import Deidentifier, default_model
+from medfactory.corpus.deid.parallel import DEFAULT_BATCH_NOTES as BATCH_NOTES
 
 MEDDOCAN = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "meddocan"
 _WORKER: dict[str, Any] = {}
@@ -58,18 +59,18 @@ def corpus(megabytes: float, synthetic: bool) -> tuple[list[str], str]:
 
 def _init(layers: str, language: str, model: str | None) -> None:
     if layers == "rules":
-        _WORKER["find"] = lambda text: rules.find(text, language)
+        _WORKER["find_many"] = lambda texts: [rules.find(text, language) for text in texts]
     else:
         deidentifier = Deidentifier(language, model=Path(model) if model else None, use_crf=layers != "rules+gazetteer")
         if layers == "rules+crf+surrogates":
-            _WORKER["find"] = lambda text: deidentifier.apply(text, patient_key=str(len(text) % 97), seed="bench")[1]
+            _WORKER["find_many"] = lambda texts: [spans for _, spans in deidentifier.apply_many(texts, [str(len(text) % 97) for text in texts], seed="bench")]
         else:
-            _WORKER["find"] = deidentifier.find
+            _WORKER["find_many"] = deidentifier.find_many
         _WORKER["layers"] = deidentifier.layers
 
 
-def _work(text: str) -> int:
-    return len(_WORKER["find"](text))
+def _work(texts: list[str]) -> int:
+    return sum(len(spans) for spans in _WORKER["find_many"](texts))
 
 
 def _peak_rss() -> int:
@@ -80,9 +81,11 @@ def run(documents: list[str], layers: str, language: str, model: str | None, wor
     """Time one layer set over the documents with ``workers`` processes."""
     size = sum(len(text.encode("utf-8")) for text in documents)
     with multiprocessing.Pool(workers, initializer=_init, initargs=(layers, language, model)) as pool:
-        pool.map(_work, documents[:workers], chunksize=1)  # warm up: imports, regex compilation, model load
+        pool.map(_work, [documents[:1]] * workers, chunksize=1)  # warm up: imports, regex compilation, model load
         start = time.perf_counter()
-        findings = sum(pool.imap_unordered(_work, documents, chunksize=64))
+        # Batches of 64 notes, as prepare and deid apply hand them to their workers (parallel.BatchedDeidentifier).
+        batches = [documents[index : index + BATCH_NOTES] for index in range(0, len(documents), BATCH_NOTES)]
+        findings = sum(pool.imap_unordered(_work, batches, chunksize=1))
         seconds = time.perf_counter() - start
         peaks = pool.map(_worker_peak, range(workers), chunksize=1)
     return {"megabytes": size / 1e6, "seconds": seconds, "mb_per_s": size / 1e6 / seconds, "per_core": size / 1e6 / seconds / workers,

@@ -71,6 +71,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         deid: Annotated[str, typer.Option(help=DEID_HELP)] = "surrogate",
         deid_model: Annotated[str | None, typer.Option(help="A .crfsuite tagger from `medfactory deid train` (default: the language's embedded one)")] = None,
         deid_seed: Annotated[str | None, typer.Option(help="Secret key of the surrogates, the same across runs (default: $MEDFACTORY_DEID_SEED)")] = None,
+        workers: Annotated[int, typer.Option(help="Processes that de-identify (1: this one); the output is the same for any number, e.g. $(nproc)")] = 1,
     ) -> None:
         from medfactory.corpus.identifiers import parse_locales
 
@@ -98,6 +99,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
                 deid=deid,
                 deid_model=deid_model,
                 deid_seed=deid_seed,
+                workers=workers,
             )
             manifest = prepare_corpus(source, options, output_root)
         except (CorpusError, ValueError) as error:

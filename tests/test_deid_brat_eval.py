@@ -14,16 +14,7 @@ from typer.testing import CliRunner
 
 from medfactory.base.errors import CorpusError
 from medfactory.cli import app
-from medfactory.corpus.deid.brat import (
-    BratDocument,
-    export_label_studio,
-    import_label_studio,
-    label_studio_tasks,
-    read_brat,
-    read_brat_folder,
-    spans_from_label_studio,
-    write_brat,
-)
+from medfactory.corpus.deid.brat import BratDocument, read_brat, read_brat_folder, write_brat
 from medfactory.corpus.deid.evaluate import (
     ScoredDocument,
     count_sentences,
@@ -32,6 +23,7 @@ from medfactory.corpus.deid.evaluate import (
     score_tables,
     token_leaks,
 )
+from medfactory.corpus.deid.label_studio import export_label_studio, import_label_studio, label_studio_tasks, spans_from_label_studio
 from medfactory.corpus.deid.spans import PhiSpan
 
 # A made-up note: "Maria Souza" (0-11), "12/03/2020" (26-36), "Lisboa" (40-46).

@@ -139,8 +139,8 @@ def test_deidentifier_runs_rules_when_the_crf_module_is_missing(monkeypatch: pyt
 
 def test_rules_win_over_overlapping_crf_spans_in_structured_categories() -> None:
     class FakeTagger:
-        def find(self, text: str) -> list[PhiSpan]:
-            return [PhiSpan(0, 12, "NOMBRE_SUJETO_ASISTENCIA", "crf"), PhiSpan(17, 30, "CALLE", "crf")]
+        def find_many(self, texts: list[str], rule_spans: list[list[PhiSpan]]) -> list[list[PhiSpan]]:
+            return [[PhiSpan(0, 12, "NOMBRE_SUJETO_ASISTENCIA", "crf"), PhiSpan(17, 30, "CALLE", "crf")] for _ in texts]
 
     deidentifier = Deidentifier("es", use_crf=False)
     deidentifier._tagger = FakeTagger()  # a stand-in tagger whose spans overlap the rules'

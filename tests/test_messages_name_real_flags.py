@@ -26,6 +26,7 @@ TEMPLATED_FLAG = re.compile(r"(?<![\w-])--(?:\{|%[sr(])")
 EXTERNAL_FLAGS = {
     "--no-deps": "pip download --no-deps: fetching the mistral-common wheel (medfactory/recipes/tokens.py)",
     "--porcelain": "git status --porcelain: the run card's dirty-tree check (medfactory/run/card.py)",
+    "--local-dir": "hf download --local-dir: fetching an encoder on a machine with hub access (medfactory/corpus/deid/encoder.py)",
 }
 BUILT_IN = {"--help"}  # click adds it to every command; it is not among a command's params
 

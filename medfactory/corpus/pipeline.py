@@ -24,7 +24,7 @@ import secrets
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from tqdm import tqdm
 
@@ -80,6 +80,7 @@ class PrepareOptions:
     deid: str = "surrogate"  # de-identification (medfactory.corpus.deid): surrogate, placeholder or none
     deid_model: str | None = None  # a .crfsuite tagger; default: the embedded one of the language, if any
     deid_seed: str | None = None  # secret key of the surrogates; default $MEDFACTORY_DEID_SEED, else random per run
+    workers: int = 1  # de-identification processes (medfactory.corpus.deid.parallel); 1: this process
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -87,6 +88,8 @@ class PrepareOptions:
         # Every value is checked before anything is read, and each message names the option to change.
         if self.deid not in DEID_MODES:
             raise CorpusError(f"--deid {self.deid!r}: use one of {', '.join(DEID_MODES)}.")
+        if self.workers < 1:
+            raise CorpusError(f"--workers {self.workers}: pass 1 (de-identify in this process) or more, e.g. the VM's cores (nproc).")
         if self.identifier_mode not in IDENTIFIER_MODES:
             raise CorpusError(f"--identifier-mode {self.identifier_mode!r}: use one of {', '.join(IDENTIFIER_MODES)}.")
         if self.on_error not in ON_ERROR_CHOICES:
@@ -203,6 +206,16 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
     return manifest
 
 
+class _KeptNote(NamedTuple):
+    """A note past cleaning and de-duplication, on its way to its split (de-identification may hold it in a batch)."""
+
+    text: str
+    group: str
+    note_id: str
+    date: Any
+    key: str
+
+
 class _Deid:
     """De-identification of the kept notes: one :class:`~medfactory.corpus.deid.deidentifier.Deidentifier` per run, counts per category."""
 
@@ -220,13 +233,22 @@ class _Deid:
         self.seed = seed or secrets.token_hex(16)  # never recorded: it keys the surrogates
         self.findings: Counter = Counter()
         self.notes_with_findings = 0
+        from medfactory.corpus.deid.parallel import BatchedDeidentifier
 
-    def apply(self, text: str, patient_key: str) -> str:
-        new_text, spans = self.deidentifier.apply(text, patient_key=patient_key, mode=self.mode, seed=self.seed)
-        if spans:
+        self.runner = BatchedDeidentifier(self.deidentifier, self.mode, self.seed, workers=options.workers)
+
+    def submit(self, note: _KeptNote) -> list[_KeptNote]:
+        """Queue a kept note; returns the notes de-identified so far, in the order they were kept."""
+        return [self._counted(done) for done in self.runner.submit(note.text, note.group, note)]
+
+    def finish(self) -> list[_KeptNote]:
+        return [self._counted(done) for done in self.runner.finish()]
+
+    def _counted(self, done: Any) -> _KeptNote:
+        if done.spans:
             self.notes_with_findings += 1
-            self.findings.update(span.category for span in spans)
-        return new_text
+            self.findings.update(span.category for span in done.spans)
+        return done.payload._replace(text=done.text)
 
     def summary(self) -> dict[str, Any]:
         """What the manifest says: mode, language, layers, model, counts per category (never a value, never the seed)."""
@@ -237,6 +259,7 @@ class _Deid:
             "layers": list(self.deidentifier.layers),
             "model": model.name if model else None,
             "surrogate_seed": self.seed_source if self.mode == "surrogate" else None,
+            "workers": self.runner.workers,
             "notes_with_findings": self.notes_with_findings,
             "findings_by_category": dict(sorted(self.findings.items())),
         }
@@ -278,8 +301,13 @@ class _NotesPass:
         with contextlib.ExitStack() as stack:
             handles = {split: stack.enter_context(open(staging / f"{split}.jsonl", "w", encoding="utf-8")) for split in SPLITS}
             bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{self.options.name}", smoothing=0.1))
+            if self.deid is not None:
+                stack.callback(self.deid.runner.close)  # workers stop on an error too
             for path in files:
                 self._read_file(path, handles, bar)
+            if self.deid is not None:
+                for note in self.deid.finish():
+                    self._write(note, handles)
 
     def _read_file(self, path: Path, handles: dict[str, Any], bar: tqdm) -> None:
         info = SourceFile(path=path)
@@ -358,13 +386,18 @@ class _NotesPass:
         if duplicate:
             return
         kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
-        if self.deid is not None:
-            text = self.deid.apply(text, group)
         self.group_kinds[kind] += 1
+        note = _KeptNote(text, group, raw.note_id or raw.where, raw.date, key)
+        for ready in self.deid.submit(note) if self.deid is not None else (note,):
+            self._write(ready, handles)
+
+    def _write(self, note: _KeptNote, handles: dict[str, Any]) -> None:
+        """Write a kept (and de-identified) note to its split."""
+        text, group, key = note.text, note.group, note.key
         split = self.options.split.split_of(group)
-        record = {"text": text, "id": raw.note_id or raw.where}
-        if raw.date:
-            record["date"] = raw.date
+        record = {"text": text, "id": note.note_id}
+        if note.date:
+            record["date"] = note.date
         line = jsonl_line(record)
         handles[split].write(line)
         self.split_stats[split].documents += 1

@@ -13,25 +13,22 @@ dev documents were checked), and a de-identifier's span is one stretch of text. 
 lines (notes ``#``, relations ``R``, attributes ``A``/``M``, events ``E``, normalisations ``N``,
 equivalences ``*``) carry no offsets of their own; they are skipped and counted.
 
-Label Studio (the annotation loop for Portuguese): :func:`label_studio_tasks` exports documents
-with predicted spans as pre-annotated tasks; :func:`spans_from_label_studio` reads a completed
-task's annotation back, to be written with :func:`write_brat` and trained on.
+The Label Studio annotation loop (export pre-annotated tasks, import corrected spans as BRAT) is
+:mod:`medfactory.corpus.deid.label_studio`.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 from tqdm import tqdm
 
 from medfactory.base.atomic import atomic_write
 from medfactory.base.errors import CorpusError
-from medfactory.base.names import safe_component
 from medfactory.corpus.deid.spans import CATEGORIES, PhiSpan
 
 # Lines of other BRAT annotation kinds: skipped (they annotate T-lines, they add no PHI offsets).
@@ -216,102 +213,3 @@ def write_brat(stem: Path, text: str, spans: Iterable[PhiSpan]) -> tuple[Path, P
     with atomic_write(ann, mode="wb") as handle:
         handle.write(content.encode("utf-8"))
     return txt, ann
-
-
-# --- Label Studio: tasks with predictions out, completed annotations back -----------------------------
-
-LABEL_STUDIO_FROM = "label"  # the <Labels name="label" toName="text"> of the labelling config
-LABEL_STUDIO_TO = "text"
-LABEL_STUDIO_CONFIG = (
-    '<View>\n  <Labels name="label" toName="text">\n'
-    + "".join(f'    <Label value="{category}"/>\n' for category in CATEGORIES)
-    + '  </Labels>\n  <Text name="text" value="$text"/>\n</View>\n'
-)  # the labelling config the tasks expect: paste it in the project's settings
-
-
-def label_studio_tasks(documents: Iterable[BratDocument], model_version: str = "medfactory-deid") -> list[dict[str, Any]]:
-    """Label Studio import tasks: each document's text with its spans as a prediction to correct."""
-    tasks = []
-    for document in documents:
-        result = [
-            {
-                "id": f"s{index}", "from_name": LABEL_STUDIO_FROM, "to_name": LABEL_STUDIO_TO, "type": "labels",
-                "value": {"start": span.start, "end": span.end, "text": document.text[span.start : span.end], "labels": [span.category]},
-            }
-            for index, span in enumerate(document.spans)
-        ]  # fmt: skip
-        tasks.append({"data": {"text": document.text, "document": document.name}, "predictions": [{"model_version": model_version, "result": result}]})
-    return tasks
-
-
-def _region_span(region: dict[str, Any], text: str, where: str) -> PhiSpan:
-    """One labelled region as a gold span, its offsets checked against the task text."""
-    value = region.get("value") or {}
-    labels = value.get("labels") or []
-    if "start" not in value or "end" not in value or len(labels) != 1:
-        raise CorpusError(f"{where}: expected one label with start and end. Fix: give the region exactly one label.")
-    start, end, category = int(value["start"]), int(value["end"]), str(labels[0])
-    if category not in KNOWN_CATEGORIES:
-        raise CorpusError(f"{where}: unknown category {category!r}. Fix: use the labels of medfactory.corpus.deid.spans.CATEGORIES (LABEL_STUDIO_CONFIG).")
-    if not 0 <= start < end <= len(text):
-        raise CorpusError(f"{where}: span {start}-{end} is outside the text ({len(text)} characters). Fix: redraw the region.")
-    # Label Studio has counted offsets in UTF-16 units or after folding CRLF in some versions: its own
-    # copy of the selected text tells when its offsets are not Python's.
-    if "text" in value and str(value["text"]) not in (text[start:end], one_line(text[start:end])):
-        raise CorpusError(
-            f"{where}: the region's text differs from the task text at {start}-{end}. Fix: export texts with LF line ends and no emoji "
-            "(Label Studio counted the offsets differently), or redraw the region."
-        )
-    return PhiSpan(start, end, category, "gold")
-
-
-def spans_from_label_studio(task: dict[str, Any], *, where: str = "task") -> BratDocument:
-    """The document of a completed Label Studio task (its last non-cancelled annotation) as gold spans.
-
-    ``where`` names the task in errors (e.g. ``export.json task 12``). Spans are validated as a
-    gold ``.ann`` is: known category, inside the text, the region's own text matching, no overlaps.
-    """
-    data = task.get("data") or {}
-    text = data.get("text")
-    if not isinstance(text, str):
-        raise CorpusError(f"{where}: no data.text. Fix: export the project as JSON (not JSON-MIN or CSV).")
-    name = str(data.get("document") or task.get("id") or "document")
-    annotations = [item for item in task.get("annotations") or [] if not item.get("was_cancelled")]
-    if not annotations:
-        raise CorpusError(f"{where}: no completed annotation. Fix: finish the task in Label Studio, or leave it out of the export.")
-    regions = [region for region in annotations[-1].get("result") or [] if region.get("type", "labels") == "labels"]
-    ordered = sorted(_region_span(region, text, f"{where} region {index}") for index, region in enumerate(regions, start=1))
-    for previous, span in zip(ordered, ordered[1:]):
-        if span.overlaps(previous):
-            raise CorpusError(f"{where}: spans {previous.start}-{previous.end} and {span.start}-{span.end} overlap. Fix: keep one of them.")
-    return BratDocument(name, text, ordered, 0)
-
-
-def export_label_studio(documents: Iterable[BratDocument], path: Path, model_version: str = "medfactory-deid") -> int:
-    """Write Label Studio import tasks (JSON, atomically) for ``documents``; returns the number of tasks."""
-    tasks = label_studio_tasks(documents, model_version)
-    with atomic_write(Path(path)) as handle:
-        json.dump(tasks, handle, ensure_ascii=False, indent=1)
-    return len(tasks)
-
-
-def import_label_studio(path: Path, folder: Path) -> int:
-    """Write each completed task of a Label Studio JSON export as ``folder/NAME.txt`` + ``.ann``; returns the count.
-
-    Tasks without a completed annotation are refused (finish or leave them out): a half-done export
-    would otherwise train the tagger on notes whose PHI nobody marked.
-    """
-    path = Path(path)
-    try:
-        tasks = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CorpusError(f"{path}: not a readable Label Studio JSON export ({type(error).__name__}). Fix: export the project as JSON.") from error
-    if not isinstance(tasks, list):
-        raise CorpusError(f"{path}: expected a list of tasks. Fix: export the project as JSON (not JSON-MIN).")
-    documents = [spans_from_label_studio(task, where=f"{path} task {index}") for index, task in enumerate(tasks, start=1)]
-    names = [safe_component(document.name, "document name", f"{path} task {index}", show_value=False) for index, document in enumerate(documents, 1)]
-    if len(set(names)) != len(names):
-        raise CorpusError(f"{path}: two tasks have the same document name. Fix: give each task its own data.document.")
-    for name, document in zip(names, documents):
-        write_brat(Path(folder) / name, document.text, document.spans)
-    return len(documents)

@@ -17,13 +17,16 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pycrfsuite
 from tqdm import tqdm
 
 from medfactory.corpus.deid import gazetteers
 from medfactory.corpus.deid.spans import CATEGORIES, PhiSpan
+
+if TYPE_CHECKING:
+    from medfactory.corpus.deid.crf_viterbi import FastCrf
 
 SOURCE = "crf"
 DEFAULT_C1 = 0.02
@@ -126,16 +129,24 @@ def _line_starts(text: str, tokens: Sequence[Token]) -> list[bool]:
     return flags
 
 
-def _rule_labels(text: str, tokens: Sequence[Token], language: str) -> list[str]:
-    """The rules layer's category of each token ('' outside its spans); all '' when rules.py is absent."""
+def _rule_labels(text: str, tokens: Sequence[Token], language: str, rule_spans: Sequence[PhiSpan] | None = None) -> list[str]:
+    """The rules layer's category of each token ('' outside its spans); all '' when rules.py is absent.
+
+    ``rule_spans``: the rules' spans of ``text`` when the caller has them already (the de-identifier does).
+    """
+    return _rule_labels_at(text, [token.start for token in tokens], [token.end for token in tokens], language, rule_spans)
+
+
+def _rule_labels_at(text: str, starts: Sequence[int], ends: Sequence[int], language: str, rule_spans: Sequence[PhiSpan] | None) -> list[str]:
+    """_rule_labels for tokens given as offset arrays (crf_viterbi's)."""
     finder = _rules_finder()
-    labels = [""] * len(tokens)
-    if finder is None or not tokens:
+    labels = [""] * len(starts)
+    if (finder is None and rule_spans is None) or not len(starts):
         return labels
-    starts = [token.start for token in tokens]
-    for span in finder(text, language):
+    starts = list(starts)
+    for span in finder(text, language) if rule_spans is None else rule_spans:
         for index in range(max(bisect.bisect_right(starts, span.start) - 1, 0), bisect.bisect_left(starts, span.end)):
-            if tokens[index].end > span.start:
+            if ends[index] > span.start:
                 labels[index] = span.category
     return labels
 
@@ -150,11 +161,13 @@ def _rules_finder() -> Callable[[str, str], list[PhiSpan]] | None:
     return find
 
 
-def features(text: str, tokens: Sequence[Token], language: str = "es", use_rules: bool = True) -> list[list[str]]:
-    """One list of binary string features per token of ``text``."""
+def features(
+    text: str, tokens: Sequence[Token], language: str = "es", use_rules: bool = True, rule_spans: Sequence[PhiSpan] | None = None
+) -> list[list[str]]:
+    """One list of binary string features per token of ``text`` (crf_viterbi.FastCrf sums the same features' weights)."""
     per_word = [_word_features(token.text) for token in tokens]
     line_start = _line_starts(text, tokens)
-    rules = _rule_labels(text, tokens, language) if use_rules else [""] * len(tokens)
+    rules = _rule_labels(text, tokens, language, rule_spans) if use_rules else [""] * len(tokens)
     result: list[list[str]] = []
     header = ""
     cue, cue_at = "", -_CUE_WINDOW - 1
@@ -230,10 +243,16 @@ def _write_model(trainer: pycrfsuite.Trainer, model_path: Path) -> None:
             os.remove(temporary)
 
 
+def _fast_crf(tagger: pycrfsuite.Tagger) -> FastCrf:
+    from medfactory.corpus.deid.crf_viterbi import FastCrf  # here: crf_viterbi imports this module
+
+    return FastCrf(tagger)
+
+
 class CrfTagger:
     """A trained CRF model: ``CrfTagger(path).find(text)`` lists the PHI spans it tags."""
 
-    def __init__(self, model_path: Path | str, language: str = "es", use_rules: bool = True) -> None:
+    def __init__(self, model_path: Path | str, language: str = "es", use_rules: bool = True, exact_crfsuite: bool = False) -> None:
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise FileNotFoundError(f"{self.model_path}: no CRF model there. Fix: `medfactory deid train --gold DIR --output {self.model_path}`.")
@@ -242,14 +261,35 @@ class CrfTagger:
         self._tagger.open(str(self.model_path))
         # Rule spans are computed only for a model trained with them (a model without them would ignore them).
         self.use_rules = use_rules and any(name.startswith("rule=") for name, _ in self._tagger.info().state_features)
+        # exact_crfsuite: tag with crfsuite itself (feature strings per token); else the same labels from cached per-word
+        # weight vectors (crf_viterbi.FastCrf), about ten times faster.
+        self._fast = None if exact_crfsuite else _fast_crf(self._tagger)
 
-    def find(self, text: str) -> list[PhiSpan]:
-        """PHI spans of ``text`` (source ``crf``), offsets into ``text``."""
-        tokens = tokenize(text)
-        if not tokens:
-            return []
-        labels = self._tagger.tag(features(text, tokens, self.language, self.use_rules))
-        return spans_from_labels(tokens, labels)
+    def find(self, text: str, rule_spans: Sequence[PhiSpan] | None = None) -> list[PhiSpan]:
+        """PHI spans of ``text`` (source ``crf``), offsets into ``text``; ``rule_spans``: the rules' spans, if already found."""
+        return self.find_many([text], None if rule_spans is None else [rule_spans])[0]
+
+    def find_many(self, texts: Sequence[str], rule_spans: Sequence[Sequence[PhiSpan]] | None = None) -> list[list[PhiSpan]]:
+        """:meth:`find` of each text; faster per note than one call each (the label paths are decoded together)."""
+        if self._fast is None:
+            found = []
+            for index, text in enumerate(texts):
+                tokens = tokenize(text)
+                spans = None if rule_spans is None else rule_spans[index]
+                labels = self._tagger.tag(features(text, tokens, self.language, self.use_rules, spans)) if tokens else []
+                found.append(spans_from_labels(tokens, labels))
+            return found
+        from medfactory.corpus.deid import crf_viterbi
+
+        contexts = [crf_viterbi.tokenize(text) for text in texts]
+        scores = []
+        for index, (text, context) in enumerate(zip(texts, contexts, strict=True)):
+            rule_categories = None
+            if self.use_rules:
+                rule_categories = _rule_labels_at(text, context.starts, context.ends, self.language, None if rule_spans is None else rule_spans[index])
+            scores.append(self._fast.scores(context, rule_categories))
+        paths = self._fast.decode_many(scores)
+        return [crf_viterbi.spans_from_label_ids(context, path, self._fast.label_names) for context, path in zip(contexts, paths, strict=True)]
 
     @staticmethod
     def train(

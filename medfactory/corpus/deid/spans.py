@@ -6,6 +6,7 @@ be logged, counted and written to ``spans.jsonl`` without carrying a note's text
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -91,8 +92,16 @@ def resolve_overlaps(spans: Iterable[PhiSpan], priority: dict[str, int] | None =
     """
     priority = priority or {}
     ranked = sorted(spans, key=lambda span: (-priority.get(span.source, 0), -(span.end - span.start), span.start))
+    # The kept spans never overlap, so sorted by start their ends are sorted too: a new span overlaps
+    # one of them exactly when it overlaps the last kept span that starts before its end.
+    starts: list[int] = []
     kept: list[PhiSpan] = []
     for span in ranked:
-        if span.end > span.start and not any(span.overlaps(other) for other in kept):
-            kept.append(span)
-    return sorted(kept)
+        if span.end <= span.start:
+            continue
+        before = bisect.bisect_left(starts, span.end)
+        if before and kept[before - 1].end > span.start:
+            continue
+        starts.insert(before, span.start)
+        kept.insert(before, span)
+    return kept
