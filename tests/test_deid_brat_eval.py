@@ -330,7 +330,7 @@ def test_deid_eval_refuses_bad_gold_and_bad_options(tmp_path: Path) -> None:
 
 
 def test_deid_eval_runs_the_deidentifier_with_language_and_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # A stand-in with the de-identifier's interface, Deidentifier(language, model=None).find(text) -> list[PhiSpan].
+    # A stand-in with the de-identifier's interface, Deidentifier(language, model=None).find_many(texts) -> spans per text.
     import types
 
     calls = []
@@ -339,8 +339,8 @@ def test_deid_eval_runs_the_deidentifier_with_language_and_model(tmp_path: Path,
         def __init__(self, language: str, model: Path | None = None) -> None:
             calls.append((language, model))
 
-        def find(self, text: str) -> list[PhiSpan]:
-            return [PhiSpan(*NAME, "NOMBRE_SUJETO_ASISTENCIA", "crf")]
+        def find_many(self, texts: list[str]) -> list[list[PhiSpan]]:
+            return [[PhiSpan(*NAME, "NOMBRE_SUJETO_ASISTENCIA", "crf")] for _ in texts]
 
     module = types.ModuleType("medfactory.corpus.deid.deidentifier")
     module.Deidentifier = FakeDeidentifier

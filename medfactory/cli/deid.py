@@ -264,7 +264,7 @@ def _eval_scores(gold: Path, predicted: Path | None, language: str | None, model
     deidentifier = Deidentifier(language, model=model, **extra)
     tagger = f"encoder `{encoder}`" if encoder is not None else f"model `{model or 'default'}`"
     header = [f"- gold: `{gold}`", f"- de-identifier: language {language}, {tagger}"]
-    return score_finder(gold, deidentifier.find), header
+    return score_finder(gold, deidentifier.find_many), header
 
 
 @deid_app.command("eval")

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
     from medfactory.corpus.deid.crf_viterbi import FastCrf
 
 SOURCE = "crf"
+# Fewer notes than this are tagged by crfsuite itself: lockstep Viterbi pays one numpy step per token
+# position, which only a batch of notes amortises (the labels are the same either way).
+LOCKSTEP_MIN_TEXTS = 8
 DEFAULT_C1 = 0.02
 DEFAULT_C2 = 0.01
 DEFAULT_MAX_ITERATIONS = 150
@@ -271,7 +274,7 @@ class CrfTagger:
 
     def find_many(self, texts: Sequence[str], rule_spans: Sequence[Sequence[PhiSpan]] | None = None) -> list[list[PhiSpan]]:
         """:meth:`find` of each text; faster per note than one call each (the label paths are decoded together)."""
-        if self._fast is None:
+        if self._fast is None or len(texts) < LOCKSTEP_MIN_TEXTS:
             found = []
             for index, text in enumerate(texts):
                 tokens = tokenize(text)
