@@ -206,6 +206,9 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
     return manifest
 
 
+SLOW_DEID_BYTES = 200_000_000  # above this, a one-process de-identification run is told about --workers
+
+
 class _KeptNote(NamedTuple):
     """A note past cleaning and de-duplication, on its way to its split (de-identification may hold it in a batch)."""
 
@@ -298,6 +301,9 @@ class _NotesPass:
     def run(self, files: list[Path], staging: Path) -> None:
         """Stream every file into ``staging/<split>.jsonl``, with a progress bar in bytes."""
         total_bytes = sum(path.stat().st_size for path in files)
+        if self.deid is not None and self.options.workers == 1 and total_bytes > SLOW_DEID_BYTES and (os.cpu_count() or 1) > 1:
+            log.warning("%s: de-identifying %.0f MB in one process; --workers %d would use every core (the output is the same)",
+                        self.options.name, total_bytes / 1e6, os.cpu_count())  # fmt: skip
         with contextlib.ExitStack() as stack:
             handles = {split: stack.enter_context(open(staging / f"{split}.jsonl", "w", encoding="utf-8")) for split in SPLITS}
             bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{self.options.name}", smoothing=0.1))
