@@ -72,6 +72,9 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         deid_model: Annotated[str | None, typer.Option(help="A .crfsuite tagger from `medfactory deid train` (default: the language's embedded one)")] = None,
         deid_seed: Annotated[str | None, typer.Option(help="Secret key of the surrogates, the same across runs (default: $MEDFACTORY_DEID_SEED)")] = None,
         workers: Annotated[int, typer.Option(help="Processes that de-identify (1: this one); the output is the same for any number, e.g. $(nproc)")] = 1,
+        canaries: Annotated[int, typer.Option(help="Canary notes with random secrets for `medfactory audit memorization`, in train only")] = 0,
+        canary_repetitions: Annotated[str, typer.Option(help="Copies of each canary, cycled over the canaries")] = "1,2,4,8,16",
+        canary_file: Annotated[str | None, typer.Option(help="Where the secrets go (default canaries/<name>.json; never under data/)")] = None,
     ) -> None:
         from medfactory.corpus.identifiers import parse_locales
 
@@ -100,6 +103,9 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
                 deid_model=deid_model,
                 deid_seed=deid_seed,
                 workers=workers,
+                canaries=canaries,
+                canary_repetitions=parse_repetitions(canary_repetitions),
+                canary_file=canary_file,
             )
             manifest = prepare_corpus(source, options, output_root)
         except (CorpusError, ValueError) as error:
@@ -109,6 +115,14 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
 
     command.__doc__ = f"Prepare {plugin} notes into data/<name>/ (train, validation, test, Likert held-out) and register them."
     return command
+
+
+def parse_repetitions(value: str) -> tuple[int, ...]:
+    """``1,2,4,8,16`` -> (1, 2, 4, 8, 16); anything else is refused naming the option."""
+    try:
+        return tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError as error:
+        raise CorpusError(f"--canary-repetitions {value!r}: whole numbers separated by commas, e.g. 1,2,4,8,16.") from error
 
 
 def print_summary(manifest: dict, output_root: Path) -> None:
@@ -136,6 +150,10 @@ def print_summary(manifest: dict, output_root: Path) -> None:
         layers = "+".join(deid["layers"])
         found = deid["findings_by_category"] or "none found"
         typer.echo(f"de-identified ({deid['mode']}, {deid['language']}, {layers}): {deid['notes_with_findings']:,} notes; {found}")
+    canaries = manifest.get("canaries") or {}
+    if canaries.get("count"):
+        typer.echo(f"canaries: {canaries['count']} ({canaries['copies_in_train']:,} copies in train only); secrets in {canaries['file']}: "
+                   "keep that file away from training data and from anyone training on this corpus")  # fmt: skip
     ids = manifest["identifiers"]
     typer.echo(f"identifiers ({ids['mode']}): {ids['notes_with_findings']:,} notes; {ids['findings_by_type'] or 'none found'}")
     if manifest.get("stale_staging_removed"):

@@ -35,8 +35,11 @@ def default_mode(path: Path, is_dir: bool) -> None:
 
 
 @contextlib.contextmanager
-def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[TextIO]:
-    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds."""
+def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8", private: bool = False) -> Iterator[TextIO]:
+    """Open a temporary file beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    ``private``: the file stays readable by its owner only (mkstemp's 0600), e.g. a file of secrets.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -46,7 +49,8 @@ def atomic_write(path: Path, mode: str = "w", encoding: str | None = "utf-8") ->
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        default_mode(tmp, is_dir=False)
+        if not private:
+            default_mode(tmp, is_dir=False)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

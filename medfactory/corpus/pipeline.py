@@ -81,6 +81,9 @@ class PrepareOptions:
     deid_model: str | None = None  # a .crfsuite tagger; default: the embedded one of the language, if any
     deid_seed: str | None = None  # secret key of the surrogates; default $MEDFACTORY_DEID_SEED, else random per run
     workers: int = 1  # de-identification processes (medfactory.corpus.deid.parallel); 1: this process
+    canaries: int = 0  # canary notes for the memorization audit (medfactory.corpus.canaries), in train only
+    canary_repetitions: tuple[int, ...] = (1, 2, 4, 8, 16)
+    canary_file: str | None = None  # default: <output root>/canaries/<name>.json, never under data/
 
     def validate(self) -> None:
         if not self.name or not self.name.replace("_", "").isalnum():
@@ -88,6 +91,8 @@ class PrepareOptions:
         # Every value is checked before anything is read, and each message names the option to change.
         if self.deid not in DEID_MODES:
             raise CorpusError(f"--deid {self.deid!r}: use one of {', '.join(DEID_MODES)}.")
+        if self.canaries < 0 or not self.canary_repetitions or min(self.canary_repetitions) < 1:
+            raise CorpusError("--canaries N needs N >= 0, and --canary-repetitions whole numbers >= 1 (e.g. 1,2,4,8,16).")
         if self.workers < 1:
             raise CorpusError(f"--workers {self.workers}: pass 1 (de-identify in this process) or more, e.g. the VM's cores (nproc).")
         if self.identifier_mode not in IDENTIFIER_MODES:
@@ -193,17 +198,55 @@ def prepare_corpus(sources: list[Path], options: PrepareOptions, output_root: Pa
     options.validate()
     output_root = Path(output_root)
     files = [path for source in sources for path in list_source_files(Path(source))]
+    canary_path = _canary_path(options, output_root) if options.canaries else None
     notes_pass = _NotesPass(options)
-    with publish_datasets(output_root, Path("data") / options.name, registry_entries(options.name), options.plugin, options.replace) as publication:
-        staging = publication.staging
-        notes_pass.run(files, staging)
-        manifest = notes_pass.finish(staging, sources)
-        manifest["stale_staging_removed"] = publication.stale_removed
-        publication.write_manifest(manifest)
+    pending_canaries = None
+    try:
+        with publish_datasets(output_root, Path("data") / options.name, registry_entries(options.name), options.plugin, options.replace) as publication:
+            staging = publication.staging
+            notes_pass.run(files, staging)
+            if canary_path is not None:
+                pending_canaries = canary_path.with_name(f".{canary_path.name}.pending")
+                canary_record = _insert_canaries(options, notes_language(options), staging / "train.jsonl", pending_canaries)
+            manifest = notes_pass.finish(staging, sources)
+            manifest["canaries"] = {"count": 0} if canary_path is None else {**canary_record, "file": str(canary_path)}
+            manifest["stale_staging_removed"] = publication.stale_removed
+            publication.write_manifest(manifest)
+        if pending_canaries is not None:
+            os.replace(pending_canaries, canary_path)  # with the published data, never before it
+    finally:
+        if pending_canaries is not None:
+            pending_canaries.unlink(missing_ok=True)
     for caveat in manifest["split_caveats"]:
         log.warning("%s: %s", options.name, caveat)
     log.info("%s: %d records read, %d notes kept, dropped %s", options.name, notes_pass.records_read, manifest["documents"], dict(notes_pass.dropped))
     return manifest
+
+
+def notes_language(options: PrepareOptions) -> str:
+    """The language of the notes (de-identification, canaries): that of the first identifier locale, else pt."""
+    return DEID_LANGUAGE.get(options.identifier_locales[0], "pt") if options.identifier_locales else "pt"
+
+
+def _canary_path(options: PrepareOptions, output_root: Path) -> Path:
+    """Where the canary file goes: --canary-file, else canaries/<name>.json; never under data/, never over another run's file."""
+    path = Path(options.canary_file) if options.canary_file else output_root / "canaries" / f"{options.name}.json"
+    data = (output_root / "data").resolve()
+    if path.resolve() == data or data in path.resolve().parents:
+        raise CorpusError(f"--canary-file {path}: it would lie under {output_root / 'data'}, next to training data. Fix: pass a path outside data/.")
+    if path.exists() and not options.replace:
+        raise CorpusError(f"--canary-file {path} exists (an earlier run's secrets). Fix: pass another --canary-file, or --replace to replace both.")
+    return path
+
+
+def _insert_canaries(options: PrepareOptions, language: str, train_path: Path, pending: Path) -> dict[str, Any]:
+    """Make the canaries, insert them into train.jsonl, write the canary file to ``pending``; what the manifest says of them."""
+    from medfactory.corpus.canaries import canary_document, insert_into, make_canaries, write_canary_file
+
+    canaries = make_canaries(options.canaries, language, options.canary_repetitions)
+    copies = insert_into(train_path, canaries)
+    digest = write_canary_file(pending, canary_document(canaries, options.name, language))
+    return {"count": len(canaries), "copies_in_train": copies, "repetitions": sorted({canary.repetitions for canary in canaries}), "file_sha256": digest}
 
 
 SLOW_DEID_BYTES = 200_000_000  # above this, a one-process de-identification run is told about --workers
@@ -226,7 +269,7 @@ class _Deid:
         from medfactory.corpus.deid.deidentifier import Deidentifier
 
         self.mode = options.deid
-        self.language = DEID_LANGUAGE.get(options.identifier_locales[0], "pt") if options.identifier_locales else "pt"
+        self.language = notes_language(options)
         try:
             self.deidentifier = Deidentifier(self.language, model=options.deid_model)
         except (FileNotFoundError, ValueError, OSError) as error:
