@@ -32,6 +32,10 @@ DEMO_SAVES = Path("saves/demo")
 DEMO_NOTES = 2000
 DEMO_EVAL_NOTES = 40
 DEMO_EVAL_SEED = 101  # other notes than the training ones (seed 13)
+# Canaries (medfactory.corpus.canaries) in the training notes, so that `medfactory audit memorization` runs on the demo.
+DEMO_CANARIES = 5
+DEMO_CANARY_FILE = Path("canaries/clinical_br_demo.json")
+DEMO_CANARY_SEED = 7  # a demo's secrets need not be secret; a real run's come from the OS's randomness
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,16 @@ def write_demo_corpus(path: Path, count: int = DEMO_NOTES, seed: int = 13) -> li
     return notes
 
 
+def write_demo_canaries(root: Path) -> int:
+    """Insert the demo's canaries into its training notes and write their file; return the copies inserted."""
+    from medfactory.corpus.canaries import canary_document, insert_into, make_canaries, write_canary_file
+
+    canaries = make_canaries(DEMO_CANARIES, "pt", seed=DEMO_CANARY_SEED)
+    copies = insert_into(root / DEMO_DATA_FILE, canaries, seed=DEMO_CANARY_SEED)
+    write_canary_file(root / DEMO_CANARY_FILE, canary_document(canaries, DEMO_DATASET, "pt"))
+    return copies
+
+
 def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     """Run the demo from the repository root ``workdir``; raise with the log's tail on failure."""
     root = Path(workdir).resolve()
@@ -90,6 +104,8 @@ def run_demo(workdir: Path = Path("."), max_steps: int = 800) -> DemoResult:
     print(f"[1/4] Writing {DEMO_NOTES} synthetic pt-BR clinical notes to {DEMO_DATA_FILE} (+{DEMO_EVAL_NOTES} for validation)")
     notes = write_demo_corpus(root / DEMO_DATA_FILE)
     write_demo_corpus(root / DEMO_EVAL_FILE, DEMO_EVAL_NOTES, seed=DEMO_EVAL_SEED)
+    copies = write_demo_canaries(root)
+    print(f"      + {copies} copies of {DEMO_CANARIES} canary notes for `medfactory audit memorization` (secrets: {DEMO_CANARY_FILE})")
     register_datasets(
         root / REGISTRY_NAME,
         {name: {"file_name": str(file), "columns": {"prompt": "text"}} for name, file in ((DEMO_DATASET, DEMO_DATA_FILE), (DEMO_EVAL_DATASET, DEMO_EVAL_FILE))},
