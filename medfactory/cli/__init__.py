@@ -12,6 +12,7 @@ import sys
 
 import typer
 
+from medfactory.cli.audit import audit_app
 from medfactory.cli.bench import bench_command
 from medfactory.cli.contamination import contamination_command
 from medfactory.cli.deid import deid_app
@@ -29,6 +30,7 @@ app.add_typer(prepare_app, name="prepare")
 app.add_typer(eval_app, name="eval")
 app.add_typer(likert_app, name="likert")
 app.add_typer(deid_app, name="deid")
+app.add_typer(audit_app, name="audit")
 app.command("contamination", help="Exact and near-duplicate overlap between two prepared sets (counts and ids only).")(contamination_command)
 app.command("card", help="Provenance (recipe version and hashes, data manifests, versions, git) and a model card for saves/<run>; --push uploads.")(
     card_command

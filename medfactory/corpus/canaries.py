@@ -105,12 +105,16 @@ def read_canaries(path: Path) -> list[Canary]:
     for index, entry in enumerate(document["canaries"]):
         try:
             canary = Canary(**{name: entry[name] for name in Canary.__dataclass_fields__})
-        except (KeyError, TypeError) as error:
-            raise CorpusError(f"{path}: canary {index} lacks a field ({error}). Fix: use the file as `prepare --canaries` wrote it.") from error
+        except (KeyError, TypeError) as error:  # a missing field, or an entry that is no JSON object
+            raise CorpusError(f"{path}: canary {index} lacks a field or is not an object ({type(error).__name__}). "
+                              "Fix: use the file as `prepare --canaries` wrote it.") from error
+        for name in ("id", "kind", "prefix", "secret", "suffix", "secret_format"):
+            if not isinstance(getattr(canary, name), str):
+                raise CorpusError(f"{path}: canary {index}: {name} is not a string. Fix: use the file as `prepare --canaries` wrote it.")
         fits = len(canary.secret) == len(canary.secret_format) and all(
             char.isdigit() if slot == "#" else char == slot for char, slot in zip(canary.secret, canary.secret_format, strict=True)
         )
-        if not fits or not isinstance(canary.repetitions, int) or canary.repetitions < 1:
+        if not fits or isinstance(canary.repetitions, bool) or not isinstance(canary.repetitions, int) or canary.repetitions < 1:
             raise CorpusError(f"{path}: canary {index}: its secret does not fit its secret_format, or repetitions is not >= 1. Fix: restore the file.")
         canaries.append(canary)
     return canaries
