@@ -44,6 +44,19 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [record for _, record in iter_jsonl(path)]
 
 
+def text_record(path: Path, number: int, line: str, text_field: str) -> dict[str, Any]:
+    """Line ``number`` of a notes file as a JSON object with a string ``text_field``; a CorpusError naming file and line otherwise."""
+    from medfactory.base.errors import CorpusError
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as error:
+        raise CorpusError(f"{path}, line {number}: not JSON ({error.msg}). Fix: one JSON object per line.") from error
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise CorpusError(f"{path}, line {number}: no text field {text_field!r} (a string). Fix: pass --text-field with the field that holds the note.")
+    return record
+
+
 def jsonl_line(record: Any) -> str:
     """One JSON Lines line: UTF-8 kept as it is (accents stay readable), newline-terminated."""
     return json.dumps(record, ensure_ascii=False) + "\n"

@@ -129,10 +129,9 @@ def _write_text_note(done, spans_out, counts) -> None:
 
 def _apply_jsonl(path: Path, target: Path, runner, text_field: str, patient_field: str, spans_out, counts) -> None:
     """A JSON Lines file: each record's ``text_field`` replaced; the patient key is ``patient_field``, else the record's id, else its line."""
-    import json
 
     from medfactory.base.atomic import atomic_write
-    from medfactory.base.jsonl import jsonl_line
+    from medfactory.base.jsonl import jsonl_line, text_record
 
     def write(finished) -> None:
         for done in finished:
@@ -146,12 +145,7 @@ def _apply_jsonl(path: Path, target: Path, runner, text_field: str, patient_fiel
         for number, line in enumerate(source, 1):
             if not line.strip():
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise _apply_fail(f"{path}, line {number}: not JSON ({error.msg}). Fix: one JSON object per line.") from error
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise _apply_fail(f"{path}, line {number}: no text field {text_field!r} (a string). Fix: pass --text-field with the field that holds the note.")
+            record = text_record(path, number, line, text_field)  # a CorpusError names the file and line
             patient = record.get(patient_field) or record.get("id") or f"{path.name}:{number}"
             write(runner.submit(record[text_field], str(patient), (number, record)))
         write(runner.finish())  # this file's last records, before its handle closes

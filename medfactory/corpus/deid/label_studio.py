@@ -32,6 +32,7 @@ from typing import Any
 
 from medfactory.base.atomic import atomic_directory, atomic_write
 from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import text_record
 from medfactory.base.names import safe_component
 from medfactory.corpus.deid.brat import KNOWN_CATEGORIES, BratDocument, one_line, write_brat
 from medfactory.corpus.deid.spans import CATEGORIES, PhiSpan
@@ -105,13 +106,7 @@ def _jsonl_texts(path: Path, lines: set[int], text_field: str) -> dict[int, str]
         for number, line in enumerate(handle, 1):
             if number not in lines:
                 continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise CorpusError(f"{path}, line {number}: not JSON ({error.msg}). Fix: one JSON object per line.") from error
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise CorpusError(f"{path}, line {number}: no text field {text_field!r} (a string). Fix: pass --text-field with the field that holds the note.")
-            texts[number] = record[text_field]
+            texts[number] = text_record(path, number, line, text_field)[text_field]
     return texts
 
 
