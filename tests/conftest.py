@@ -17,6 +17,12 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 
+# One OpenMP (torch) thread per test process and the llamafactory-cli / bench processes it starts, set
+# before anything imports torch. `make test` runs one xdist worker per core, and a tiny model's kernels
+# gain nothing from a second thread: two per worker on a shared 2-core machine spend the step spinning
+# in OpenMP barriers (a tiny QLoRA bench step: 25 s with 2 threads, 5 s with 1). An explicit value wins.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 @pytest.fixture(scope="session", autouse=True)
 def offline_isolated_environment(tmp_path_factory: pytest.TempPathFactory) -> None:

@@ -7,7 +7,7 @@ file is the base-model table, ``medfactory/recipes/base_models.yaml``: fine-tune
 Mistral-7B-v0.1) share its shapes, so they map to its file. With ``tiny=True`` the same architecture
 is shrunk to a CPU-sized model: the same code path, in seconds.
 
-Built models are cached under ``$MEDFACTORY_CACHE/bench`` by a hash of the configuration.
+Built models are cached under ``$MEDFACTORY_CACHE/bench`` by a hash of the configuration and dtype.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import hashlib
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from medfactory.base.atomic import atomic_directory
 from medfactory.recipes.base_models import BASE_MODELS as TABLE
@@ -27,6 +28,9 @@ from medfactory.run.tiny_model import (
     train_gemma_tokenizer,
     train_tokenizer,
 )
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -72,17 +76,28 @@ def shrink(values: dict) -> dict:
     return values
 
 
-def _fingerprint(values: dict) -> str:
-    return hashlib.sha256(json.dumps([BENCH_BUILDER_VERSION, values], sort_keys=True).encode()).hexdigest()[:16]
+def bench_dtype(device: str) -> torch.dtype:
+    """bf16 on a GPU, as the recipes train. On CPU the benchmark trains in float32 (``bf16: false``,
+    measure.py), but LLaMA-Factory loads a checkpoint in its own dtype (``torch_dtype="auto"``): bf16
+    weights would keep the frozen embeddings, output layer and norms in bf16, and PyTorch multiplies
+    bf16 matrices with a scalar loop on CPUs without AVX-512 BF16 (a tiny MedGemma step: 170 s instead of 4 s)."""
+    import torch
+
+    return torch.float32 if device == "cpu" else torch.bfloat16
+
+
+def _fingerprint(values: dict, dtype: torch.dtype) -> str:
+    # The dtype is part of the key: a tiny model built on a GPU (bf16) is not the CPU's (float32).
+    return hashlib.sha256(json.dumps([BENCH_BUILDER_VERSION, values, str(dtype)], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def build_bench_model(config_values: dict, texts: list[str], device: str = "cpu", cache_dir: Path | None = None) -> Path:
-    """Build (or reuse) a random-weight bf16 model of ``config_values`` with a tokenizer trained on ``texts``.
+    """Build (or reuse) a random-weight model of ``config_values`` with a tokenizer trained on ``texts``.
 
     The vocabulary keeps the configuration's size (the output layer is a large share of the FLOPs
     and memory); the tokenizer only uses its first few thousand ids. Special-token ids (begin,
     end, image) are set to the tokenizer's; no shape changes. Weights are initialised on
-    ``device`` (a GPU initialises 7B parameters in seconds).
+    ``device`` (a GPU initialises 7B parameters in seconds), in ``bench_dtype(device)``.
     """
     import torch
 
@@ -102,7 +117,8 @@ def build_bench_model(config_values: dict, texts: list[str], device: str = "cpu"
         )  # fmt: skip
         special["pad_token_id"] = tokenizer.pad_token_id
     text.update(special)
-    target = (cache_dir or cache_root() / "bench") / f"{values['model_type']}-{_fingerprint(values)}"
+    dtype = bench_dtype(device)
+    target = (cache_dir or cache_root() / "bench") / f"{values['model_type']}-{_fingerprint(values, dtype)}"
     if (target / "config.json").is_file():
         logger.info("reusing cached bench model at %s", target)
         return target
@@ -110,7 +126,7 @@ def build_bench_model(config_values: dict, texts: list[str], device: str = "cpu"
     config = load_config(values)
     torch.manual_seed(0)
     with torch.device(device):
-        model = model_class(config)._from_config(config, dtype=torch.bfloat16)
+        model = model_class(config)._from_config(config, dtype=dtype)
     with atomic_directory(target) as staging:
         model.save_pretrained(staging)
         if is_vision:
@@ -136,7 +152,6 @@ def _gemma_processor(tokenizer, image_tokens: int, image_size: int):
 def build_adapter(model_dir: Path, lora: dict, directory: Path) -> Path:
     """A random LoRA adapter on ``model_dir`` with the settings of the recipe that produces it (DPO
     continues an SFT adapter; the benchmark has none, so it builds one of the same rank and targets)."""
-    import torch
     from peft import LoraConfig, get_peft_model
 
     from medfactory.bench.perf_model import load_config, model_class
@@ -144,7 +159,7 @@ def build_adapter(model_dir: Path, lora: dict, directory: Path) -> Path:
     if (directory / "adapter_config.json").is_file():
         return directory
     config = load_config(model_dir)
-    model = model_class(config).from_pretrained(model_dir, dtype=torch.bfloat16)
+    model = model_class(config).from_pretrained(model_dir, dtype="auto")  # the model's own dtype (bench_dtype)
     targets = lora.get("lora_target", "all")
     peft_config = LoraConfig(
         r=int(lora.get("lora_rank", 8)),
