@@ -92,8 +92,10 @@ def test_exposure_rises_with_repetitions_under_the_adapter_and_not_under_the_bas
     most = adapter[16]["exposure_min"]
     assert most > adapter[1]["exposure_max"] + 1.0  # every 16x canary is more exposed than every 1x canary, by more than a bit
     assert most > 7.0  # among the top 1/128 of its candidates at least
-    assert all(summary["exposure_max"] < most - 2.0 for summary in base.values())  # the untrained control is far below
-    assert abs(base[16]["exposure_mean"] - base[1]["exposure_mean"]) < 3.0  # the base never saw the canaries: no rise
+    # The untrained control is far below for every canary. (Its own values are chance: the secrets are new random
+    # digits each run, and a random model ranks a few of them high, so two canaries per group show no trend to test.)
+    assert all(summary["exposure_max"] < most - 2.0 for summary in base.values())
+    assert all(summary["greedy_extracted"] == 0 for summary in base.values())
 
 
 def test_greedy_decoding_extracts_the_most_repeated_secrets_only_after_training(audited: dict) -> None:
