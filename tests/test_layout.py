@@ -20,6 +20,7 @@ ALLOWED_IMPORTS = {
     "recipes": {"base"},
     "run": {"base", "corpus", "recipes"},
     "bench": {"base", "corpus", "recipes", "run"},
+    "generate": {"base", "corpus"},
 }
 TEST_ONLY_NAMES = ("tiny_models", "synthetic_mimic", "testing_utils", "docker_pins", "build_constant_answer_model", "build_tiny_bert")
 MAX_FUNCTION_LINES = 80

@@ -18,6 +18,7 @@ from medfactory.cli.contamination import contamination_command
 from medfactory.cli.deid import deid_app
 from medfactory.cli.demo import demo_command
 from medfactory.cli.evaluate import eval_app
+from medfactory.cli.generate import generate_app
 from medfactory.cli.likert import likert_app
 from medfactory.cli.prepare import prepare_app
 from medfactory.cli.recipes import recipes_app
@@ -31,6 +32,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(likert_app, name="likert")
 app.add_typer(deid_app, name="deid")
 app.add_typer(audit_app, name="audit")
+app.add_typer(generate_app, name="generate")
 app.command("contamination", help="Exact and near-duplicate overlap between two prepared sets (counts and ids only).")(contamination_command)
 app.command("card", help="Provenance (recipe version and hashes, data manifests, versions, git) and a model card for saves/<run>; --push uploads.")(
     card_command
