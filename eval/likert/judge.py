@@ -14,8 +14,9 @@ count them.
 Card text is clinical text, so it goes only to the endpoint the user names, and only to a loopback
 one (127.0.0.0/8, ::1, ``localhost``) unless the user allows a remote one: a loopback endpoint is
 reached directly, never through ``http_proxy`` / ``https_proxy`` from the environment, and no
-redirect is followed. A study is judged incrementally (:func:`judge_study`): cards already scored
-in ``ratings/judge_<model>.csv`` are kept as they are and only the others are sent, so a run that
+redirect is followed (the rule of every generation step: :mod:`medfactory.generate.client`).
+A study is judged incrementally (:func:`judge_study`): cards already scored in
+``ratings/judge_<model>.csv`` are kept as they are and only the others are sent, so a run that
 failed or was stopped resumes where it ended.
 """
 
@@ -24,12 +25,9 @@ from __future__ import annotations
 import csv
 import http.client
 import io
-import ipaddress
 import json
 import re
 import time
-import urllib.error
-import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +40,8 @@ from medfactory.base.errors import CorpusError
 from medfactory.base.jsonl import iter_jsonl
 from medfactory.base.names import confined_path
 from medfactory.eval.likert import CRITERIA, CRITERION_KEYS, LONG_COLUMNS, SCORES
+from medfactory.generate.client import REMOTE_FLAG, GenerationError, endpoint_host, is_loopback_host, post_chat  # noqa: F401 -- the endpoint rule, importable from here as before
+from medfactory.generate.client import endpoint_opener as client_endpoint_opener
 
 SYSTEM_PROMPT = (
     "Você é um médico avaliando, às cegas, continuações de notas clínicas em português. "
@@ -60,7 +60,6 @@ CORRECTION = (
 )
 
 
-REMOTE_FLAG = "--allow-remote-endpoint"
 # Cards in a row whose every attempt failed on the request: the endpoint is down, so the run stops
 # rather than waiting out the back-off on every remaining card (a rerun resumes).
 MAX_FAILED_IN_A_ROW = 3
@@ -103,62 +102,17 @@ def parse_scores(answer: str) -> dict[str, int]:
     raise UnparseableAnswer(f"no JSON object with {', '.join(CRITERION_KEYS)} in an answer of {len(answer)} characters")
 
 
-def endpoint_host(endpoint: str) -> str:
-    """The host of an http(s) endpoint URL; :class:`JudgeError` for anything else (nothing is sent)."""
-    parts = urllib.parse.urlsplit(str(endpoint).strip())
-    try:
-        parts.port  # noqa: B018 -- raises ValueError on a port that is not a number
-        host = parts.hostname
-    except ValueError:
-        host = None
-    if parts.scheme not in ("http", "https") or not host:
-        raise JudgeError(f"--endpoint {endpoint!r} is not an http(s) URL with a host and port; e.g. http://127.0.0.1:8000/v1")
-    return host
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` is ``localhost`` or a literal loopback address (127.0.0.0/8, ::1).
-
-    Other names are not resolved: the answer must not depend on (or tell) a DNS server, and a
-    name that resolves to loopback today may not tomorrow.
-    """
-    host = host.strip("[]").lower()
-    if host == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect would carry the next request to a place the user did not name: it fails instead."""
-
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
 def endpoint_opener(endpoint: str, allow_remote: bool = False) -> urllib.request.OpenerDirector:
     """The opener the judge sends card text with, or :class:`JudgeError` before anything is sent.
 
-    A loopback endpoint gets no proxy at all (urllib would otherwise send the request, card text
-    included, to ``http_proxy`` from the environment). A remote endpoint is refused unless
-    ``allow_remote``; then the environment's proxies apply as they would to any request.
+    The rule is the generation client's (:func:`medfactory.generate.client.endpoint_opener`): a
+    loopback endpoint gets no proxy at all, a remote one is refused unless ``allow_remote``, no
+    redirect is followed.
     """
-    host = endpoint_host(endpoint)
-    if is_loopback_host(host):
-        return urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect)
-    if not allow_remote:
-        hint = " (0.0.0.0 is where a server listens, not an address to send to: use 127.0.0.1)" if host in ("0.0.0.0", "::") else ""
-        raise JudgeError(
-            f"refusing to send card text to {host}: it is not a loopback address (127.0.0.0/8, ::1 or localhost){hint}. "
-            f"Card text is clinical text and nothing was sent. Serve the judge on this machine, or pass {REMOTE_FLAG} "
-            f"if {host} may receive it (requests then go through http_proxy/https_proxy from the environment, if set)."
-        )
-    return urllib.request.build_opener(_NoRedirect)
+    try:
+        return client_endpoint_opener(endpoint, allow_remote, what="card text")
+    except GenerationError as error:
+        raise JudgeError(str(error)) from None
 
 
 def ask(
@@ -172,12 +126,7 @@ def ask(
 ) -> str:
     """One chat completion request through ``opener`` (default: :func:`endpoint_opener`, loopback only)."""
     opener = opener or endpoint_opener(endpoint)
-    body = json.dumps({"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}).encode()
-    request = urllib.request.Request(
-        endpoint.strip().rstrip("/") + "/chat/completions", data=body, headers={"Content-Type": "application/json"}
-    )
-    with opener.open(request, timeout=timeout) as response:
-        payload = json.loads(response.read().decode("utf-8"))
+    payload = post_chat(opener, endpoint, {"model": model, "messages": messages, "temperature": temperature, "max_tokens": max_tokens}, timeout)
     return payload["choices"][0]["message"]["content"] or ""
 
 
