@@ -329,6 +329,21 @@ def test_unprepared_dataset_names_the_plugin_that_prepares_it(repo_copy: Path) -
     assert "run `medfactory prepare lopes2019`" in problem
 
 
+@pytest.mark.parametrize(
+    ("recipe", "dataset", "command"),
+    [
+        # the owner tag decides, not the folder's prefix: head_qa_en_translated_es is written by a generation step, not the head_qa plugin
+        ("spanish_medical_sft_mix.yaml", "head_qa_en_translated_es", "run `medfactory generate translate --kind mcq --source data/head_qa_en/train.jsonl"),
+        ("spanish_medical_sft_mix.yaml", "qa_es", "run `medfactory generate qa --source data/documents_es/chunks.jsonl"),
+        # a command named in the header's prose is not a command to run; the owner's plugin is
+        ("spanish_medical_pt.yaml", "spanish_general_replay_text", "run `medfactory prepare replay --source /data/general_es.jsonl --ratio 0.1 --relative-to documents_es`"),
+    ],
+)
+def test_unprepared_dataset_names_the_command_of_its_registry_owner(repo_copy: Path, recipe: str, dataset: str, command: str) -> None:
+    problem = one_problem(repo_copy / "recipes" / recipe, "dataset", f"`{dataset}` is registered but not prepared", prepared=True)
+    assert command in problem and not problem.rstrip(".").endswith("\\")
+
+
 def test_cli_on_a_clean_clone_passes_and_prints_the_unprepared_warning(repo_copy: Path) -> None:
     result = run_check(repo_copy, SFT)
     assert result.returncode == 0, result.stderr

@@ -13,12 +13,15 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-from medfactory.base.registry import REGISTRY_NAME, load_registry
+from medfactory.base.registry import REGISTRY_NAME, load_registry, owner_of
 from medfactory.recipes.problems import RecipeProblem
 from medfactory.recipes.recipe_file import RECIPES_DIR
 
 PLUGIN_GROUP = "medfactory.plugins"  # the entry-point group of the corpus plugins (read as metadata, never imported)
-COMMAND_RE = re.compile(r"(medfactory prepare \S+.*?)(?:\s{2,}|\s+\(|$)")
+# Registry owners (``medfactory_plugin``) that are generation steps, not corpus plugins (medfactory.generate).
+GENERATION_OWNERS = {"translate": "medfactory generate translate", "generate_qa": "medfactory generate qa"}
+# A header line that is a command (``# run:    medfactory prepare ...`` or its continuation lines), not prose that names one.
+COMMAND_RE = re.compile(r"^#\s*(?:[a-z]+:)?\s*(medfactory (?:prepare|generate) \S+.*?)(?:\s{2,}|\s+\(|\s+#|$)")
 
 
 def repository_root(path: Path) -> Path:
@@ -70,7 +73,7 @@ def _header_commands(path: Path) -> list[str]:
     for line in Path(path).read_text(encoding="utf-8").splitlines():
         if not line.startswith("#"):
             break
-        commands += [match.group(1).strip() for match in COMMAND_RE.finditer(line)]
+        commands += [match.group(1).rstrip(" \\") for match in COMMAND_RE.finditer(line)]  # at most one: the pattern is anchored; a shell continuation dropped
     return commands
 
 
@@ -78,11 +81,26 @@ def _normal(name: str) -> str:
     return name.replace("-", "_").lower()
 
 
-def prepare_command(path: Path, name: str, file_name: str | None) -> str:
-    """The command that writes a dataset: from the recipe's ``# run:`` header, else the plugin its folder is named after."""
+def _owner_command(owner: str | None, commands: list[str]) -> str | None:
+    """The command that writes datasets tagged ``owner`` (the registry's owner tag): the recipe header's own line for it
+    (with its arguments) if there is one, else the corpus plugin or generation step of that name."""
+    if owner in GENERATION_OWNERS:
+        command = GENERATION_OWNERS[owner]
+    elif owner and owner in {entry.name for entry in entry_points(group=PLUGIN_GROUP)}:
+        command = f"medfactory prepare {owner}"
+    else:
+        return None
+    in_header = [line for line in commands if line == command or line.startswith(command + " ")]
+    return f"run `{in_header[0]}`" if in_header else f"run `{command}` with your source files (its options: `{command} --help`)"
+
+
+def prepare_command(path: Path, name: str, file_name: str | None, owner: str | None = None) -> str:
+    """The command that writes a dataset: from the recipe's ``# run:`` header, else its registry owner tag, else the plugin its folder is named after."""
     folder = _normal(Path(file_name).parts[1] if file_name and len(Path(file_name).parts) > 2 else name)
     commands = _header_commands(path)
-    matching = [command for command in commands if folder.startswith(_normal(command.split()[2]))]
+    if by_owner := _owner_command(owner, commands):
+        return by_owner
+    matching = [command for command in commands if command.split()[1] == "prepare" and folder.startswith(_normal(command.split()[2]))]
     if matching:
         return "run `" + max(matching, key=lambda command: len(command.split()[2])) + "`"
     plugins = sorted((entry.name for entry in entry_points(group=PLUGIN_GROUP) if folder.startswith(_normal(entry.name))), key=len)
@@ -108,7 +126,7 @@ def unprepared_problems(path: Path, values: dict[str, Any], registry: dict[str, 
                 key,
                 f"dataset `{name}` is registered but not prepared: {Path(values.get('dataset_dir', '.')) / file_name} is missing, "
                 "so the run would stop at data loading.",
-                f"{prepare_command(path, name, file_name)}.",
+                f"{prepare_command(path, name, file_name, owner_of(registry.get(name) or {}))}.",
             )
         )
     return problems
