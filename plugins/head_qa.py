@@ -26,7 +26,7 @@ from medfactory.base.errors import CorpusError
 from medfactory.base.manifest import dataset_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME
-from medfactory.corpus.mcq import LETTERS, McqItem, lettered_options, write_items
+from medfactory.corpus.mcq import LETTERS, PROMPTS, McqItem, PromptStyle, answer_of, prompt_of, write_items
 from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 CORPUS_NAME = "head_qa"
@@ -51,49 +51,6 @@ CATEGORY_CODES = {
     "Q": "chemistry",
 }
 EXAM_NAME = re.compile(r"^Cuaderno_(?P<year>\d{4})_(?P<round>\d+)_(?P<code>[A-Z]+)$")
-
-
-# The SFT / DPO prompt and answer, recorded in the manifest (`sft.prompt`) so that `eval mcqa
-# --chat-template` rebuilds exactly the prompt the model was trained on. `options` is
-# medfactory.corpus.mcq.lettered_options: one `<letter>) <text>` line per option.
-USER_FORMAT = "{instruction}\n\n{question}\n\n{options}"
-RESPONSE_FORMAT = "{answer_prefix}: {letter}) {option}"
-
-
-@dataclass(frozen=True)
-class PromptStyle:
-    """The instruction before each question and the prefix of the answer, in the questions' language."""
-
-    instruction: str
-    answer_prefix: str
-
-    def record(self) -> dict[str, str]:
-        """The prompt as the manifest records it: what ``eval mcqa --chat-template`` reads back."""
-        return {
-            "user": USER_FORMAT,
-            "response": RESPONSE_FORMAT,
-            "instruction": self.instruction,
-            "answer_prefix": self.answer_prefix,
-            "options": "medfactory.corpus.mcq.lettered_options: '<letter>) <text>', one line per option",
-        }
-
-
-PROMPTS = {
-    "es": PromptStyle(
-        instruction=(
-            "Responde a la siguiente pregunta de un examen de especialización sanitaria eligiendo una sola "
-            "opción. Indica la letra y el texto de la respuesta correcta."
-        ),
-        answer_prefix="Respuesta",
-    ),
-    "en": PromptStyle(
-        instruction=(
-            "Answer the following question from a Spanish healthcare specialisation exam by choosing one "
-            "option. Give the letter and the text of the right answer."
-        ),
-        answer_prefix="Answer",
-    ),
-}
 
 
 def dataset_dir(language: str) -> Path:
@@ -282,14 +239,6 @@ def duplicates_of_right_answer(item: McqItem) -> list[int]:
 def has_duplicate_options(item: McqItem) -> bool:
     texts = [_normalised(option) for option in item.options]
     return len(set(texts)) < len(texts)
-
-
-def prompt_of(item: McqItem, style: PromptStyle) -> str:
-    return USER_FORMAT.format(instruction=style.instruction, question=item.question, options=lettered_options(item))
-
-
-def answer_of(item: McqItem, index: int, style: PromptStyle) -> str:
-    return RESPONSE_FORMAT.format(answer_prefix=style.answer_prefix, letter=item.letters[index], option=item.options[index])
 
 
 def preference_part(item_id: str, seed: int, dpo_fraction: float) -> str:

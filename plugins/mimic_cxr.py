@@ -34,6 +34,9 @@ from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME, load_registry
 from medfactory.corpus.readers import describe_columns
 from medfactory.corpus.splits import unit_hash
+from medfactory.generate.gates import MIN_LENGTH_RATIO, MIN_PORTUGUESE_SHARE, MIN_WORDS_FOR_LANGUAGE, rejection_reason
+from medfactory.generate.gates import is_portuguese as is_portuguese  # re-exported: the plugin's rule, tested with it
+from medfactory.generate.prompts import prompt_for
 from medfactory.plugins import CorpusPlugin, ReplaceOption
 
 log = logging.getLogger(__name__)
@@ -45,10 +48,8 @@ DATASET_DIR = Path("data") / CORPUS_NAME
 IMAGE_CACHE_DIR = Path("data") / "mimic_cxr_images"
 PTBR_DIR = Path("data") / PTBR_NAME
 
-TRANSLATE_PROMPT = (
-    "Você é um assistente médico que traduz relatórios de raio-x para o português. "
-    "Traduza o relatório abaixo para o português."
-)
+# The report prompt of medgemma-27b-text-it's translation run: one text, shared with `generate translate`.
+TRANSLATE_PROMPT = prompt_for("pt", "report")
 DIAGNOSIS_PROMPT = "Dê o diagnóstico das imagens apresentadas"
 FEWSHOT_INSTRUCTION = (
     "Escreva o relatório das imagens no formato do exemplo abaixo, que é de outro exame "
@@ -707,54 +708,8 @@ def prepare_mimic_cxr(
 
 # --- Part 2: the translations back into multimodal sets ---------------------------------------------------
 
-# Very common function words of one language that are not words of the other ("no", "a", "as" are both).
-PORTUGUESE_WORDS = frozenset(
-    ["de", "da", "do", "das", "dos", "em", "na", "nas", "nos", "com", "sem", "não", "para", "os", "uma", "pelo", "pela", "ao", "que", "ou"]
-)
-ENGLISH_WORDS = frozenset(["the", "of", "and", "with", "is", "are", "there", "was", "were", "without", "this", "which", "or"])
-MIN_PORTUGUESE_SHARE = 0.8
-MIN_WORDS_FOR_LANGUAGE = 8
-MIN_LENGTH_RATIO = 0.5
-SENTENCE_END = (".", "!", "?", "…")
-_TRAILING = " \t\r\n\"'”’»)]*"
-_WORD = re.compile(r"[^\W\d_]+")
+# The rejection rules (rejection_reason, is_portuguese and their thresholds) are medfactory.generate.gates'.
 _ALNUM = re.compile(r"[\W_]+")
-
-
-def language_counts(text: str) -> tuple[int, int]:
-    """(Portuguese function words, English function words) in ``text``."""
-    words = [word.lower() for word in _WORD.findall(text)]
-    portuguese = sum(word in PORTUGUESE_WORDS for word in words)
-    english = sum(word in ENGLISH_WORDS for word in words)
-    return portuguese, english
-
-
-def is_portuguese(text: str) -> bool:
-    portuguese, english = language_counts(text)
-    if portuguese + english == 0:
-        return len(_WORD.findall(text)) < MIN_WORDS_FOR_LANGUAGE
-    return portuguese / (portuguese + english) >= MIN_PORTUGUESE_SHARE
-
-
-def _ends_sentence(text: str) -> bool:
-    return text.rstrip(_TRAILING).endswith(SENTENCE_END)
-
-
-def is_truncated(translation: str, source: str) -> bool:
-    if len(translation) < MIN_LENGTH_RATIO * len(source):
-        return True
-    return _ends_sentence(source) and not _ends_sentence(translation)
-
-
-def rejection_reason(translation: str, source: str) -> str | None:
-    """The first of empty / not_portuguese / truncated that applies, else None."""
-    if not translation.strip():
-        return "empty"
-    if not is_portuguese(translation) or _WORD.findall(translation.casefold()) == _WORD.findall(source.casefold()):
-        return "not_portuguese"
-    if is_truncated(translation.strip(), source):
-        return "truncated"
-    return None
 
 
 def _alignment_key(text: str, length: int = 40) -> str:

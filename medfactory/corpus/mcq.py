@@ -115,6 +115,69 @@ def lettered_options(item: McqItem) -> str:
     return "\n".join(f"{letter}) {option}" for letter, option in zip(item.letters, item.options))
 
 
+# --- The SFT prompt of an MCQ item ------------------------------------------------------------------
+# The SFT / DPO prompt and answer, recorded in each MCQ set's manifest (`sft.prompt`) so that `eval mcqa
+# --chat-template` rebuilds exactly the prompt the model was trained on. `options` is
+# lettered_options: one `<letter>) <text>` line per option.
+USER_FORMAT = "{instruction}\n\n{question}\n\n{options}"
+RESPONSE_FORMAT = "{answer_prefix}: {letter}) {option}"
+
+
+@dataclass(frozen=True)
+class PromptStyle:
+    """The instruction before each question and the prefix of the answer, in the questions' language."""
+
+    instruction: str
+    answer_prefix: str
+
+    def record(self) -> dict[str, str]:
+        """The prompt as the manifest records it: what ``eval mcqa --chat-template`` reads back."""
+        return {
+            "user": USER_FORMAT,
+            "response": RESPONSE_FORMAT,
+            "instruction": self.instruction,
+            "answer_prefix": self.answer_prefix,
+            "options": "medfactory.corpus.mcq.lettered_options: '<letter>) <text>', one line per option",
+        }
+
+
+# One style per item language. es and en are HEAD-QA's (its manifests record them: do not reword them, the
+# models trained on those sets expect them); pt is the same instruction in Brazilian Portuguese.
+PROMPTS = {
+    "es": PromptStyle(
+        instruction=(
+            "Responde a la siguiente pregunta de un examen de especialización sanitaria eligiendo una sola "
+            "opción. Indica la letra y el texto de la respuesta correcta."
+        ),
+        answer_prefix="Respuesta",
+    ),
+    "en": PromptStyle(
+        instruction=(
+            "Answer the following question from a Spanish healthcare specialisation exam by choosing one "
+            "option. Give the letter and the text of the right answer."
+        ),
+        answer_prefix="Answer",
+    ),
+    "pt": PromptStyle(
+        instruction=(
+            "Responda à seguinte questão de um exame da área da saúde escolhendo uma única opção. "
+            "Indique a letra e o texto da resposta correta."
+        ),
+        answer_prefix="Resposta",
+    ),
+}
+
+
+def prompt_of(item: McqItem, style: PromptStyle) -> str:
+    """The user turn of an SFT row: instruction, question and lettered options."""
+    return USER_FORMAT.format(instruction=style.instruction, question=item.question, options=lettered_options(item))
+
+
+def answer_of(item: McqItem, index: int, style: PromptStyle) -> str:
+    """The assistant turn that names option ``index``: ``Respuesta: C) <text>``."""
+    return RESPONSE_FORMAT.format(answer_prefix=style.answer_prefix, letter=item.letters[index], option=item.options[index])
+
+
 def _records(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """``iter_jsonl``'s (line number, object) pairs, its errors re-worded as this format's CorpusError."""
     try:
