@@ -316,3 +316,80 @@ def format_summary(report: dict[str, Any]) -> list[str]:
         if report["examples_left_out"]:
             lines.append(f"  ... and {report['examples_left_out']:,} more (see the JSON report)")
     return lines
+
+
+# --- Per-record queries: one text at a time against reference records indexed once -----------------
+
+
+@dataclass(frozen=True)
+class ReferenceMatch:
+    """One reference record a queried text copies: its label, ``"exact"`` or ``"near"``, and the (estimated) Jaccard."""
+
+    label: str
+    kind: str
+    jaccard: float
+
+
+class ReferenceIndex:
+    """Reference texts (an evaluation set's items), indexed once, that answer "which of them does this text copy?".
+
+    The same two tests as :func:`contamination_report`: an equal
+    :func:`~medfactory.corpus.dedup.duplicate_key` (exact) or a MinHash near duplicate (estimated
+    Jaccard >= ``threshold``) in a :class:`~medfactory.corpus.dedup.NearDuplicateIndex`. Several
+    texts may carry one label (an item indexed by its question and by its question with its
+    answer) and one text several labels (an item repeated in two sets): :meth:`matches` names
+    every label once. Labels are the caller's ids; texts are never stored.
+    """
+
+    def __init__(self, threshold: float = DEFAULT_THRESHOLD, num_perm: int = DEFAULT_NUM_PERM, shingle_size: int | None = None) -> None:
+        from medfactory.corpus.dedup import DEFAULT_SHINGLE_SIZE, NearDuplicateIndex
+
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.index = NearDuplicateIndex(threshold=threshold, num_perm=num_perm, shingle_size=shingle_size or DEFAULT_SHINGLE_SIZE)
+        self._exact: dict[int, int] = {}  # duplicate key -> ordinal of the distinct text
+        self._labels: list[list[str]] = []  # ordinal -> labels of that text
+        self.texts = 0
+
+    def __len__(self) -> int:
+        """Distinct (normalised) texts indexed."""
+        return len(self._labels)
+
+    def add(self, label: str, text: str) -> None:
+        """Index ``text`` under ``label``; an exact repeat only adds the label to the text already indexed."""
+        from medfactory.corpus.dedup import key_of_normalised, normalise_for_dedup
+
+        self.texts += 1
+        normalised = normalise_for_dedup(text)
+        key = key_of_normalised(normalised)
+        ordinal = self._exact.get(key)
+        if ordinal is not None:
+            if label not in self._labels[ordinal]:
+                self._labels[ordinal].append(label)
+            return
+        self._exact[key] = len(self._labels)
+        self._labels.append([label])
+        self.index.add(str(self._exact[key]), normalised)
+
+    def matches(self, text: str) -> list[ReferenceMatch]:
+        """Every label whose texts ``text`` copies: exact matches first, then near ones best first (each label once)."""
+        from medfactory.corpus.dedup import key_of_normalised, normalise_for_dedup
+
+        normalised = normalise_for_dedup(text)
+        found: list[ReferenceMatch] = []
+        exact = self._exact.get(key_of_normalised(normalised))
+        hits = [(exact, "exact", 1.0)] if exact is not None else []
+        hits += [(int(key), "near", jaccard) for key, jaccard in self.index.query_minhash(self.index.minhash(normalised)) if int(key) != exact]
+        seen: set[str] = set()
+        for ordinal, kind, jaccard in hits:
+            for label in self._labels[ordinal]:
+                if label not in seen:
+                    seen.add(label)
+                    found.append(ReferenceMatch(label, kind, round(jaccard, 4)))
+        return found
+
+    def settings(self) -> dict[str, object]:
+        """What decides the answers (for manifests)."""
+        from medfactory.corpus.dedup import DUPLICATE_KEY
+
+        return {**self.index.settings(), "exact_key": DUPLICATE_KEY}
