@@ -20,6 +20,7 @@ import pytest
 from medfactory.base.registry import load_registry
 from medfactory.recipes.base_models import BASE_MODELS, load_base_models, share_root, suggest_model_id
 from medfactory.recipes.check import check_recipe, inspect_recipe
+from medfactory.recipes.dataset_checks import has_no_records
 from medfactory.recipes.launch_checks import ENVIRONMENT_CHECKS, EXTRA_DEPENDENCIES, LAUNCH_RULES
 from medfactory.recipes.lock import lock_recipes
 from medfactory.recipes.paper_values import PAPER_VALUES
@@ -336,12 +337,26 @@ def test_unprepared_dataset_names_the_plugin_that_prepares_it(repo_copy: Path) -
         ("spanish_medical_sft_mix.yaml", "head_qa_en_translated_es", "run `medfactory generate translate --kind mcq --source data/head_qa_en/train.jsonl"),
         ("spanish_medical_sft_mix.yaml", "qa_es", "run `medfactory generate qa --source data/documents_es/chunks.jsonl"),
         # a command named in the header's prose is not a command to run; the owner's plugin is
-        ("spanish_medical_pt.yaml", "spanish_general_replay_text", "run `medfactory prepare replay --source /data/general_es.jsonl --ratio 0.1 --relative-to documents_es`"),
+        ("spanish_medical_pt.yaml", "spanish_general_replay_text", "run `medfactory prepare replay --source /data/general_es.jsonl --ratio 0.1"),
     ],
 )
 def test_unprepared_dataset_names_the_command_of_its_registry_owner(repo_copy: Path, recipe: str, dataset: str, command: str) -> None:
     problem = one_problem(repo_copy / "recipes" / recipe, "dataset", f"`{dataset}` is registered but not prepared", prepared=True)
     assert command in problem and not problem.rstrip(".").endswith("\\")
+
+
+def test_a_prepared_but_empty_dataset_is_a_problem_naming_its_writer(repo_copy: Path) -> None:
+    folder = repo_copy / "data" / "documents_es"
+    folder.mkdir(parents=True)
+    (folder / "train.jsonl").write_text('{"text": "Un documento."}\n', encoding="utf-8")
+    (folder / "validation.jsonl").write_text("\n", encoding="utf-8")  # a held-out split that drew no document
+    problem = one_problem(repo_copy / "recipes" / "spanish_medical_pt.yaml", "eval_dataset", "`documents_es_validation` has no records", prepared=True)
+    assert "data/documents_es/validation.jsonl is empty" in problem and "run `medfactory prepare documents" in problem
+    assert not [p for p in check_recipe(repo_copy / "recipes" / "spanish_medical_pt.yaml", prepared=True) if "`documents_es` has no records" in str(p)]
+    (folder / "validation.jsonl").write_text(" [ ]\n", encoding="utf-8")
+    assert has_no_records(folder / "validation.jsonl") is False  # a JSON Lines file is not read as a JSON array
+    (folder / "empty.json").write_text(" [ \n ]", encoding="utf-8")
+    assert has_no_records(folder / "empty.json") and not has_no_records(folder / "train.jsonl")
 
 
 def test_cli_on_a_clean_clone_passes_and_prints_the_unprepared_warning(repo_copy: Path) -> None:

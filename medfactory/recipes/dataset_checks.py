@@ -112,12 +112,29 @@ def prepare_command(path: Path, name: str, file_name: str | None, owner: str | N
     )
 
 
+def has_no_records(path: Path, probe_bytes: int = 1 << 16) -> bool:
+    """Whether a prepared dataset file holds nothing: only whitespace, or an empty JSON array (read from its start only)."""
+    with open(path, "rb") as handle:
+        head = handle.read(probe_bytes).lstrip()
+    return not head or (path.suffix == ".json" and head.startswith(b"[") and head[1:].lstrip().startswith(b"]"))
+
+
 def unprepared_problems(path: Path, values: dict[str, Any], registry: dict[str, Any]) -> list[RecipeProblem]:
     """Every registered dataset of the recipe whose ``file_name`` is missing under ``dataset_dir``."""
     data_dir = repository_root(path) / values.get("dataset_dir", ".")
     problems = []
     for key, name in recipe_datasets(values):
         file_name = (registry.get(name) or {}).get("file_name")
+        if file_name is not None and (data_dir / file_name).is_file() and has_no_records(data_dir / file_name):
+            problems.append(
+                RecipeProblem(
+                    path, key, f"dataset `{name}` has no records: {Path(values.get('dataset_dir', '.')) / file_name} is empty, so LLaMA-Factory "
+                    "would stop while building it (datasets' SchemaInferenceError).",
+                    f"{prepare_command(path, name, file_name, owner_of(registry.get(name) or {}))} with more source data (or a larger held-out "
+                    "fraction for a validation set), or drop it from the recipe.",
+                )
+            )  # fmt: skip
+            continue
         if file_name is None or (data_dir / file_name).exists():
             continue  # unregistered (reported above) or a Hub / script dataset: nothing on disk to check
         problems.append(
