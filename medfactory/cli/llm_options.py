@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
@@ -64,3 +65,8 @@ def client_settings(
         endpoint=endpoint.strip(), model=model.strip(), allow_remote=allow_remote, concurrency=concurrency, retries=retries, timeout=timeout,
         price_input_per_million=price_input, price_output_per_million=price_output,
     )  # fmt: skip
+
+
+def echo_client_summary(client_record: dict[str, Any], cache_path: Path) -> None:
+    """The throughput and cost line of a generation command (its manifest's ``client`` record), and where its cache is."""
+    typer.echo(f"client: {client_record['line']}; cache {cache_path} (a rerun sends only what is not in it)")

@@ -24,6 +24,7 @@ from medfactory.cli.llm_options import (
     RetriesOption,
     TimeoutOption,
     client_settings,
+    echo_client_summary,
 )
 from medfactory.corpus.dedup import DEFAULT_THRESHOLD
 from medfactory.generate.grounding import DEFAULT_MIN_OVERLAP
@@ -74,9 +75,5 @@ def qa_command(
     contaminated = ", ".join(f"{name} {count}" for name, count in gates["contaminated"].items())
     evals = len(manifest["contamination"]["eval_sets"])
     typer.echo(f"contamination: {evals} evaluation set(s) checked; matched: {contaminated or 'none'}")
-    client = manifest["client"]
-    typer.echo(
-        f"requests: {client['requests']} ({client['from_cache']} from cache, {client['failed']} failed) in {client['seconds']:.1f} s: "
-        f"{client['items_per_second']:.2f} items/s; cache {request_cache_path(output_root, name)}"
-    )
+    echo_client_summary(manifest["client"], request_cache_path(output_root, name))
     typer.echo(f"wrote {Path(output_root) / 'data' / name}; registered '{name}' in {Path(output_root) / REGISTRY_NAME}")

@@ -24,8 +24,10 @@ from medfactory.cli.llm_options import (
     RetriesOption,
     TimeoutOption,
     client_settings,
+    echo_client_summary,
 )
 from medfactory.generate.gates import DEFAULT_MIN_CHRF
+from medfactory.generate.request_cache import request_cache_path
 from medfactory.generate.translate import DEFAULT_CHUNK_CHARACTERS, DEFAULT_MAX_TOKENS, TranslateOptions, translate_dataset
 from medfactory.plugins import ReplaceOption
 
@@ -66,11 +68,7 @@ def translate_command(
     typer.echo(f"{kind}: kept {manifest['kept']} of {manifest['total']} records; removed by gate: {removed}")
     parts = manifest["parts"]
     typer.echo(f"requests: {parts['kept']} of {parts['total']} passed")
-    client = manifest["client"]
-    typer.echo(
-        f"client: {client['requests']} requests ({client['from_cache']} from cache, {client['failed']} failed) in {client['seconds']} s: "
-        f"{client['items_per_second']} items/s"
-    )
+    echo_client_summary(manifest["client"], request_cache_path(output_root, name))
     if manifest["gates"].get("request_failed"):
         typer.secho("warning: some requests failed; run the same command again to retry only those.", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {Path(output_root) / 'data' / name}; registered '{name}' in {Path(output_root) / REGISTRY_NAME}")

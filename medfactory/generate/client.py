@@ -259,6 +259,7 @@ class ThroughputSummary:
             "completion_tokens": self.completion_tokens,
             "completion_tokens_per_second": round(self.completion_tokens_per_second(), 2),
             "cost_usd": None if self.cost_usd() is None else round(self.cost_usd(), 6),
+            "line": self.line(),
         }
 
 
