@@ -185,6 +185,17 @@ def test_language_option_refuses_a_chunk_in_another_language(tmp_path: Path) -> 
     assert len(read_chunks(path)) == 2
 
 
+@pytest.mark.parametrize("endpoint", ["http://10.1.2.3:8000/v1", "http://example.org/v1", "http://0.0.0.0:8000/v1"])
+def test_a_non_loopback_endpoint_is_refused_with_nothing_sent_or_written(tmp_path: Path, endpoint: str) -> None:
+    write_jsonl(tmp_path / "data" / "docs_es" / "chunks.jsonl", [chunk_record(1, "El texto secreto del capítulo.")])
+    (tmp_path / "dataset_info.json").write_text("{}\n", encoding="utf-8")
+    result = run_qa(tmp_path, "--endpoint", endpoint)
+    assert result.exit_code == 1 and "--allow-remote-endpoint" in result.output and "nothing was sent" in result.output
+    assert "secreto" not in result.output
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["docs_es"] and not (tmp_path / ".medfactory_cache").exists()
+    assert (tmp_path / "dataset_info.json").read_text(encoding="utf-8") == "{}\n"
+
+
 def write_head_qa_eval(root: Path) -> Path:
     """data/head_qa_es/ as the head_qa plugin writes it: MCQ test.jsonl and a manifest naming the plugin."""
     item = {"id": "Cuaderno_2013_1_B-7", "question": EVAL_QUESTION, "options": ["El páncreas", "El bazo", "El hígado", "El riñón"], "answer": 0,
