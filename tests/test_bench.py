@@ -126,3 +126,8 @@ def test_estimate_needs_no_gpu_and_reports_the_real_size(medfactory_cli, repo_ro
     assert "the paper's run        3,583 tokens/s on one A100" in out
     dpo = medfactory_cli(repo_root, "bench", "recipes/spanish_medical_dpo.yaml", "--estimate")
     assert "167,772,160 trainable parameters" in dpo  # the SFT recipe's r 64 on all linear layers, continued
+    # --set applies to the estimate too (it was ignored): MedGemma 27B at 4k tokens does not fit 80 GB, at 2k it does
+    medgemma = ["bench", "recipes/clinical_br_medgemma.yaml", "--estimate"]
+    assert "4095 tokens per sequence" in medfactory_cli(repo_root, *medgemma, "--set", "cutoff_len=4096")
+    shorter = medfactory_cli(repo_root, *medgemma, "--set", "cutoff_len=2048")
+    assert "2047 tokens per sequence" in shorter and "A100 80 GB: fits" in shorter

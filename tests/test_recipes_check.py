@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 import logging
 import re
 import subprocess
@@ -98,10 +99,11 @@ def test_every_repository_recipe_passes_the_check(repo_root: Path) -> None:
 
 def test_every_repository_recipe_passes_with_its_data_prepared(repo_copy: Path) -> None:
     """With every registered file present, `--prepared` (prepared=True) passes too."""
-    for entry in load_registry(repo_copy / "dataset_info.json").values():
+    for name, entry in load_registry(repo_copy / "dataset_info.json").items():
         target = repo_copy / entry["file_name"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text("[]\n", encoding="utf-8")
+        record = json.dumps({"text": f"one record of {name}"})  # one distinct record each: an empty file is a problem of its own
+        target.write_text(f"[{record}]\n" if target.suffix == ".json" else f"{record}\n", encoding="utf-8")
     failing = {path.name: problems_of(path, prepared=True) for path in default_recipe_paths(repo_copy / "recipes")}
     assert not {name: problems for name, problems in failing.items() if problems}
 
@@ -321,7 +323,7 @@ def test_unprepared_dataset_warns_by_default_and_fails_when_asked(repo_copy: Pat
     assert "run `medfactory prepare head_qa --source /data/head_qa --language es`" in problem  # the recipe's own command
 
     (repo_copy / "data" / "head_qa_es").mkdir(parents=True)
-    (repo_copy / "data" / "head_qa_es" / "sft_train.json").write_text("[]\n", encoding="utf-8")
+    (repo_copy / "data" / "head_qa_es" / "sft_train.json").write_text('[{"instruction": "q", "input": "", "output": "a"}]\n', encoding="utf-8")
     assert check_recipe(recipe, prepared=True) == []
 
 

@@ -449,9 +449,9 @@ class RecipeEstimate:
         return target * peak_tflops * 1e12 / self.flops_per_token_with_images
 
 
-def estimate_recipe(recipe_path: Path, model_config: Path | None = None) -> RecipeEstimate:
-    """FLOPs per token and a memory estimate of ``recipe_path`` on its real base-model shapes (meta device)."""
-    recipe = load_recipe(recipe_path)
+def estimate_recipe(recipe_path: Path, model_config: Path | None = None, overrides: dict[str, Any] | None = None) -> RecipeEstimate:
+    """FLOPs per token and a memory estimate of ``recipe_path`` (with ``overrides``, as ``--set`` gives them) on its real base-model shapes."""
+    recipe = {**load_recipe(recipe_path), **(overrides or {})}
     if not recipe.get("do_train"):
         raise SystemExit(f"{recipe_path}: not a training recipe (no do_train: true). `medfactory bench` measures training recipes.")
     config = load_config(model_config or base_config_path(str(recipe["model_name_or_path"])))

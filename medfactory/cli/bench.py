@@ -55,10 +55,10 @@ def bench_command(
     output: Annotated[Path | None, typer.Option(help="Results JSON (default: reports/bench/<recipe>.json)")] = None,
 ) -> None:
     """Tokens/s per GPU, step time, peak memory, MFU and projected cost of a training recipe, through LLaMA-Factory."""
-    if estimate:
-        print(format_estimate(estimate_recipe(recipe, model_config)))
-        return
     user = parse_set_options(set_)
+    if estimate:
+        print(format_estimate(estimate_recipe(recipe, model_config, user)))
+        return
     setup = prepare_bench(recipe, workdir or Path("saves/bench") / recipe.stem, warmup, steps, tiny, context, model_config)
     results = run_variants(setup, bench_variants(setup, user, sweep), peak_tflops, price_per_gpu_hour, workload_tokens)
     destination = output or Path("reports/bench") / f"{recipe.stem}{'-sweep' if sweep else ''}.json"
