@@ -213,6 +213,12 @@ def _big_export(path: Path, notes: int) -> Path:
     return path
 
 
+def _as_from_a_terminal() -> None:
+    """In the child before exec: SIGINT and SIGTERM delivered and handled by default, whatever the test worker inherited."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 @pytest.mark.parametrize("sent", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_staging_copy(sent: signal.Signals, tmp_path: Path) -> None:
     """docker stop / preemption: the previous dataset stays, and no copy of clinical text is left in data/."""
@@ -222,7 +228,9 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_staging_copy(sent: signal.Sig
     export = _big_export(tmp_path / "big.csv", 300_000)
     medfactory = Path(sys.executable).with_name("medfactory")
     command = [str(medfactory), "prepare", "notes", "--source", str(export), "--name", "hc_notes", "--output-root", str(root), "--identifier-mode", "report"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a suite started in the background by a script (`make test &`, some CI runners) inherits
+    # SIGINT ignored, so would this child, and Python then installs no KeyboardInterrupt handler (measured: exit 0).
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_as_from_a_terminal)
     deadline = time.monotonic() + 120
     while not list((root / "data").glob(".hc_notes.staging.*")):
         assert process.poll() is None, "the run ended before it could be signalled; make the export bigger"

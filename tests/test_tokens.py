@@ -207,9 +207,12 @@ def test_every_pt_recipe_trains_99_percent_of_a_corpus_of_142_token_notes(recipe
     data_args = recipe_data_arguments(load_recipe(recipe), recipe)
     result = pack_lengths(lengths, tokenizer, data_args)
     assert result.trained_fraction >= MIN_TRAINED_FRACTION, (recipe.name, result.as_dict())
-    # LLaMA-Factory's defaults (1,000 notes a batch) with the 16 workers of the 1.0.0 recipes fall short.
+    # LLaMA-Factory's defaults (1,000 notes a batch) with the 16 workers of the 1.0.0 recipes lose more; with long blocks
+    # (4k, 32k) they fall below 99 % (with MedGemma's 2k blocks they lose less, but still more than the recipe's settings).
     data_args.preprocessing_batch_size, data_args.preprocessing_num_workers = 1000, 16
-    assert pack_lengths(lengths, tokenizer, data_args).trained_fraction < MIN_TRAINED_FRACTION
+    defaults = pack_lengths(lengths, tokenizer, data_args).trained_fraction
+    assert defaults < result.trained_fraction
+    assert defaults < MIN_TRAINED_FRACTION or data_args.cutoff_len <= 2048, (recipe.name, defaults)
 
 
 def _tokens_app() -> typer.Typer:
