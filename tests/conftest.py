@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from testing_utils.served_models import start_api, wait_until_serving
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -58,36 +58,17 @@ def repo_copy(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def llamafactory_api(tmp_path: Path):
     """Start `llamafactory-cli api` on a free localhost port for a model dir; stop it afterwards."""
     processes = []
 
     def serve(model_dir: Path) -> str:
-        port = free_port()
-        env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-        cli = str(Path(sys.executable).parent / "llamafactory-cli")
-        with open(tmp_path / f"api-{port}.log", "w") as log:  # the server keeps its own copy of the descriptor
-            command = [cli, "api", "--model_name_or_path", str(model_dir), "--template", "empty"]
-            process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        log_path = tmp_path / f"api-{len(processes)}.log"
+        process, endpoint = start_api(model_dir, log_path)
         processes.append(process)
-        endpoint = f"http://127.0.0.1:{port}/v1"
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError((tmp_path / f"api-{port}.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(endpoint + "/models", timeout=2)
-                return endpoint
-            except OSError:
-                time.sleep(1)
-        raise RuntimeError("llamafactory-cli api did not start in 120 s")
+        wait_until_serving(process, endpoint, log_path, time.time() + 120)
+        return endpoint
 
     yield serve
     for process in processes:

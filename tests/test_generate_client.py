@@ -7,7 +7,6 @@ import http.server
 import json
 import os
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -21,16 +20,12 @@ import pytest
 from medfactory.generate import client as client_module
 from medfactory.generate.client import REMOTE_FLAG, ChatRequest, ClientSettings, GenerationError, LlmClient, ThroughputSummary
 from medfactory.generate.request_cache import RequestCache
+from testing_utils.served_models import free_port
+from testing_utils.served_models import served as serve_models
 from testing_utils.tiny_models import build_constant_answer_model
 
 ANSWER = "Respuesta constante."
 SECRET = "Paciente Juana Pérez, 54 años"  # stands for source text: never in an error, a failure or a log line
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def requests_for(count: int, prefix: str = "pregunta") -> list[ChatRequest]:
@@ -49,29 +44,10 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Served:
-    """One `llamafactory-cli api` for the module (conftest's llamafactory_api starts one per test)."""
+    """One `llamafactory-cli api` for the module (conftest's llamafactory_api starts one per test); its access log counts requests."""
     folder = tmp_path_factory.mktemp("generate-client")
-    model = build_constant_answer_model(folder / "model", ANSWER)
-    port, log_path = free_port(), folder / "api.log"
-    env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model), "--template", "empty"]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            assert process.poll() is None, log_path.read_text()[-2000:]
-            assert time.time() < deadline, "llamafactory-cli api did not start in 120 s"
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1):
-                    break
-            except OSError:
-                time.sleep(0.5)
-        yield Served(endpoint, log_path)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serve_models({"api": build_constant_answer_model(folder / "model", ANSWER)}, folder) as endpoints:
+        yield Served(endpoints["api"], folder / "api.log")
 
 
 class Stub(http.server.ThreadingHTTPServer):

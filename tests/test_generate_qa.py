@@ -15,17 +15,11 @@ dataset kept); both verdict outcomes are unit-tested on :func:`parse_verdict`.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import typer
-from conftest import free_port
 from typer.testing import CliRunner
 
 from medfactory.base.errors import CorpusError
@@ -45,6 +39,7 @@ from medfactory.generate.qa import (
     records_of,
     validate_pair,
 )
+from testing_utils.served_models import free_port, served
 from testing_utils.tiny_models import build_constant_answer_model
 
 GOOD = {
@@ -227,29 +222,8 @@ def read_items_as_dicts(path: Path) -> list[dict]:
 def endpoint(tmp_path_factory: pytest.TempPathFactory):
     """One `llamafactory-cli api` for the module, serving a tiny model that always answers ANSWER."""
     folder = tmp_path_factory.mktemp("qa-server")
-    model = build_constant_answer_model(folder / "model", ANSWER)
-    port = free_port()
-    env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cli = str(Path(sys.executable).parent / "llamafactory-cli")
-    with open(folder / "api.log", "w") as log:
-        process = subprocess.Popen([cli, "api", "--model_name_or_path", str(model), "--template", "empty"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.time() + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError((folder / "api.log").read_text()[-2000:])
-            try:
-                urllib.request.urlopen(url + "/models", timeout=2)
-                break
-            except OSError:
-                if time.time() > deadline:
-                    raise RuntimeError("llamafactory-cli api did not start in 120 s") from None
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with served({"qa": build_constant_answer_model(folder / "model", ANSWER)}, folder) as endpoints:
+        yield endpoints["qa"]
 
 
 @pytest.fixture(scope="module")

@@ -9,12 +9,6 @@ themselves are tested as pure functions at the end, without a server.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +22,7 @@ from medfactory.generate import gates
 from medfactory.generate.gates import GateSettings, parse_mcq, residue_share, translation_gate
 from medfactory.generate.prompts import PROMPT_VERSION, REPORT_PROMPT_PT, prompt_for
 from medfactory.plugins import mimic_cxr
+from testing_utils.served_models import free_port, served
 from testing_utils.tiny_models import build_constant_answer_model
 
 ES_QUESTION = "¿Cuál es el tratamiento inicial de la hipertensión arterial en un paciente sin otras enfermedades?"
@@ -40,43 +35,13 @@ EN_OPTIONS = ["A thiazide diuretic", "A macrolide antibiotic", "A proton pump in
 VIGNETTE = "A 54-year-old man with a long history of smoking and poorly controlled diabetes comes to the clinic with chest pain. " * 6
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def endpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """``{"mcq": url, "sentence": url}``: two `llamafactory-cli api` servers, started at once (the module's only ones)."""
     folder = tmp_path_factory.mktemp("translate-servers")
-    cli = str(Path(sys.executable).parent / "llamafactory-cli")
-    servers = {}
-    for name, answer in (("mcq", ES_MCQ), ("sentence", ES_SENTENCE)):
-        model = build_constant_answer_model(folder / name, answer)
-        port = _free_port()
-        env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-        with open(folder / f"{name}.log", "w") as log:
-            process = subprocess.Popen([cli, "api", "--model_name_or_path", str(model), "--template", "empty"], env=env, stdout=log, stderr=subprocess.STDOUT)
-        servers[name] = (process, f"http://127.0.0.1:{port}/v1")
-    try:
-        deadline = time.time() + 150
-        for name, (process, url) in servers.items():
-            while True:
-                if process.poll() is not None:
-                    raise RuntimeError((folder / f"{name}.log").read_text()[-2000:])
-                try:
-                    urllib.request.urlopen(url + "/models", timeout=2)
-                    break
-                except OSError:
-                    if time.time() > deadline:
-                        raise RuntimeError("llamafactory-cli api did not start in 150 s") from None
-                    time.sleep(0.5)
-        yield {name: url for name, (_process, url) in servers.items()}
-    finally:
-        for process, _url in servers.values():
-            process.terminate()
-            process.wait(timeout=30)
+    models = {name: build_constant_answer_model(folder / name, answer) for name, answer in (("mcq", ES_MCQ), ("sentence", ES_SENTENCE))}
+    with served(models, folder) as urls:
+        yield urls
 
 
 def translate(root: Path, *args: str) -> tuple[int, str]:
@@ -141,7 +106,7 @@ def test_mcq_translation_end_to_end(endpoints: dict[str, str], tmp_path: Path) -
     assert json.loads((tmp_path / "dataset_info.json").read_text())["mcq_es"]["file_name"] == "data/mcq_es/sft.json"
 
     # Against a dead endpoint the rerun is answered by the request cache entirely: same outputs, nothing sent.
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     code, output = translate(tmp_path, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--endpoint", dead, "--retries", "0")
     assert code == 0, output
     again = json.loads((folder / "manifest.json").read_text())
@@ -250,7 +215,7 @@ def test_qa_pairs_with_back_translation(endpoints: dict[str, str], tmp_path: Pat
     # A stricter threshold, against a dead endpoint: answered from the cache (back-translations included), every
     # pair now fails, and the previous data/qa_es/ stays.
     before = (folder / "manifest.json").read_bytes()
-    dead = f"http://127.0.0.1:{_free_port()}/v1"
+    dead = f"http://127.0.0.1:{free_port()}/v1"
     code, output = translate(tmp_path, *args, "--endpoint", dead, "--retries", "0", "--min-chrf", "0.5")
     assert code == 1 and "'untranslated_residue': 1, 'back_translation': 2" in output
     assert (folder / "manifest.json").read_bytes() == before
