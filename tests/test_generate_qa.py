@@ -208,7 +208,11 @@ def test_default_eval_sets_are_the_mcq_files_mcq_plugins_wrote(tmp_path: Path) -
     other = tmp_path / "data" / "notes"
     write_jsonl(other / "test.jsonl", read_items_as_dicts(eval_file))  # MCQ-shaped, but not written by an MCQ plugin
     (other / "manifest.json").write_text(json.dumps({"plugin": "notes"}), encoding="utf-8")
-    assert [(s.name, s.path) for s in default_eval_sets(tmp_path)] == [("head_qa_es/test", eval_file)]
+    careqa = tmp_path / "data" / "careqa_es"
+    write_jsonl(careqa / "test.jsonl", read_items_as_dicts(eval_file))  # an exam_mcq set (CareQA, MedExpQA, HealthQA-BR, generic)
+    (careqa / "manifest.json").write_text(json.dumps({"plugin": "exam_mcq"}), encoding="utf-8")
+    found = [(s.name, s.path) for s in default_eval_sets(tmp_path)]
+    assert sorted(found) == [("careqa_es/test", careqa / "test.jsonl"), ("head_qa_es/test", eval_file)]
 
 
 def read_items_as_dicts(path: Path) -> list[dict]:

@@ -201,7 +201,7 @@ def read_items(path: Path) -> list[McqItem]:
     """
     path = Path(path)
     if not path.is_file():
-        raise CorpusError(f"{path}: not found. Prepare the exam set first (medfactory prepare head_qa / pt_exam_mcq).")
+        raise CorpusError(f"{path}: not found. Prepare the exam set first (medfactory prepare head_qa / pt_exam_mcq / exam_mcq).")
     items: list[McqItem] = []
     first_line_of: dict[str, int] = {}
     for number, record in _records(path):

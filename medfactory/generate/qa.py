@@ -60,7 +60,7 @@ QUESTION_CHARS = (8, 600)
 ANSWER_CHARS = (1, 1500)
 SFT_FILE, ITEMS_FILE, PROVENANCE_FILE = "sft.json", "items.jsonl", "provenance.jsonl"
 # Folders whose MCQ .jsonl files are evaluation sets: written by these plugins (manifest `plugin`).
-EVAL_PLUGINS = frozenset({"head_qa", "pt_exam_mcq", "translate"})  # translate: its --kind mcq sets (items.jsonl)
+EVAL_PLUGINS = frozenset({"head_qa", "pt_exam_mcq", "exam_mcq", "translate"})  # translate: its --kind mcq sets (items.jsonl)
 MCQ_KEYS = ("question", "options", "answer")
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 CHUNK_GATES = ("request_failed", "truncated", "unparseable")
