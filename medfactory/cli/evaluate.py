@@ -5,6 +5,8 @@ from __future__ import annotations
 import typer
 
 from medfactory.eval.bertscore import bertscore_command
+from medfactory.eval.compare import compare_command
+from medfactory.eval.forgetting import forgetting_command
 from medfactory.eval.mcqa import mcqa_command
 
 eval_app = typer.Typer(help="Evaluations that run after training (scores, tables, figures in reports/).", no_args_is_help=True)
@@ -13,4 +15,10 @@ eval_app.command(
 )(mcqa_command)
 eval_app.command("bertscore", help="BERTScore (BERTimbau pt-pt, XLM-R en-pt), chrF, BLEU, ROUGE-L per scenario, with box plots.")(
     bertscore_command
+)
+eval_app.command(
+    "forgetting", help="Forgetting check: accuracy before vs after training on general and medical MCQ sets, bootstrap CIs and McNemar per set."
+)(forgetting_command)
+eval_app.command("compare", help="Every model on every set from eval mcqa report folders: one table (md + csv) and one figure, accuracy with CIs.")(
+    compare_command
 )

@@ -1,0 +1,138 @@
+"""Side by side (``medfactory.eval.compare``): three eval mcqa report folders -> one table and one figure.
+
+One report is real (``evaluate`` on a tiny random Mistral); the other two are copies with altered
+predictions, model and set, rewritten in the same format. The table is checked against pandas and
+scikit-learn on the per-item CSVs, the CIs against an independent numpy bootstrap loop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from sklearn.metrics import f1_score
+from typer.testing import CliRunner
+
+from medfactory.corpus.mcq import McqItem, write_items
+from medfactory.eval import compare, mcqa
+from medfactory.run.tiny_model import build_tiny_model
+
+ROWS = [
+    ("El antídoto de la intoxicación por paracetamol es:", ["Flumazenilo", "Naloxona", "N-acetilcisteína", "Atropina"], 2),
+    ("El nervio que inerva el diafragma es:", ["Vago", "Frénico", "Facial", "Hipogloso"], 1),
+    ("La unidad funcional del riñón es:", ["Alvéolo", "Nefrona", "Hepatocito", "Sarcómero"], 1),
+    ("¿Cuál es el pH normal de la sangre arterial?", ["6,8", "7,0", "7,35 a 7,45", "7,8"], 2),
+    ("La escala de Glasgow valora:", ["Dolor", "Nivel de consciencia", "Riesgo de úlceras", "Ansiedad"], 1),
+    ("La vitamina K es necesaria para la síntesis de:", ["Factores de coagulación", "Insulina", "Hemoglobina", "Colágeno"], 0),
+    ("El fármaco de elección en la anafilaxia es:", ["Adrenalina", "Paracetamol", "Omeprazol", "Metformina"], 0),
+    ("La insulina se produce en las células:", ["Alfa", "Beta", "Delta", "Épsilon"], 1),
+    ("La vacuna BCG protege contra formas graves de:", ["Sarampión", "Hepatitis B", "Tuberculosis", "Tétanos"], 2),
+    ("El principal electrolito intracelular es:", ["Sodio", "Potasio", "Cloro", "Calcio"], 1),
+    ("La arteria más grande del cuerpo es:", ["Femoral", "Carótida", "Aorta", "Radial"], 2),
+    ("¿Qué órgano produce la bilis?", ["Hígado", "Bazo", "Riñón", "Pulmón"], 0),
+]  # fmt: skip
+
+
+def _alter(source: Path, target: Path, predictions: list[str], settings: dict) -> None:
+    """A copy of a real report with other predictions, rewritten in eval mcqa's format (per_item.csv + metrics.json)."""
+    shutil.copytree(source, target)
+    frame = pd.read_csv(target / "per_item.csv", dtype={"id": str})
+    frame["prediction"] = predictions
+    frame["correct"] = frame["prediction"] == frame["answer"]
+    frame.to_csv(target / "per_item.csv", index=False)
+    metrics = json.loads((target / "metrics.json").read_text(encoding="utf-8"))
+    metrics["accuracy"] = float(frame["correct"].mean())
+    metrics["macro_f1"] = float(f1_score(frame["answer"], frame["prediction"], average="macro"))
+    metrics["settings"].update(settings)
+    (target / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("compare")
+    items = [McqItem(f"med-{i}", q, options, answer, list("ABCD"), None, None, None, False, "es") for i, (q, options, answer) in enumerate(ROWS)]
+    (folder / "careqa_es").mkdir()
+    write_items(folder / "careqa_es" / "test.jsonl", items)
+    texts = [mcqa.letter_prompt(item) + f" {item.answer_letter}" for item in items] * 3
+    model = build_tiny_model("mistral", texts, vocab_size=400)
+    real = folder / "reports" / "base_careqa"
+    mcqa.evaluate(folder / "careqa_es" / "test.jsonl", str(model), real, dtype="fp32", device="cpu", progress=False)
+    answers = pd.read_csv(real / "per_item.csv")["answer"].tolist()
+    tuned = [answer if index % 3 else "A" for index, answer in enumerate(answers)]  # right on two thirds
+    _alter(real, folder / "reports" / "tuned_careqa", tuned, {"adapter": "saves/spanish_medical_sft"})
+    other = ["B", "C", "A", "D"] * 3
+    _alter(real, folder / "reports" / "base_general", other, {"items": str(folder / "general_es.jsonl")})
+    return {"real": real, "tuned": folder / "reports" / "tuned_careqa", "general": folder / "reports" / "base_general",
+            "model": model, "folder": folder}  # fmt: skip
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+
+    @app.callback()
+    def main() -> None:
+        """Local test app: `compare` as in `medfactory eval compare`."""
+
+    app.command("compare")(compare.compare_command)
+    return app
+
+
+def _independent_ci(correct: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = [correct[rng.integers(0, correct.size, size=correct.size)].mean() for _ in range(resamples)]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def test_compare_table_and_figure(runs: dict[str, Path]) -> None:
+    out = runs["folder"] / "out"
+    folders = [str(runs["real"]), str(runs["tuned"]), str(runs["general"])]
+    result = CliRunner().invoke(_app(), ["compare", *folders, "--out-dir", str(out), "--resamples", "400", "--seed", "3",
+                                         "--label", f"{runs['tuned']}=tuned"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 runs, 2 models, 2 sets" in result.output
+    table = pd.read_csv(out / "compare.csv")
+    base = runs["model"].name
+    assert table["model"].tolist() == [base, "tuned"]
+    assert [column for column in table.columns if column.endswith(" accuracy")] == ["careqa_es/test accuracy", "general_es accuracy"]
+    expected = {(base, "careqa_es/test"): runs["real"], ("tuned", "careqa_es/test"): runs["tuned"], (base, "general_es"): runs["general"]}
+    for (model, name), folder in expected.items():
+        items = pd.read_csv(folder / "per_item.csv")
+        row = table.set_index("model").loc[model]
+        correct = (items["answer"] == items["prediction"]).to_numpy()
+        assert row[f"{name} accuracy"] == pytest.approx(correct.mean())
+        assert row[f"{name} macro_f1"] == pytest.approx(f1_score(items["answer"], items["prediction"], average="macro"))
+        assert row[f"{name} n"] == len(items)
+        assert (row[f"{name} ci_low"], row[f"{name} ci_high"]) == pytest.approx(_independent_ci(correct, 400, 3), abs=1e-12)
+    assert pd.isna(table.set_index("model").loc["tuned", "general_es accuracy"])  # tuned was not run on it
+    markdown = (out / "compare.md").read_text(encoding="utf-8")
+    tuned = table.set_index("model").loc["tuned"]
+    assert f"{tuned['careqa_es/test accuracy']:.3f} [{tuned['careqa_es/test ci_low']:.3f}, {tuned['careqa_es/test ci_high']:.3f}]" in markdown
+    assert not any(question in markdown for question, _, _ in ROWS)
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def test_compare_labels_from_settings(runs: dict[str, Path]) -> None:
+    run = compare.read_run(runs["tuned"], {}, 50, 0.95, 0)
+    assert run.model == f"{runs['model'].name}+spanish_medical_sft"
+    assert run.set == "careqa_es/test"
+    assert compare.set_name({}, Path("reports/mcqa/headqa_run")) == "headqa_run"
+
+
+def test_compare_refuses_folders_without_metrics(runs: dict[str, Path], tmp_path: Path) -> None:
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    result = CliRunner().invoke(_app(), ["compare", str(runs["real"]), str(empty), "--out-dir", str(tmp_path / "out")])
+    assert result.exit_code == 1
+    assert f"no metrics.json in: {empty}" in " ".join(result.output.split())
+    assert not (tmp_path / "out").exists()
+    same = CliRunner().invoke(_app(), ["compare", str(runs["real"]), str(runs["real"]), "--out-dir", str(tmp_path / "out")])
+    assert same.exit_code == 1 and "--label DIR=NAME" in same.output
