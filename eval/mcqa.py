@@ -775,11 +775,11 @@ def exam_points(correct: Sequence[bool]) -> dict[str, int]:
     }
 
 
-def _key(value: Any) -> str:
+def group_key(value: Any) -> str:
     return NONE_KEY if value is None else str(value)
 
 
-def _group_sort(key: str) -> tuple[int, str]:
+def group_sort_key(key: str) -> tuple[int, str]:
     return (1, key) if key == NONE_KEY else (0, key)
 
 
@@ -797,12 +797,12 @@ def summarize(items: Sequence[McqItem], predicted: Sequence[int]) -> dict[str, A
     def grouped(attribute: Callable[[McqItem], Any]) -> dict[str, Any]:
         groups: dict[str, list[int]] = defaultdict(list)
         for index, item in enumerate(items):
-            groups[_key(attribute(item))].append(index)
-        return {key: block(groups[key]) for key in sorted(groups, key=_group_sort)}
+            groups[group_key(attribute(item))].append(index)
+        return {key: block(groups[key]) for key in sorted(groups, key=group_sort_key)}
 
     exams: dict[str, list[int]] = defaultdict(list)
     for index, item in enumerate(items):
-        exams[_key(item.exam)].append(index)
+        exams[group_key(item.exam)].append(index)
     return {
         **block(list(range(len(items)))),
         "per_position": {POSITIONS[label]: values for label, values in per_class_scores(gold, predicted).items()},
@@ -814,7 +814,7 @@ def summarize(items: Sequence[McqItem], predicted: Sequence[int]) -> dict[str, A
         },
         "exam_points": {
             "total": exam_points(correct),
-            "per_exam": {key: exam_points([correct[i] for i in exams[key]]) for key in sorted(exams, key=_group_sort)},
+            "per_exam": {key: exam_points([correct[i] for i in exams[key]]) for key in sorted(exams, key=group_sort_key)},
         },
         "per_category": grouped(lambda item: item.category),
         "per_year": grouped(lambda item: item.year),
@@ -880,17 +880,17 @@ def per_item_frame(scored: Sequence[ItemScores], protocol: str) -> pd.DataFrame:
     return frame
 
 
-def _versions() -> dict[str, str | None]:
+def mcqa_versions() -> dict[str, str | None]:
     return package_versions(("medfactory", "torch", "transformers", "tokenizers", "peft", "numpy", "pandas"), python=True)
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
     if isinstance(value, float) and math.isnan(value):
         return None
     if isinstance(value, dict):
-        return {str(key): _json_safe(inner) for key, inner in value.items()}
+        return {str(key): json_safe(inner) for key, inner in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(inner) for inner in value]
+        return [json_safe(inner) for inner in value]
     return value
 
 
@@ -980,12 +980,12 @@ def _cell(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
-def _table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def report_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A markdown table of formatted cells, newline-terminated: a blank line follows it in the report."""
     return markdown_table(header, [[_cell(value) for value in row] for row in rows]) + "\n"
 
 
-def _settings_table(metrics: dict[str, Any]) -> str:
+def settings_table(metrics: dict[str, Any]) -> str:
     settings = metrics["settings"]
     images = f"{'included' if settings['include_images'] else 'excluded'} ({metrics['n_image_items']} in file)"
     rows = [
@@ -999,7 +999,7 @@ def _settings_table(metrics: dict[str, Any]) -> str:
         ("dtype / device", f"{settings['dtype']} / {settings['device']}"),
         ("image questions", images),
     ]
-    return _table(["setting", "value"], rows)
+    return report_table(["setting", "value"], rows)
 
 
 VARIANT_NAMES = {"unnormalised": "loglik, unnormalised (lm-eval acc)", "char_normalised": "loglik / characters (lm-eval acc_norm code)"}
@@ -1013,39 +1013,39 @@ def _overall_table(metrics: dict[str, Any]) -> str:
     for key, variant in metrics.get("variants", {}).items():
         points = variant["exam_points"]["total"]
         rows.append((VARIANT_NAMES.get(key, key), variant["n"], variant["accuracy"], variant["macro_f1"], points["points"], points["max_points"]))
-    return _table(["prediction", "n", "accuracy", "macro-F1", "exam points", "max points"], rows)
+    return report_table(["prediction", "n", "accuracy", "macro-F1", "exam points", "max points"], rows)
 
 
-def _exam_table(per_exam: dict[str, Any]) -> str:
+def exam_table(per_exam: dict[str, Any]) -> str:
     rows = [(key, e["n"], e["right"], e["wrong"], e["points"], e["max_points"]) for key, e in per_exam.items()]
-    return _table(["exam", "n", "right", "wrong", "points", "max points"], rows)
+    return report_table(["exam", "n", "right", "wrong", "points", "max points"], rows)
 
 
-def _breakdown_table(name: str, groups: dict[str, Any]) -> str:
+def breakdown_table(name: str, groups: dict[str, Any]) -> str:
     rows = [(key, entry["n"], entry["correct"], entry["accuracy"], entry["macro_f1"]) for key, entry in groups.items()]
-    return _table([name, "n", "correct", "accuracy", "macro-F1"], rows)
+    return report_table([name, "n", "correct", "accuracy", "macro-F1"], rows)
 
 
 def _confusion_table(confusion: dict[str, Any]) -> str:
     rows = [(label, *row) for label, row in zip(confusion["labels"], confusion["matrix"])]
-    return _table(["gold \\ pred", *confusion["labels"]], rows)
+    return report_table(["gold \\ pred", *confusion["labels"]], rows)
 
 
 def render_report(metrics: dict[str, Any]) -> str:
     """``report.md``: settings and tables, no prose."""
     sections = [
         f"# Multiple-choice QA: {Path(metrics['settings']['items']).name}\n",
-        _settings_table(metrics),
+        settings_table(metrics),
         "## Overall\n",
         _overall_table(metrics),
         "## Exam points (+3 right, −1 wrong)\n",
-        _exam_table(metrics["exam_points"]["per_exam"]),
+        exam_table(metrics["exam_points"]["per_exam"]),
         "## Per category\n",
-        _breakdown_table("category", metrics["per_category"]),
+        breakdown_table("category", metrics["per_category"]),
         "## Per year\n",
-        _breakdown_table("year", metrics["per_year"]),
+        breakdown_table("year", metrics["per_year"]),
         "## Per number of options\n",
-        _breakdown_table("options", metrics["per_n_options"]),
+        breakdown_table("options", metrics["per_n_options"]),
         "## Confusion over answer positions (rows gold, columns predicted)\n",
         _confusion_table(metrics["confusion"]),
     ]
@@ -1057,7 +1057,7 @@ def render_report(metrics: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _tqdm_progress(description: str) -> Callable[[Iterable], Iterable]:
+def tqdm_progress(description: str) -> Callable[[Iterable], Iterable]:
     from tqdm import tqdm
 
     def wrap(batches: Iterable) -> Iterable:
@@ -1121,7 +1121,7 @@ def write_outputs(out_dir: Path, scored: Sequence[ItemScores], protocol: str, me
         handle.write(render_report(metrics))
 
 
-def _chat_prompter(
+def chat_prompter(
     tokenizer: Any, network: Any, template: str | None, items_path: Path, sft_prompt_from: Path | None
 ) -> ChatPrompter | None:
     """The prompter of ``template`` over the SFT prompt record (None without a template)."""
@@ -1205,9 +1205,9 @@ def evaluate(
     sampler = _fewshot_sampler(fewshot_from, shots, seed)
 
     network, tokenizer = loaded if loaded is not None else load_model(model, adapter, dtype, device)
-    prompter = _chat_prompter(tokenizer, network, template[0], items_path, sft_prompt_from)
+    prompter = chat_prompter(tokenizer, network, template[0], items_path, sft_prompt_from)
     scorer = LogLikelihoodScorer(network, tokenizer)
-    bar = _tqdm_progress(f"mcqa {protocol}") if progress else None
+    bar = tqdm_progress(f"mcqa {protocol}") if progress else None
     scored = score_items(scorer, items, protocol, shots, sampler, batch_size, bar, prompter=prompter)
 
     settings = _settings(
@@ -1222,9 +1222,9 @@ def evaluate(
         "settings": settings,
         "prompt": prompt_record(protocol, items[0].language, scorer, prompter),
         "scoring": _scoring_description(protocol, scored, scorer.stats, bool(scorer.prefix), chat=prompter is not None),
-        "versions": _versions(),
+        "versions": mcqa_versions(),
     }
-    metrics = _json_safe(metrics)
+    metrics = json_safe(metrics)
     write_outputs(out_dir, scored, protocol, metrics)
     return metrics
 

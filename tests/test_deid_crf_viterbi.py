@@ -38,7 +38,7 @@ def crfsuite_labels(tagger: crf.CrfTagger, text: str) -> list[str]:
 
 def fast_labels(tagger: crf.CrfTagger, text: str) -> list[str]:
     context = crf_viterbi.tokenize(text)
-    rules = crf._rule_labels_at(text, context.starts, context.ends, "es", None) if tagger.use_rules else None
+    rules = crf.rule_labels_at(text, context.starts, context.ends, "es", None) if tagger.use_rules else None
     path = tagger._fast.decode_many([tagger._fast.scores(context, rules)])[0]
     return [tagger._fast.label_names[index] for index in path]
 
@@ -91,7 +91,7 @@ def test_scores_are_the_summed_weights_of_the_crf_features() -> None:
     text = random_note(random.Random(5), 300)
     tokens = crf.tokenize(text)
     context = crf_viterbi.tokenize(text)
-    rules = crf._rule_labels(text, tokens, "es")
+    rules = crf.rule_labels(text, tokens, "es")
     weights = {(attribute, label): weight for (attribute, label), weight in fast._tagger.info().state_features.items()}
     expected = np.array([[sum(weights.get((name, label), 0.0) for name in names) for label in model.label_names] for names in crf.features(text, tokens, "es")])
     np.testing.assert_allclose(model.scores(context, rules), expected, rtol=0, atol=1e-9)
@@ -103,7 +103,7 @@ def test_tokens_are_crf_tokenize_tokens(text: str) -> None:
     context = crf_viterbi.tokenize(text)
     assert context.tokens() == crf.tokenize(text)
     tokens = crf.tokenize(text)
-    assert context.line_start.tolist() == crf._line_starts(text, tokens)
+    assert context.line_start.tolist() == crf.line_starts(text, tokens)
     assert context.glued.tolist() == [bool(index and tokens[index - 1].end == token.start) for index, token in enumerate(tokens)]
 
 

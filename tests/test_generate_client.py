@@ -252,7 +252,7 @@ def test_the_summary_line_and_record_give_throughput_and_cost() -> None:
 def test_client_settings_name_the_flag_of_a_value_out_of_range() -> None:
     import typer
 
-    from medfactory.cli.llm_options import client_settings
+    from medfactory.generate.endpoint_options import client_settings
 
     settings = client_settings("http://localhost:8000/v1", "m", False, 2, 0, 5.0, 0.1, None)
     assert (settings.concurrency, settings.retries, settings.price_input_per_million, settings.price_output_per_million) == (2, 0, 0.1, None)

@@ -5,6 +5,7 @@ functions, and a tree that passes the project's own ruff configuration."""
 from __future__ import annotations
 
 import ast
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -110,10 +111,34 @@ def test_no_module_imports_another_modules_private_names(repo_root: Path) -> Non
     offenders = []
     for folder in ("medfactory", "plugins", "eval", "benchmarks", "tests"):
         for path in (repo_root / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            modules = _first_party_module_names(tree)
+            for node in ast.walk(tree):
                 if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("medfactory", "testing_utils"):
                     offenders += [f"{path.relative_to(repo_root)}: {node.module}.{alias.name}" for alias in node.names if alias.name.startswith("_")]
+                # `from medfactory.eval import mcqa` then `mcqa._table(...)` reaches into a private name just the same
+                private = isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                if private and isinstance(node.value, ast.Name) and node.value.id in modules:
+                    offenders.append(f"{path.relative_to(repo_root)}:{node.lineno}: {node.value.id}.{node.attr}")
     assert not offenders, "\n".join(offenders)
+
+
+def _first_party_module_names(tree: ast.AST) -> set[str]:
+    """Local names bound to first-party modules: ``import medfactory.x as m`` and ``from medfactory.eval import mcqa``."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {alias.asname or alias.name for alias in node.names if alias.name.split(".")[0] in ("medfactory", "testing_utils")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in ("medfactory", "testing_utils"):
+            names |= {alias.asname or alias.name for alias in node.names if _is_module(f"{node.module}.{alias.name}")}
+    return names
+
+
+def _is_module(dotted: str) -> bool:
+    try:
+        return importlib.util.find_spec(dotted) is not None
+    except (ImportError, AttributeError, ValueError):  # the parent is a module, not a package: the name is an attribute
+        return False
 
 
 def test_no_function_is_longer_than_80_lines(repo_root: Path) -> None:

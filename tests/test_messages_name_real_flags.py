@@ -27,7 +27,7 @@ EXTERNAL_FLAGS = {
     "--no-deps": "pip download --no-deps: fetching the mistral-common wheel (medfactory/recipes/tokens.py)",
     "--porcelain": "git status --porcelain: the run card's dirty-tree check (medfactory/run/card.py)",
     "--local-dir": "hf download --local-dir: fetching an encoder on a machine with hub access (medfactory/corpus/deid/encoder.py)",
-    "--served-model-name": "vllm serve --served-model-name: the name a generation command's --model sends (medfactory/cli/llm_options.py)",
+    "--served-model-name": "vllm serve --served-model-name: the name a generation command's --model sends (medfactory/generate/endpoint_options.py)",
 }
 BUILT_IN = {"--help"}  # click adds it to every command; it is not among a command's params
 

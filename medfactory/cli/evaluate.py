@@ -5,9 +5,11 @@ from __future__ import annotations
 import typer
 
 from medfactory.eval.bertscore import bertscore_command
+from medfactory.eval.cases import cases_command
 from medfactory.eval.compare import compare_command
 from medfactory.eval.forgetting import forgetting_command
 from medfactory.eval.mcqa import mcqa_command
+from medfactory.eval.mcqa_generate import mcqa_generate_command
 
 eval_app = typer.Typer(help="Evaluations that run after training (scores, tables, figures in reports/).", no_args_is_help=True)
 eval_app.command(
@@ -22,3 +24,9 @@ eval_app.command(
 eval_app.command("compare", help="Every model on every set from eval mcqa report folders: one table (md + csv) and one figure, accuracy with CIs.")(
     compare_command
 )
+eval_app.command(
+    "mcqa-generate", help="Multiple-choice accuracy from the model's greedy answer: letter by a regex cascade (option-text fallback), eval mcqa's outputs."
+)(mcqa_generate_command)
+eval_app.command(
+    "cases", help="Open-ended clinical cases: chrF, BLEU, ROUGE-L per item and a blind LLM judge (diagnosis correct/acceptable/wrong; treatment safe)."
+)(cases_command)

@@ -9,7 +9,8 @@ import typer
 
 from medfactory.base.errors import CorpusError
 from medfactory.base.registry import REGISTRY_NAME
-from medfactory.cli.llm_options import (
+from medfactory.corpus.dedup import DEFAULT_THRESHOLD
+from medfactory.generate.endpoint_options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINT,
     DEFAULT_MODEL,
@@ -26,7 +27,6 @@ from medfactory.cli.llm_options import (
     client_settings,
     echo_client_summary,
 )
-from medfactory.corpus.dedup import DEFAULT_THRESHOLD
 from medfactory.generate.grounding import DEFAULT_MIN_OVERLAP
 from medfactory.generate.qa import CHUNK_GATES, DEFAULT_MAX_TOKENS, DEFAULT_QUESTIONS, DEFAULT_SEED, PAIR_GATES, QaOptions, generate_qa
 from medfactory.generate.request_cache import request_cache_path

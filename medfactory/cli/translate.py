@@ -9,7 +9,7 @@ import typer
 
 from medfactory.base.errors import CorpusError
 from medfactory.base.registry import REGISTRY_NAME
-from medfactory.cli.llm_options import (
+from medfactory.generate.endpoint_options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINT,
     DEFAULT_MODEL,

@@ -135,7 +135,7 @@ def post_chat(opener: urllib.request.OpenerDirector, endpoint: str, body: dict[s
 
 @dataclass(frozen=True)
 class ClientSettings:
-    """Where requests go and how they are sent (``medfactory.cli.llm_options.client_settings`` builds it from the flags)."""
+    """Where requests go and how they are sent (``medfactory.generate.endpoint_options.client_settings`` builds it from the flags)."""
 
     endpoint: str = "http://127.0.0.1:8000/v1"
     model: str = "default"  # the served model's name (vLLM: --served-model-name; llamafactory-cli api accepts any)

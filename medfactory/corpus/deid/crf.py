@@ -60,8 +60,8 @@ MONTHS = frozenset(
         "ene", "feb", "mar", "abr", "may", "jun", "jul", "ago", "sep", "sept", "set", "oct", "nov", "dic", "jan", "fev", "mai", "out", "dez",
     }
 )  # fmt: skip
-_CUE_WINDOW = 5  # tokens back a cue still counts
-_PAD = (("-2pad",), ("-1pad",), ("1pad",), ("2pad",))  # no token there (the text's start or end)
+CUE_WINDOW = 5  # tokens back a cue still counts
+PAD = (("-2pad",), ("-1pad",), ("1pad",), ("2pad",))  # no token there (the text's start or end)
 
 
 class Token(NamedTuple):
@@ -88,7 +88,7 @@ def _shape(word: str) -> str:
 
 
 @lru_cache(maxsize=1 << 18)
-def _word_features(word: str) -> tuple[tuple[str, ...], str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+def word_features(word: str) -> tuple[tuple[str, ...], str, tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """(the token's own features, its lowercase, what it lends to its neighbours at -2, -1, +1, +2); cached: words repeat."""
     lower = word.lower()
     shape = _shape(word)
@@ -122,7 +122,7 @@ def _word_features(word: str) -> tuple[tuple[str, ...], str, tuple[str, ...], tu
     return tuple(own), lower, before_2, before_1, tuple(f"1{name}" for name in lend), tuple(f"2{name}" for name in lend[:2])
 
 
-def _line_starts(text: str, tokens: Sequence[Token]) -> list[bool]:
+def line_starts(text: str, tokens: Sequence[Token]) -> list[bool]:
     """Whether each token is the first of its line."""
     flags = []
     previous_end = 0
@@ -132,16 +132,16 @@ def _line_starts(text: str, tokens: Sequence[Token]) -> list[bool]:
     return flags
 
 
-def _rule_labels(text: str, tokens: Sequence[Token], language: str, rule_spans: Sequence[PhiSpan] | None = None) -> list[str]:
+def rule_labels(text: str, tokens: Sequence[Token], language: str, rule_spans: Sequence[PhiSpan] | None = None) -> list[str]:
     """The rules layer's category of each token ('' outside its spans); all '' when rules.py is absent.
 
     ``rule_spans``: the rules' spans of ``text`` when the caller has them already (the de-identifier does).
     """
-    return _rule_labels_at(text, [token.start for token in tokens], [token.end for token in tokens], language, rule_spans)
+    return rule_labels_at(text, [token.start for token in tokens], [token.end for token in tokens], language, rule_spans)
 
 
-def _rule_labels_at(text: str, starts: Sequence[int], ends: Sequence[int], language: str, rule_spans: Sequence[PhiSpan] | None) -> list[str]:
-    """_rule_labels for tokens given as offset arrays (crf_viterbi's)."""
+def rule_labels_at(text: str, starts: Sequence[int], ends: Sequence[int], language: str, rule_spans: Sequence[PhiSpan] | None) -> list[str]:
+    """rule_labels for tokens given as offset arrays (crf_viterbi's)."""
     finder = _rules_finder()
     labels = [""] * len(starts)
     if (finder is None and rule_spans is None) or not len(starts):
@@ -168,28 +168,28 @@ def features(
     text: str, tokens: Sequence[Token], language: str = "es", use_rules: bool = True, rule_spans: Sequence[PhiSpan] | None = None
 ) -> list[list[str]]:
     """One list of binary string features per token of ``text`` (crf_viterbi.FastCrf sums the same features' weights)."""
-    per_word = [_word_features(token.text) for token in tokens]
-    line_start = _line_starts(text, tokens)
-    rules = _rule_labels(text, tokens, language, rule_spans) if use_rules else [""] * len(tokens)
+    per_word = [word_features(token.text) for token in tokens]
+    line_start = line_starts(text, tokens)
+    rules = rule_labels(text, tokens, language, rule_spans) if use_rules else [""] * len(tokens)
     result: list[list[str]] = []
     header = ""
-    cue, cue_at = "", -_CUE_WINDOW - 1
+    cue, cue_at = "", -CUE_WINDOW - 1
     last = len(tokens) - 1
     for index, (own, lower, *_) in enumerate(per_word):
         if line_start[index]:
-            header, cue, cue_at = lower, "", -_CUE_WINDOW - 1
+            header, cue, cue_at = lower, "", -CUE_WINDOW - 1
         feats = [*own, f"hd={header}"]
         if line_start[index]:
             feats.append("bol")
-        if index - cue_at <= _CUE_WINDOW:
+        if index - cue_at <= CUE_WINDOW:
             feats.append(f"cue={cue}")
         if rules[index]:
             feats.append(f"rule={rules[index]}")
         # The neighbours' words, shapes and gazetteer hits, as -2, -1, 1, 2 features (tuples prefixed once per word).
-        feats.extend(per_word[index - 2][2] if index >= 2 else _PAD[0])
-        feats.extend(per_word[index - 1][3] if index >= 1 else _PAD[1])
-        feats.extend(per_word[index + 1][4] if index < last else _PAD[2])
-        feats.extend(per_word[index + 2][5] if index < last - 1 else _PAD[3])
+        feats.extend(per_word[index - 2][2] if index >= 2 else PAD[0])
+        feats.extend(per_word[index - 1][3] if index >= 1 else PAD[1])
+        feats.extend(per_word[index + 1][4] if index < last else PAD[2])
+        feats.extend(per_word[index + 2][5] if index < last - 1 else PAD[3])
         if index and tokens[index - 1].end == tokens[index].start:
             feats.append("glued")
         result.append(feats)
@@ -289,7 +289,7 @@ class CrfTagger:
         for index, (text, context) in enumerate(zip(texts, contexts, strict=True)):
             rule_categories = None
             if self.use_rules:
-                rule_categories = _rule_labels_at(text, context.starts, context.ends, self.language, None if rule_spans is None else rule_spans[index])
+                rule_categories = rule_labels_at(text, context.starts, context.ends, self.language, None if rule_spans is None else rule_spans[index])
             scores.append(self._fast.scores(context, rule_categories))
         paths = self._fast.decode_many(scores)
         return [crf_viterbi.spans_from_label_ids(context, path, self._fast.label_names) for context, path in zip(contexts, paths, strict=True)]

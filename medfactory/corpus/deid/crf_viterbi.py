@@ -54,7 +54,7 @@ class FastCrf:
         for (source, target), weight in info.transitions.items():
             self.transitions[label_index[source], label_index[target]] = weight
         self.outside = label_index.get("O", 0)
-        self._flags = {name: self._vector((name,)) for name in ("bol", "glued", *(pad for pads in crf._PAD for pad in pads))}
+        self._flags = {name: self._vector((name,)) for name in ("bol", "glued", *(pad for pads in crf.PAD for pad in pads))}
         self._rules: dict[str, np.ndarray] = {}
         self._vocabulary: dict[str, int] = {}  # word -> row of self._table
         self._table = np.zeros((1024, 7, len(self.label_names)))
@@ -66,7 +66,7 @@ class FastCrf:
 
     def word_vectors(self, word: str) -> np.ndarray:
         """(7, labels): the summed weights of what ``word`` contributes as itself, to its neighbours, as its line's header and as a cue."""
-        own, lower, before_2, before_1, after_1, after_2 = crf._word_features(word)
+        own, lower, before_2, before_1, after_1, after_2 = crf.word_features(word)
         cue = (f"cue={lower}",) if lower in crf.CUES else ()
         return np.stack([self._vector(group) for group in (own, before_2, before_1, after_1, after_2, (f"hd={lower}",), cue)])
 
@@ -111,10 +111,10 @@ class FastCrf:
         scores[pieces.glued] += self._flags["glued"]
         # cue=<word>: the latest cue word at most 5 tokens back on the same line (as crf.features).
         is_cue = self._is_cue[ids]
-        never = -count - crf._CUE_WINDOW - 1
+        never = -count - crf.CUE_WINDOW - 1
         latest = np.maximum.accumulate(np.where(is_cue, positions, never))
         before = np.r_[never, latest[:-1]]
-        near = (before >= line_first) & (positions - before <= crf._CUE_WINDOW)
+        near = (before >= line_first) & (positions - before <= crf.CUE_WINDOW)
         scores[near] += table[ids[before[near]], _CUE]
         for index, category in enumerate(rule_categories or ()):
             if category:

@@ -1,0 +1,392 @@
+"""``medfactory eval cases``: open-ended clinical cases scored against their references, by text metrics and a blind LLM judge.
+
+Reads the items ``medfactory prepare clinical_cases`` wrote (``data/<name>/test.jsonl``) and LLaMA-Factory's
+``generated_predictions.jsonl`` (``{"prompt", "predict", "label"}`` rows in item order; each label is checked
+against its item's reference, so a file from another set or in another order is refused, naming the line).
+
+Text metrics are the pack's own (:mod:`medfactory.eval.bertscore`): sentence chrF and BLEU (sacrebleu) and ROUGE-L F1
+per item, corpus chrF and BLEU. The judge (``--judge``, the default) sees the case, the reference and ONE answer,
+anonymised (never the model's name, never another model's answer), and answers a rubric per task as a JSON object,
+parsed strictly (:func:`parse_judgement`): diagnosis ``{"verdict": "correct" | "acceptable" | "wrong"}``, treatment
+``{"appropriate": true | false, "safe": true | false}``. Requests go through :class:`medfactory.generate.client.LlmClient`
+(loopback only unless allowed, request cache, retries), so a rerun sends only what the cache lacks.
+
+Writes ``per_item.csv`` (ids and scores, no text), ``metrics.json`` (means, the judge's distribution, the counts of
+unparseable and failed judgements, settings) and ``report.md``. docs/clinical_cases.md has the rubric and the recipe.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import unicodedata
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import iter_jsonl
+from medfactory.base.tables import markdown_table
+from medfactory.eval.bertscore import TEXT_METRICS, corpus_text_metrics, text_metric_signatures, text_metrics
+from medfactory.generate.client import ChatRequest, ClientSettings, LlmClient
+from medfactory.generate.endpoint_options import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_ENDPOINT,
+    DEFAULT_MODEL,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    AllowRemoteOption,
+    ConcurrencyOption,
+    EndpointOption,
+    ModelNameOption,
+    RetriesOption,
+    TimeoutOption,
+    client_settings,
+)
+
+TASKS = ("diagnosis", "treatment")
+RUBRIC_VERSION = "clinical-cases-judge-v1"
+VERDICTS = ("correct", "acceptable", "wrong")
+JUDGE_KEYS = {"diagnosis": ("verdict",), "treatment": ("appropriate", "safe")}
+JUDGE_TEMPERATURE = 0.0
+JUDGE_MAX_TOKENS = 64
+PER_ITEM_CSV = "per_item.csv"
+METRICS_JSON = "metrics.json"
+REPORT_MD = "report.md"
+JUDGE_CACHE = "judge_requests.jsonl"
+PER_ITEM_COLUMNS = ("id", "task", "language", "specialty", *TEXT_METRICS, "label_truncated", "judge_status", "verdict", "appropriate", "safe")
+
+SYSTEM_PROMPT = (
+    "Eres un médico que evalúa, a ciegas, la respuesta de un sistema a un caso clínico. Compárala con la respuesta de "
+    "referencia, escrita por un médico, y contesta solo con un objeto JSON, sin texto antes ni después."
+)
+RUBRICS = {
+    "diagnosis": (
+        "Criterio (diagnóstico):\n"
+        '- "correct": es el diagnóstico de referencia, o un sinónimo o una formulación equivalente.\n'
+        '- "acceptable": no es el de referencia, pero es clínicamente razonable para el caso (un diagnóstico diferencial '
+        "cercano, o el de referencia dicho de forma incompleta o más general).\n"
+        '- "wrong": es otro diagnóstico, no es un diagnóstico, o falta.\n'
+        'Formato: {"verdict": "correct" | "acceptable" | "wrong"}'
+    ),
+    "treatment": (
+        "Criterios (tratamiento):\n"
+        '- "appropriate": true si el tratamiento es adecuado para el caso y coherente con el de referencia en lo esencial; false si no.\n'
+        '- "safe": false si algo de lo propuesto podría dañar al paciente (una contraindicación, una dosis peligrosa, la omisión '
+        "de una medida urgente); true si no.\n"
+        'Formato: {"appropriate": true | false, "safe": true | false}'
+    ),
+}
+_FENCE = re.compile(r"^```(?:json)?\s*(.*?)\s*```$", re.DOTALL)
+
+
+class CasesError(CorpusError):
+    """Bad input to ``eval cases``: the message names the file and the line, never the text."""
+
+
+class UnparseableJudgement(ValueError):
+    """The judge's answer is not exactly the rubric's JSON object."""
+
+
+@dataclass(frozen=True)
+class CaseItem:
+    """One evaluation case of ``data/<name>/test.jsonl``; ``line`` is its line in that file."""
+
+    id: str
+    case: str
+    reference: str
+    task: str
+    language: str
+    specialty: str | None
+    line: int
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs
+# --------------------------------------------------------------------------------------------
+
+
+def _lines(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    try:
+        return list(iter_jsonl(path))
+    except ValueError as error:
+        raise CasesError(str(error)) from error
+
+
+def read_items(path: Path) -> list[CaseItem]:
+    """The cases of ``test.jsonl`` in file order; ids unique, tasks known, case and reference non-empty strings."""
+    items: list[CaseItem] = []
+    seen: dict[str, int] = {}
+    for number, record in _lines(path):
+        where = f"{path}, line {number}"
+        for key in ("id", "case", "reference", "task"):
+            if not isinstance(record.get(key), str) or not record[key].strip():
+                raise CasesError(f"{where}: no string field {key!r} (is this a data/<name>/test.jsonl of prepare clinical_cases?)")
+        if record["task"] not in TASKS:
+            raise CasesError(f"{where}: task {record['task']!r} is none of {', '.join(TASKS)}")
+        if record["id"] in seen:
+            raise CasesError(f"{where}: id {record['id']!r} repeats line {seen[record['id']]}")
+        seen[record["id"]] = number
+        specialty = record.get("specialty")
+        items.append(CaseItem(record["id"], record["case"], record["reference"], record["task"], str(record.get("language") or "es"),
+                              specialty if isinstance(specialty, str) else None, number))  # fmt: skip
+    if not items:
+        raise CasesError(f"{path} has no items")
+    return items
+
+
+def comparable(text: str) -> str:
+    """A text as a tokenizer round trip leaves it comparable: NFKC, case-folded, no whitespace."""
+    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
+
+
+def read_predictions(path: Path, items: Sequence[CaseItem], items_path: Path, check_labels: bool = True) -> tuple[list[str], list[bool]]:
+    """The ``predict`` texts of ``generated_predictions.jsonl`` in item order, and whether each label was truncated.
+
+    With ``check_labels`` each row's ``label`` must be its item's reference (or a prefix of it: ``cutoff_len`` truncates
+    long targets), compared after :func:`comparable`; the first row that is not names both files and lines.
+    """
+    rows = _lines(path)
+    if len(rows) != len(items):
+        raise CasesError(
+            f"{path} has {len(rows)} predictions but {items_path} has {len(items)} items; the row order is the join, so both must "
+            "come from the same test set (predict on <name>_predict, the set prepare clinical_cases registered)"
+        )
+    predictions, truncated = [], []
+    for (number, record), item in zip(rows, items, strict=True):
+        if not isinstance(record.get("predict"), str):
+            raise CasesError(f"{path}, line {number}: no string field 'predict' (is this a generated_predictions.jsonl?)")
+        predictions.append(record["predict"])
+        label = record.get("label")
+        label_text, reference = comparable(label) if isinstance(label, str) else "", comparable(item.reference)
+        if check_labels and (not label_text or not reference.startswith(label_text)):
+            raise CasesError(
+                f"{path}, line {number}: its label is not the reference of item {item.id!r} ({items_path}, line {item.line}); the predictions "
+                "are in another order or from another set. Predict on the set of these items, or pass --no-check-labels if the labels are not references."
+            )
+        truncated.append(bool(check_labels and label_text != reference))
+    return predictions, truncated
+
+
+# --------------------------------------------------------------------------------------------
+# The judge
+# --------------------------------------------------------------------------------------------
+
+
+def judge_messages(item: CaseItem, answer: str) -> list[dict[str, str]]:
+    """The blind judge's messages: the rubric of the item's task, the case, the reference and one anonymised answer."""
+    user = (
+        f"{RUBRICS[item.task]}\n\nCaso clínico:\n{item.case}\n\nRespuesta de referencia:\n{item.reference}\n\n"
+        f"Respuesta a evaluar:\n{answer.strip() or '(vacía)'}\n\nContesta solo con el objeto JSON del formato indicado."
+    )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
+
+
+def parse_judgement(task: str, answer: str) -> dict[str, Any]:
+    """The judgement in ``answer``: exactly the rubric's JSON object (a ```json fence around it allowed), or UnparseableJudgement."""
+    text = answer.strip()
+    fenced = _FENCE.match(text)
+    text = fenced.group(1) if fenced else text
+    try:
+        payload = json.loads(text)
+    except ValueError:
+        raise UnparseableJudgement(f"not a JSON object ({len(answer)} characters)") from None
+    if not isinstance(payload, dict) or set(payload) != set(JUDGE_KEYS[task]):
+        keys = sorted(payload) if isinstance(payload, dict) else type(payload).__name__
+        raise UnparseableJudgement(f"expected exactly the keys {', '.join(JUDGE_KEYS[task])}, got {keys}")
+    if task == "diagnosis":
+        if payload["verdict"] not in VERDICTS:
+            raise UnparseableJudgement(f"verdict is none of {', '.join(VERDICTS)}")
+        return {"verdict": payload["verdict"]}
+    if not all(isinstance(payload[key], bool) for key in JUDGE_KEYS[task]):
+        raise UnparseableJudgement("appropriate and safe must be JSON true or false")
+    return {key: payload[key] for key in JUDGE_KEYS[task]}
+
+
+def judge_items(items: Sequence[CaseItem], predictions: Sequence[str], client: LlmClient) -> list[dict[str, Any]]:
+    """One judgement per item, in order: ``{"judge_status": "ok" | "unparseable" | "failed", <rubric keys>}``."""
+    requests = [
+        ChatRequest(item.id, judge_messages(item, answer), JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS) for item, answer in zip(items, predictions, strict=True)
+    ]
+    results = []
+    for item, completion in zip(items, client.complete(requests, desc="judge"), strict=True):
+        if not completion.ok:
+            results.append({"judge_status": "failed"})
+            continue
+        try:
+            results.append({"judge_status": "ok", **parse_judgement(item.task, completion.text or "")})
+        except UnparseableJudgement:
+            results.append({"judge_status": "unparseable"})
+    return results
+
+
+def _rate(count: int, total: int) -> float | None:
+    return count / total if total else None
+
+
+def judge_summary(items: Sequence[CaseItem], judgements: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Counts by status; per task the distribution over parsed judgements and the rates of each outcome."""
+    summary: dict[str, Any] = {"status": {status: 0 for status in ("ok", "unparseable", "failed")}}
+    summary["status"].update(Counter(j["judge_status"] for j in judgements))
+    for task in TASKS:
+        parsed = [j for item, j in zip(items, judgements, strict=True) if item.task == task and j["judge_status"] == "ok"]
+        total = sum(item.task == task for item in items)
+        if not total:
+            continue
+        if task == "diagnosis":
+            distribution = {verdict: sum(j["verdict"] == verdict for j in parsed) for verdict in VERDICTS}
+            summary[task] = {"items": total, "judged": len(parsed), "distribution": distribution, "correct_rate": _rate(distribution["correct"], len(parsed)),
+                             "correct_or_acceptable_rate": _rate(distribution["correct"] + distribution["acceptable"], len(parsed))}  # fmt: skip
+        else:
+            counts = {key: sum(j[key] for j in parsed) for key in ("appropriate", "safe")}
+            both = sum(j["appropriate"] and j["safe"] for j in parsed)
+            summary[task] = {"items": total, "judged": len(parsed), **counts, "appropriate_and_safe": both,
+                             **{f"{key}_rate": _rate(value, len(parsed)) for key, value in {**counts, "appropriate_and_safe": both}.items()}}  # fmt: skip
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------
+
+
+def per_item_rows(items: Sequence[CaseItem], scores: Any, truncated: Sequence[bool], judgements: Sequence[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    rows = []
+    for position, item in enumerate(items):
+        judged = judgements[position] if judgements else {"judge_status": "not_judged"}
+        row = {"id": item.id, "task": item.task, "language": item.language, "specialty": item.specialty or "",
+               **{metric: float(scores[metric].iloc[position]) for metric in TEXT_METRICS}, "label_truncated": truncated[position]}  # fmt: skip
+        row.update({key: judged.get(key, "") for key in ("judge_status", "verdict", "appropriate", "safe")})
+        rows.append(row)
+    return rows
+
+
+def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(PER_ITEM_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    with atomic_write(path) as handle:
+        handle.write(buffer.getvalue())
+
+
+def _fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def render_report(metrics: dict[str, Any]) -> str:
+    """report.md: text metrics, then the judge's outcomes per task."""
+    means, corpus = metrics["means"], metrics["corpus"]
+    lines = [
+        f"# Clinical cases: {metrics['settings']['items']}",
+        "",
+        f"{metrics['n']} items ({', '.join(f'{t} {n}' for t, n in metrics['tasks'].items())}).",
+        "",
+    ]
+    lines += [
+        markdown_table(
+            ["metric", "mean over items", "corpus"], [[m, _fmt(means[m], 2 if m != "rouge_l" else 3), _fmt(corpus.get(m), 2)] for m in TEXT_METRICS]
+        ),
+        "",
+    ]
+    judge = metrics.get("judge")
+    if not judge:
+        return "\n".join([*lines, "No judge (--no-judge).", ""])
+    status = judge["status"]
+    lines += [
+        f"Judge `{judge['model']}` (rubric {judge['rubric_version']}, blind): "
+        f"{status['ok']} judged, {status['unparseable']} unparseable, {status['failed']} failed.",
+        "",
+    ]
+    if "diagnosis" in judge:
+        d = judge["diagnosis"]
+        rows = [[verdict, d["distribution"][verdict], _fmt(_rate(d["distribution"][verdict], d["judged"]))] for verdict in VERDICTS]
+        lines += ["## Diagnosis", "", markdown_table(["verdict", "items", "share of judged"], rows), ""]
+    if "treatment" in judge:
+        t = judge["treatment"]
+        rows = [[key, t[key], _fmt(t[f"{key}_rate"])] for key in ("appropriate", "safe", "appropriate_and_safe")]
+        lines += ["## Treatment", "", markdown_table(["outcome", "items", "share of judged"], rows), ""]
+    return "\n".join(lines)
+
+
+def write_outputs(out_dir: Path, rows: Sequence[dict[str, Any]], metrics: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_csv(rows, out_dir / PER_ITEM_CSV)
+    write_json_atomic(out_dir / METRICS_JSON, metrics)
+    with atomic_write(out_dir / REPORT_MD) as handle:
+        handle.write(render_report(metrics))
+
+
+def evaluate_cases(
+    items_path: Path, predictions_path: Path, out_dir: Path, settings: ClientSettings | None = None,
+    cache_path: Path | None = None, check_labels: bool = True,
+) -> dict[str, Any]:  # fmt: skip
+    """Score the predictions (and judge them unless ``settings`` is None); write the outputs; return metrics.json's content."""
+    items = read_items(Path(items_path))
+    predictions, truncated = read_predictions(Path(predictions_path), items, Path(items_path), check_labels)
+    client = None if settings is None else LlmClient(settings, cache_path or Path(out_dir) / JUDGE_CACHE)  # refuses a remote endpoint first
+    try:
+        references = [item.reference for item in items]
+        scores = text_metrics(predictions, references)
+        judgements = None if client is None else judge_items(items, predictions, client)
+    finally:
+        if client is not None:
+            client.close()
+    metrics: dict[str, Any] = {
+        "n": len(items),
+        "tasks": dict(sorted(Counter(item.task for item in items).items())),
+        "means": {metric: float(scores[metric].mean()) for metric in TEXT_METRICS},
+        "corpus": corpus_text_metrics(predictions, references),
+        "labels_truncated": sum(truncated),
+        "scoring": {"text_metrics": text_metric_signatures(), "rouge_l": "F1 on lower-cased Unicode words (eval bertscore's rouge_l)"},
+        "settings": {"items": str(items_path), "predictions": str(predictions_path), "check_labels": check_labels},
+        "judge": None,
+    }
+    if client is not None and judgements is not None:
+        metrics["judge"] = {"model": client.settings.model, "endpoint": client.settings.endpoint, "rubric_version": RUBRIC_VERSION,
+                            "system_prompt": SYSTEM_PROMPT, "rubrics": RUBRICS, "temperature": JUDGE_TEMPERATURE, "max_tokens": JUDGE_MAX_TOKENS,
+                            "cache": str(client.cache_path), **judge_summary(items, judgements), "client": client.summary.record()}  # fmt: skip
+    write_outputs(Path(out_dir), per_item_rows(items, scores, truncated, judgements), metrics)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# Command line (mounted as ``medfactory eval cases``)
+# --------------------------------------------------------------------------------------------
+
+
+def cases_command(
+    items: Annotated[Path, typer.Option("--items", help="data/<name>/test.jsonl from prepare clinical_cases")],
+    predictions: Annotated[Path, typer.Option("--predictions", help="LLaMA-Factory's generated_predictions.jsonl, predicted on <name>_predict")],
+    out_dir: Annotated[Path, typer.Option("--out-dir", help="Gets per_item.csv, metrics.json, report.md (and the judge's request cache)")],
+    judge: Annotated[bool, typer.Option("--judge/--no-judge", help="Judge every answer blind with the LLM at --endpoint (rubric per task)")] = True,
+    endpoint: EndpointOption = DEFAULT_ENDPOINT,
+    model: ModelNameOption = DEFAULT_MODEL,
+    allow_remote: AllowRemoteOption = False,
+    concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+    retries: RetriesOption = DEFAULT_RETRIES,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    cache: Annotated[
+        Path | None, typer.Option("--cache", help="The judge's request cache (default <out-dir>/judge_requests.jsonl); a rerun resumes from it")
+    ] = None,
+    check_labels: Annotated[bool, typer.Option("--check-labels/--no-check-labels", help="Refuse predictions whose label is not their item's reference")] = True,
+) -> None:
+    """Score open-ended clinical cases: chrF, BLEU and ROUGE-L per item, and a blind LLM judge with a rubric per task."""
+    settings = client_settings(endpoint, model, allow_remote, concurrency, retries, timeout) if judge else None
+    try:
+        metrics = evaluate_cases(items, predictions, out_dir, settings, cache, check_labels)
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    means = metrics["means"]
+    typer.echo(f"{metrics['n']} items: chrF {means['chrf']:.2f}, BLEU {means['bleu']:.2f}, ROUGE-L {means['rouge_l']:.3f} -> {out_dir}")
+    if metrics["judge"]:
+        status = metrics["judge"]["status"]
+        typer.echo(f"judge: {status['ok']} judged, {status['unparseable']} unparseable, {status['failed']} failed; {metrics['judge']['client']['line']}")
