@@ -22,7 +22,7 @@ from medfactory.eval.cases import (
     read_items,
 )
 from medfactory.plugins.clinical_cases import PROMPT_VERSION, PROMPTS, prepare_command
-from tests.testing_utils.served_models import free_port, served
+from testing_utils.served_models import free_port, served
 from tests.testing_utils.tiny_models import build_constant_answer_model
 
 CASES = [

@@ -1,0 +1,45 @@
+"""Open-ended clinical cases end to end on tiny models: the published ClinDiagnosES layout -> `prepare clinical_cases`
+-> the real predict recipe through `llamafactory-cli` (4-bit, greedy) -> `eval cases` with the blind judge served by
+`llamafactory-cli api` -> per-item metrics, judge distribution and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sacrebleu
+from test_clinical_cases import CASES, published_folder
+
+from medfactory.corpus.synthetic_notes import generate_notes
+from medfactory.run.tiny_model import build_tiny_model
+from testing_utils.served_models import served
+from testing_utils.tiny_models import build_constant_answer_model
+
+
+@pytest.mark.slow
+def test_cases_predict_metrics_judge_and_report(repo_copy: Path, llamafactory_train, medfactory_cli) -> None:
+    root = repo_copy
+    medfactory_cli(root, "prepare", "clinical_cases", "--source", str(published_folder(root)), "--task", "diagnosis")
+    items = [json.loads(line) for line in (root / "data/casos_clinicos_diagnostico/test.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [item["reference"] for item in items] == [answer for _, answer, _ in CASES]
+
+    model = build_tiny_model("mistral", [*generate_notes(60, seed=3), *(case for case, _, _ in CASES)])
+    predict = llamafactory_train(root, "recipes/clinical_cases_predict.yaml", model_name_or_path=model, adapter_name_or_path="null",
+                                 bf16="false", max_new_tokens=8, per_device_eval_batch_size=2, output_dir=root / "saves" / "cases")  # fmt: skip
+    predictions = predict / "generated_predictions.jsonl"
+    rows = [json.loads(line) for line in predictions.read_text(encoding="utf-8").splitlines()]
+    assert len(rows) == len(CASES) and [row["label"].strip() for row in rows] == [answer for _, answer, _ in CASES]  # case order kept
+
+    out = root / "reports" / "cases"
+    judge = build_constant_answer_model(root / "judge", '{"verdict": "wrong"}')
+    with served({"judge": judge}, root) as endpoints:
+        medfactory_cli(root, "eval", "cases", "--items", "data/casos_clinicos_diagnostico/test.jsonl", "--predictions", str(predictions),
+                       "--out-dir", str(out), "--endpoint", endpoints["judge"], "--model", "judge")  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["judge"]["diagnosis"]["distribution"] == {"correct": 0, "acceptable": 0, "wrong": len(CASES)}
+    per_item = pd.read_csv(out / "per_item.csv")
+    expected = [sacrebleu.sentence_chrf(row["predict"], [item["reference"]]).score for row, item in zip(rows, items, strict=True)]
+    assert per_item["chrf"].tolist() == pytest.approx(expected, abs=1e-6)  # an independent chrF of the tiny model's own answers
+    assert (out / "report.md").is_file() and not any(case in (out / "metrics.json").read_text(encoding="utf-8") for case, _, _ in CASES)
