@@ -21,6 +21,7 @@ import typer
 from sklearn.metrics import f1_score
 from typer.testing import CliRunner
 
+from medfactory.base.errors import CorpusError
 from medfactory.corpus.mcq import McqItem, write_items
 from medfactory.eval import compare, mcqa
 from medfactory.run.tiny_model import build_tiny_model
@@ -136,3 +137,118 @@ def test_compare_refuses_folders_without_metrics(runs: dict[str, Path], tmp_path
     assert not (tmp_path / "out").exists()
     same = CliRunner().invoke(_app(), ["compare", str(runs["real"]), str(runs["real"]), "--out-dir", str(tmp_path / "out")])
     assert same.exit_code == 1 and "--label DIR=NAME" in same.output
+
+
+# --- eval cases report folders next to the MCQ ones ---------------------------------------------------------
+
+CASE_ROWS = [
+    ("Mujer de 34 años con fiebre, disuria y dolor lumbar derecho.", "Pielonefritis aguda"),
+    ("Varón de 60 años con dolor torácico opresivo y sudoración.", "Infarto agudo de miocardio"),
+    ("Niño de 7 años con otalgia y fiebre tras un catarro.", "Otitis media aguda"),
+    ("Mujer de 25 años con poliuria, polidipsia y pérdida de peso.", "Diabetes mellitus tipo 1"),
+    ("Varón de 70 años con disnea, edemas y crepitantes bibasales.", "Insuficiencia cardiaca"),
+]  # fmt: skip
+CASE_PREDICTIONS = {
+    "base": ["Pielonefritis", "Síndrome coronario agudo", "Otitis externa", "Diabetes tipo 2", "Neumonía"],
+    "tuned": ["Pielonefritis aguda derecha", "Infarto agudo de miocardio", "Otitis media", "Diabetes mellitus tipo 1", "Insuficiencia cardiaca congestiva"],
+}  # fmt: skip
+TUNED_VERDICTS = ["correct", "correct", "acceptable", "correct", "wrong"]
+
+
+def _case_report(folder: Path, items: Path, model: str) -> Path:
+    """One `eval cases --no-judge` report folder for the predictions of ``model`` (LLaMA-Factory's output_dir: saves/<model>_cases)."""
+    from medfactory.eval.cases import cases_command
+
+    predictions = folder / "saves" / f"{model}_cases" / "generated_predictions.jsonl"
+    predictions.parent.mkdir(parents=True)
+    rows = [{"prompt": "p", "predict": predict, "label": reference} for predict, (_, reference) in zip(CASE_PREDICTIONS[model], CASE_ROWS, strict=True)]
+    predictions.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
+    app = typer.Typer()
+    app.command()(cases_command)
+    out = folder / "reports" / "cases" / f"diagnosis_{model}"
+    result = CliRunner().invoke(app, ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(out), "--no-judge"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _add_judge(report: Path, verdicts: list[str]) -> None:
+    """What a judged run adds: the verdict column of per_item.csv and metrics.json's judge summary (eval cases' own judge_summary)."""
+    from medfactory.eval import cases
+
+    items = cases.read_items(Path(json.loads((report / "metrics.json").read_text(encoding="utf-8"))["settings"]["items"]))
+    judgements = [{"judge_status": "ok", "verdict": verdict} for verdict in verdicts]
+    frame = pd.read_csv(report / "per_item.csv", dtype={"id": str})
+    frame["judge_status"], frame["verdict"] = "ok", verdicts
+    frame.to_csv(report / "per_item.csv", index=False)
+    metrics = json.loads((report / "metrics.json").read_text(encoding="utf-8"))
+    metrics["judge"] = {"model": "judge", "rubric_version": cases.RUBRIC_VERSION, **cases.judge_summary(items, judgements)}
+    (report / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def case_runs(runs: dict[str, Path]) -> dict[str, Path]:
+    folder = runs["folder"]
+    items = folder / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
+    items.parent.mkdir(parents=True)
+    records = [{"id": f"case-{n}", "case": case, "reference": reference, "task": "diagnosis"} for n, (case, reference) in enumerate(CASE_ROWS)]
+    items.write_text("".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records), encoding="utf-8")
+    base, tuned = _case_report(folder, items, "base"), _case_report(folder, items, "tuned")
+    _add_judge(tuned, TUNED_VERDICTS)
+    return {"base": base, "tuned": tuned}
+
+
+def test_compare_mcq_and_case_sets_in_one_table(runs: dict[str, Path], case_runs: dict[str, Path]) -> None:
+    from sacrebleu.metrics import CHRF
+
+    out = runs["folder"] / "out_mixed"
+    base = runs["model"].name
+    folders = [str(runs["real"]), str(runs["tuned"]), str(runs["general"]), str(case_runs["base"]), str(case_runs["tuned"])]
+    labels = ["--label", f"{runs['tuned']}=tuned", "--label", f"{case_runs['tuned']}=tuned", "--label", f"{case_runs['base']}={base}"]
+    result = CliRunner().invoke(_app(), ["compare", *folders, "--out-dir", str(out), "--resamples", "300", "--seed", "5", *labels])
+    assert result.exit_code == 0, result.output
+    assert "5 runs, 2 models, 3 sets" in result.output
+    table = pd.read_csv(out / "compare.csv").set_index("model")
+    assert table.index.tolist() == [base, "tuned"]
+    name = "casos_clinicos_diagnostico/test"
+    fields = ("chrf", "chrf_ci_low", "chrf_ci_high", "rouge_l", "n", "diagnosis_correct_or_acceptable_rate")
+    assert [c for c in table.columns if c.startswith(name)] == [f"{name} {f}" for f in fields]
+    assert [c for c in table.columns if c.endswith(" accuracy")] == ["careqa_es/test accuracy", "general_es accuracy"]  # MCQ columns as before, first
+    references = [reference for _, reference in CASE_ROWS]
+    for model, label in (("base", base), ("tuned", "tuned")):
+        per_item = pd.read_csv(case_runs[model] / "per_item.csv")
+        chrf = np.array([CHRF().sentence_score(p, [r]).score for p, r in zip(CASE_PREDICTIONS[model], references, strict=True)])
+        row = table.loc[label]
+        assert row[f"{name} chrf"] == pytest.approx(chrf.mean(), abs=1e-9)
+        assert row[f"{name} rouge_l"] == pytest.approx(per_item["rouge_l"].mean(), abs=1e-12)
+        assert row[f"{name} n"] == len(CASE_ROWS)
+        assert (row[f"{name} chrf_ci_low"], row[f"{name} chrf_ci_high"]) == pytest.approx(_independent_mean_ci(per_item["chrf"].to_numpy(), 300, 5), abs=1e-9)
+    verdicts = pd.Series(TUNED_VERDICTS)
+    assert table.loc["tuned", f"{name} diagnosis_correct_or_acceptable_rate"] == pytest.approx(verdicts.isin(["correct", "acceptable"]).mean())
+    assert pd.isna(table.loc[base, f"{name} diagnosis_correct_or_acceptable_rate"])  # --no-judge: no rate
+    assert table.loc["tuned", "careqa_es/test accuracy"] == pytest.approx((pd.read_csv(runs["tuned"] / "per_item.csv")["correct"]).mean())
+    markdown = (out / "compare.md").read_text(encoding="utf-8")
+    tuned = table.loc["tuned"]
+    assert f"{name} chrF [95% CI]" in markdown and f"{name} judge correct+acceptable" in markdown
+    assert f"{tuned[f'{name} chrf']:.2f} [{tuned[f'{name} chrf_ci_low']:.2f}, {tuned[f'{name} chrf_ci_high']:.2f}]" in markdown
+    assert f"{tuned[f'{name} diagnosis_correct_or_acceptable_rate']:.3f}" in markdown
+    assert not any(text in markdown for pair in CASE_ROWS for text in pair)
+    png = (out / "compare.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 1000
+
+
+def _independent_mean_ci(values: np.ndarray, resamples: int, seed: int) -> tuple[float, float]:
+    rng = np.random.default_rng(seed)
+    means = [values[rng.integers(0, values.size, size=values.size)].mean() for _ in range(resamples)]
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
+def test_compare_case_kind_and_labels(case_runs: dict[str, Path], tmp_path: Path) -> None:
+    run = compare.read_run(case_runs["base"], {}, 50, 0.95, 0)
+    assert (run.kind, run.model, run.set, run.accuracy) == ("cases", "base_cases", "casos_clinicos_diagnostico/test", None)
+    assert compare.report_kind({"accuracy": 0.5}) == "mcqa" and compare.report_kind({"means": {"chrf": 1.0, "rouge_l": 0.1}}) == "cases"
+    assert compare.report_kind({"means": {"bleu": 1.0}}) is None
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "metrics.json").write_text(json.dumps({"n": 3}), encoding="utf-8")
+    with pytest.raises(CorpusError, match="neither `accuracy`"):
+        compare.read_run(odd, {}, 50, 0.95, 0)
