@@ -8,6 +8,7 @@ from medfactory.eval.bertscore import bertscore_command
 from medfactory.eval.cases import cases_command
 from medfactory.eval.compare import compare_command
 from medfactory.eval.forgetting import forgetting_command
+from medfactory.eval.lm_eval_parity import lm_eval_parity_command
 from medfactory.eval.mcqa import mcqa_command
 from medfactory.eval.mcqa_generate import mcqa_generate_command
 
@@ -30,3 +31,6 @@ eval_app.command(
 eval_app.command(
     "cases", help="Open-ended clinical cases: chrF, BLEU, ROUGE-L per item and a blind LLM judge (diagnosis correct/acceptable/wrong; treatment safe)."
 )(cases_command)
+eval_app.command(
+    "lm-eval-parity", help="Score an eval mcqa report's items again with lm-evaluation-harness (HFLM) and compare every option's log-likelihood."
+)(lm_eval_parity_command)
