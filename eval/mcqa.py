@@ -28,7 +28,7 @@ import typer
 from medfactory.base.atomic import atomic_write, write_json_atomic
 from medfactory.base.tables import markdown_table
 from medfactory.base.versions import package_versions
-from medfactory.corpus.mcq import McqItem, lettered_options, read_items
+from medfactory.corpus.mcq import LETTERS, McqItem, lettered_options, read_items
 
 if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load torch
     import pandas as pd
@@ -37,7 +37,10 @@ if TYPE_CHECKING:  # heavy imports stay lazy: `medfactory --help` must not load 
 PROTOCOLS = ("letter", "loglik_norm")
 NO_TEMPLATE = "none"
 AUTO_TEMPLATE = "auto"
-POSITIONS = "ABCDE"
+# Answer positions: the format's letters (2 to 26 options). per_item.csv always has the A-E score columns (the
+# HEAD-QA layout, unchanged for sets of up to 5 options), and one more per position a longer item has.
+POSITIONS = "".join(LETTERS)
+MIN_POSITION_COLUMNS = 5
 DTYPES = {
     "auto": None,
     "bf16": "bfloat16",
@@ -96,23 +99,23 @@ class McqaError(ValueError):
 def to_item(source: McqItem | dict[str, Any], where: str = "item") -> McqItem:
     """The item as scored: question and options stripped; a JSON record is validated as an McqItem first.
 
-    Beyond the format's own checks, scoring needs at most 5 options (answer positions A-E) and a
-    language with prompt labels.
+    Every option count the format accepts (2 to 26, letters A-Z) is scored; beyond the format's own
+    checks, the language must have prompt labels.
     """
     if isinstance(source, dict):
         try:
             source = McqItem.from_dict(source)
         except (TypeError, ValueError) as error:
             raise McqaError(f"{where}: not an MCQ item: {error}") from error
-    if not 2 <= source.n_options <= len(POSITIONS):
-        raise McqaError(f"{where} ({source.id}): {source.n_options} options; between 2 and {len(POSITIONS)} are supported")
+    if not 2 <= source.n_options <= len(POSITIONS) or source.letters != list(POSITIONS[: source.n_options]):  # the format's own rule
+        raise McqaError(f"{where} ({source.id}): {source.n_options} options; 2 to {len(POSITIONS)}, lettered A.., are supported")
     if source.language not in LABELS:
         raise McqaError(f"{where} ({source.id}): language {source.language!r}; supported: {', '.join(sorted(LABELS))}")
     return replace(source, question=source.question.strip(), options=[option.strip() for option in source.options])
 
 
 def load_items(path: Path) -> list[McqItem]:
-    """Items of an MCQ JSONL file (read and validated by ``medfactory.corpus.mcq.read_items``), at most 5 options each."""
+    """Items of an MCQ JSONL file (read and validated by ``medfactory.corpus.mcq.read_items``), 2 to 26 options each."""
     path = Path(path)
     if not path.is_file():
         raise McqaError(f"{path} does not exist or is not a file")
@@ -851,29 +854,36 @@ def _item_columns(result: ItemScores, protocol: str) -> dict[str, Any]:
     return record
 
 
-def _per_position(name: str, values: Sequence[Any], missing: Any) -> dict[str, Any]:
-    """``<name>_A`` ... ``<name>_E``: one column per answer position, ``missing`` past the item's last option."""
-    return {f"{name}_{letter}": values[position] if position < len(values) else missing for position, letter in enumerate(POSITIONS)}
+def position_columns(items: Iterable[McqItem]) -> str:
+    """The letters per_item.csv has a score column for: A-E, or A up to the set's longest item's last letter."""
+    return POSITIONS[: max([MIN_POSITION_COLUMNS, *(item.n_options for item in items)])]
 
 
-def _option_columns(result: ItemScores, protocol: str) -> dict[str, Any]:
+def _per_position(name: str, values: Sequence[Any], missing: Any, letters: str) -> dict[str, Any]:
+    """``<name>_A`` ... one column per letter of ``letters``, ``missing`` past the item's last option."""
+    return {f"{name}_{letter}": values[position] if position < len(values) else missing for position, letter in enumerate(letters)}
+
+
+def _option_columns(result: ItemScores, protocol: str, letters: str) -> dict[str, Any]:
     """Every option's score; for ``loglik_norm`` also the per-byte score and the two lengths it divides by."""
     if protocol == "letter":
-        return _per_position("logprob", result.loglik, math.nan)
+        return _per_position("logprob", result.loglik, math.nan, letters)
     texts = result.scored_texts or result.item.options
     return {
-        **_per_position("loglik", result.loglik, math.nan),
-        **_per_position("loglik_norm", result.normalised["bytes"], math.nan),
-        **_per_position("n_bytes", [len(text.encode("utf-8")) for text in texts], None),
-        **_per_position("n_chars", [len(text) for text in texts], None),
+        **_per_position("loglik", result.loglik, math.nan, letters),
+        **_per_position("loglik_norm", result.normalised["bytes"], math.nan, letters),
+        **_per_position("n_bytes", [len(text.encode("utf-8")) for text in texts], None, letters),
+        **_per_position("n_chars", [len(text) for text in texts], None, letters),
     }
 
 
 def per_item_frame(scored: Sequence[ItemScores], protocol: str) -> pd.DataFrame:
-    """One row per item: metadata, gold and predicted letters (positions A–E), per-option scores."""
+    """One row per item: metadata, gold and predicted letters, per-option scores in columns A-E (A up to the
+    set's largest option count when an item has more than 5 options; empty past an item's last option)."""
     import pandas as pd
 
-    frame = pd.DataFrame.from_records([{**_item_columns(result, protocol), **_option_columns(result, protocol)} for result in scored])
+    letters = position_columns(result.item for result in scored)
+    frame = pd.DataFrame.from_records([{**_item_columns(result, protocol), **_option_columns(result, protocol, letters)} for result in scored])
     for column in ("year", *[c for c in frame.columns if c.startswith(("n_bytes_", "n_chars_"))]):
         if column in frame:
             frame[column] = frame[column].astype("Int64")

@@ -129,7 +129,10 @@ def _option_text(text: str, options: Sequence[str], threshold: float) -> Extract
 
 def extract_answer(text: str, letters: Sequence[str], options: Sequence[str] = (), threshold: float = OVERLAP_THRESHOLD) -> Extraction:
     """The option a generated answer names: the first :data:`RULES` rule with a letter of ``letters``, else
-    the option-text fallback (:func:`_option_text`), else ``Extraction(None, "none")``."""
+    the option-text fallback (:func:`_option_text`), else ``Extraction(None, "none")``.
+
+    ``letters`` are the item's own (A up to its last option, at most Z): the rules match any letter, and one
+    past the item's last option (``F`` for a 4-option item) is no answer, so the next match or rule is tried."""
     stripped = strip_accents(text).strip()
     found = _regex_letter(stripped, letters)
     if found is None and options:
