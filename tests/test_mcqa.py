@@ -14,6 +14,7 @@ import os
 import random
 import re
 import shutil
+import string
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -34,7 +35,7 @@ from medfactory.run.tiny_model import build_tiny_model
 def _item(id, question, options, answer, category, year, exam, language="es", has_image=False):
     return {
         "id": id, "question": question, "options": options, "answer": answer,
-        "letters": list("ABCDE"[: len(options)]), "category": category, "year": year, "exam": exam,
+        "letters": list(string.ascii_uppercase[: len(options)]), "category": category, "year": year, "exam": exam,
         "has_image": has_image, "language": language,
     }  # fmt: skip
 
@@ -338,6 +339,7 @@ def test_command_outputs(app, tiny_models, files, tmp_path, protocol):
     assert per_item[per_item["n_options"] == 5][f"{score}_E"].notna().all()
     # prediction = argmax of the per-option scores
     columns = [f"{score}_{letter}" for letter in "ABCDE"]
+    assert [column for column in per_item.columns if re.fullmatch(rf"{score}_[A-Z]", column)] == columns  # no F.. for <= 5 options
     argmax = per_item[columns].fillna(-math.inf).to_numpy().argmax(axis=1)
     assert list(per_item["prediction"]) == ["ABCDE"[i] for i in argmax]
     assert list(per_item["correct"]) == list(per_item["prediction"] == per_item["answer"])
@@ -382,6 +384,113 @@ def test_command_outputs(app, tiny_models, files, tmp_path, protocol):
         assert (per_item["n_bytes_A"] != per_item["n_chars_A"]).any() or (per_item["n_bytes_C"] != per_item["n_chars_C"]).any()
     else:
         assert set(metrics["scoring"]["letter_tokens"]) == set("ABCDE")
+
+
+# --------------------------------------------------------------------------------------------
+# More than 5 options (exam_mcq sets have up to 10; the format takes 2 to 26)
+# --------------------------------------------------------------------------------------------
+
+SEVEN = ["Amoxicilina", "Vancomicina", "Insulina glargina", "Metformina", "Omeprazol", "Furosemida", "Gentamicina"]  # the same words in es and pt
+WIDE_ITEMS = [
+    _item("w-1", "¿Cuál de estos fármacos es un diurético de asa?", SEVEN, 5, "pharmacology", 2020, "Examen_2020"),
+    _item("w-2", "¿Cuál de estos fármacos es un aminoglucósido?", SEVEN, 6, "pharmacology", 2020, "Examen_2020"),
+    _item("w-3", "Qual destes fármacos é um diurético de alça?", SEVEN, 5, "farmacologia", 2021, "Prova_2021", "pt"),
+    _item("w-4", "Qual destes fármacos é um aminoglicosídeo?", SEVEN, 6, "farmacologia", 2021, "Prova_2021", "pt"),
+    TEST_ITEMS[1],  # 4 options
+    TEST_ITEMS[0],  # 5 options
+]  # fmt: skip
+WIDE = "ABCDEFG"
+
+
+@pytest.fixture(scope="module")
+def wide_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write_jsonl(tmp_path_factory.mktemp("mcq_wide") / "test.jsonl", WIDE_ITEMS)
+
+
+def test_every_option_count_of_the_format_is_accepted():
+    options = [f"opción {index}" for index in range(26)]
+    item = mcqa.to_item(_item("z", "¿Cuál?", options, 25, None, None, None))
+    assert item.n_options == 26 and string.ascii_uppercase == mcqa.POSITIONS
+    assert mcqa.position_columns([item]) == string.ascii_uppercase
+    assert mcqa.position_columns([mcqa.to_item(TEST_ITEMS[1])]) == "ABCDE"  # at least A-E, as before
+    assert mcqa.continuations(item, "letter")[-1] == " Z"
+
+
+def test_letter_prompt_lists_every_letter_of_the_item(wide_file):
+    item = mcqa.load_items(wide_file)[0]
+    prompt = mcqa.letter_prompt(item)
+    lines = [f"{letter}) {option}" for letter, option in zip(WIDE, SEVEN)]
+    assert prompt.endswith("Pregunta: " + item.question + "\n" + "\n".join(lines) + "\nRespuesta:")
+    assert "H)" not in prompt
+    assert mcqa.continuations(item, "letter") == [f" {letter}" for letter in WIDE]
+
+
+@pytest.mark.parametrize("architecture", ["mistral", "llama"])
+def test_seven_option_logliks_match_direct_computation(tiny_models, wide_file, architecture):
+    """F and G are scored like A-E; a letter the vocabulary splits (llama: ' G' = 'Ġ' + 'G') gets its own rows."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = tiny_models[architecture]
+    scorer = mcqa.LogLikelihoodScorer(*mcqa.load_model(str(path), dtype="fp32", device="cpu"))
+    direct_model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    direct_tokenizer = AutoTokenizer.from_pretrained(path)
+    items = mcqa.load_items(wide_file)[:4]
+    scored = mcqa.score_items(scorer, items, "letter", batch_size=4)
+    expected_rows = 0
+    for result in scored:
+        lengths = [len(direct_tokenizer(result.prompt + " " + letter)["input_ids"]) - len(direct_tokenizer(result.prompt)["input_ids"]) for letter in WIDE]
+        assert [len(tokens) for tokens in result.tokens] == lengths
+        expected_rows += 1 if set(lengths) == {1} else len(WIDE)  # one shared row only when every letter is one token
+        expected = [_direct_loglik(direct_model, direct_tokenizer, result.prompt, " " + letter) for letter in WIDE]
+        assert result.loglik == pytest.approx(expected, abs=1e-4)
+    assert scorer.stats.sequences == expected_rows
+    assert expected_rows == (len(items) if architecture == "mistral" else len(items) * len(WIDE))
+    assert set(mcqa.letter_tokens(scored)) == set(WIDE)
+
+
+@pytest.mark.parametrize("protocol", ["letter", "loglik_norm"])
+def test_seven_option_command_outputs(app, tiny_models, wide_file, tmp_path, protocol):
+    out = tmp_path / protocol
+    result = _run(app, "--items", str(wide_file), "--model", str(tiny_models["mistral"]), "--out-dir", str(out), "--protocol", protocol,
+                  "--batch-size", "4", "--dtype", "fp32")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    per_item = pd.read_csv(out / "per_item.csv", keep_default_na=False, na_values=[""])
+    metrics = json.loads((out / "metrics.json").read_text())
+    score = "logprob" if protocol == "letter" else "loglik_norm"
+    columns = [f"{score}_{letter}" for letter in WIDE]
+    assert [column for column in per_item.columns if re.fullmatch(rf"{score}_[A-Z]", column)] == columns  # A-G: the set's widest item
+    by_options = per_item.set_index("id")
+    assert by_options.loc[["w-1", "w-2", "w-3", "w-4"], columns].notna().all().all()
+    assert by_options.loc["es-2", columns[4:]].isna().all() and by_options.loc["es-2", columns[:4]].notna().all()
+    assert by_options.loc["es-1", columns[5:]].isna().all() and by_options.loc["es-1", columns[:5]].notna().all()
+    assert list(by_options.loc[["w-1", "w-2", "w-3", "w-4"], "answer"]) == ["F", "G", "F", "G"]
+    argmax = per_item[columns].fillna(-math.inf).to_numpy().argmax(axis=1)
+    assert list(per_item["prediction"]) == [WIDE[i] for i in argmax]
+    assert metrics["accuracy"] == pytest.approx(accuracy_score(per_item["answer"], per_item["prediction"]))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(per_item["answer"], per_item["prediction"], average="macro", zero_division=0))
+    labels = sorted(set(per_item["answer"]) | set(per_item["prediction"]))
+    assert list(metrics["per_position"]) == labels == metrics["confusion"]["labels"] and {"F", "G"} <= set(labels)
+    f1 = f1_score(per_item["answer"], per_item["prediction"], labels=labels, average=None, zero_division=0)
+    assert [metrics["per_position"][label]["f1"] for label in labels] == pytest.approx(list(f1))
+    assert metrics["per_position"]["G"]["support"] == 2 and metrics["per_n_options"]["7"]["n"] == 4
+    if protocol == "letter":
+        assert set(metrics["scoring"]["letter_tokens"]) == set(WIDE)
+    else:
+        row = by_options.loc["w-2"]
+        assert row["n_bytes_G"] == len(SEVEN[6].encode("utf-8")) and row["loglik_norm_G"] == pytest.approx(row["loglik_G"] / row["n_bytes_G"])
+
+
+def test_seven_option_chat_template_prompt(tiny_models, head_qa_set, wide_file, tmp_path):
+    """The SFT prompt lists A) .. G), and the letter scored after ``Respuesta:`` tells all seven apart."""
+    loaded = mcqa.load_model(str(tiny_models["mistral"]), dtype="fp32", device="cpu")
+    manifest = head_qa_set / "data/head_qa_es/manifest.json"
+    prompter = mcqa.ChatPrompter(loaded[1], "mistral", mcqa.load_sft_prompt(manifest))
+    item = mcqa.load_items(wide_file)[1]
+    context, scored = prompter.pairs(item, "letter")
+    assert "\n".join(f"{letter}) {option}" for letter, option in zip(WIDE, SEVEN)) in loaded[1].decode(context)
+    assert [loaded[1].decode(ids).strip() for ids in scored] == list(WIDE)
+    metrics = mcqa.evaluate(wide_file, "tiny", tmp_path, loaded=loaded, chat_template="mistral", sft_prompt_from=manifest, progress=False)
+    assert metrics["n"] == len(WIDE_ITEMS) and pd.read_csv(tmp_path / "per_item.csv")["logprob_G"].notna().sum() == 4
 
 
 def test_include_images_and_limit(app, tiny_models, files, tmp_path):

@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import pandas as pd
 import pytest
 import typer
-from sklearn.metrics import accuracy_score
+from sklearn.metrics import accuracy_score, f1_score
 from typer.testing import CliRunner
 
 from medfactory.corpus.mcq import PROMPTS, McqItem, write_items
@@ -49,6 +49,10 @@ EXTRACTION_TABLE = [
     ("Respuesta: insulina glargina", 2, "option_text"),
     ("INSULINA GLÁRGINA", 2, "option_text"),
     ("Respuesta: E", None, "none"),  # not a letter of this item
+    ("Respuesta: F", None, "none"),
+    ("A resposta correta é a G.", None, "none"),
+    ("La opción F", None, "none"),
+    ("(G)", None, "none"),
     ("A mortalidade", None, "none"),  # pt article, no option text
     ("e depois", None, "none"),
     ("vitamina B.", None, "none"),
@@ -60,6 +64,38 @@ EXTRACTION_TABLE = [
 def test_extraction_cascade(text, position, rule):
     found = extract_answer(text, LETTERS, OPTIONS)
     assert (found.position, found.rule) == (position, rule)
+
+
+SEVEN_LETTERS = list("ABCDEFG")
+SEVEN_OPTIONS = [*OPTIONS, "Omeprazol", "Furosemida", "Gentamicina"]
+
+# The same answers for a 7-option item: F and G are letters of it, H is not.
+SEVEN_TABLE = [
+    ("Respuesta: F", 5, "answer_cue"),
+    ("La respuesta correcta es la opción G", 6, "answer_cue"),
+    ("A resposta correta é a G.", 6, "answer_cue"),
+    ("Resposta: a alternativa F", 5, "answer_cue"),
+    ("Resposta correta: (g)", 6, "answer_cue"),
+    ("la opción G", 6, "option_word"),
+    ("Alternativa F", 5, "option_word"),
+    ("Respuesta: H) x\nletra G", 6, "option_word"),  # H is no option of a 7-option item
+    ("(F)", 5, "parenthesised"),
+    ("G) Gentamicina", 6, "letter_paren"),
+    ("F", 5, "leading_letter"),
+    ("**G**", 6, "leading_letter"),
+    ("Furosemida", 5, "option_text"),
+    ("Resposta: gentamicina", 6, "option_text"),
+    ("Respuesta: H", None, "none"),
+    ("(H)", None, "none"),
+]
+
+
+@pytest.mark.parametrize(("text", "position", "rule"), SEVEN_TABLE)
+def test_extraction_cascade_seven_options(text, position, rule):
+    found = extract_answer(text, SEVEN_LETTERS, SEVEN_OPTIONS)
+    assert (found.position, found.rule) == (position, rule)
+    if position is not None and position >= len(LETTERS) and rule != "option_text":  # the same text is no answer for A-D
+        assert extract_answer(text, LETTERS, OPTIONS).position is None
 
 
 def test_extraction_rules_are_named_and_ordered():
@@ -147,6 +183,41 @@ def test_constant_answer_model_extracts_b(constant, items_file, tmp_path, chat_t
     generations = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {record["text"].strip() for record in generations} == {"Respuesta: B"}
     assert metrics["settings"]["chat_template"] == (None if chat_template == "none" else "mistral")
+
+
+SEVEN_ANSWER = "A resposta correta é a G."  # Portuguese cue; a letter only a 7-option item has
+
+
+@pytest.fixture(scope="module")
+def seven_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two 7-option items (gold F and G, es and pt) with the 4- and 5-option items of :func:`_items`."""
+    wide = [
+        McqItem("w-es", "¿Diurético de asa?", SEVEN_OPTIONS, 5, SEVEN_LETTERS, "pharmacology", 2020, "exam", False, "es"),
+        McqItem("w-pt", "Um aminoglicosídeo:", SEVEN_OPTIONS, 6, SEVEN_LETTERS, "farmacologia", 2021, "exam", False, "pt"),
+    ]
+    path = tmp_path_factory.mktemp("mcq_generate_seven") / "test.jsonl"
+    write_items(path, [*wide, *_items()[:2]])
+    return path
+
+
+def test_seven_options_end_to_end(seven_file, tmp_path):
+    """A model that always answers G: G is read for the 7-option items, nothing for the 4- and 5-option ones."""
+    loaded = mcqa.load_model(str(build_constant_answer_model(tmp_path / "model", SEVEN_ANSWER)), dtype="fp32", device="cpu")
+    out = tmp_path / "out"
+    metrics = mcqa_generate.evaluate(seven_file, "constant", out, loaded=loaded, batch_size=4, progress=False)
+    frame = _check_outputs(out, metrics, 4)
+    assert list(frame["n_options"]) == [7, 7, 4, 5] and list(frame["answer"]) == ["F", "G", "A", "B"]
+    assert list(frame["prediction"]) == ["G", "G", "", ""] and list(frame["extraction"]) == ["answer_cue", "answer_cue", "none", "none"]
+    assert list(frame["correct"]) == [False, True, False, False]
+    assert metrics["per_position"]["G"] == {"precision": 0.5, "recall": 1.0, "f1": pytest.approx(2 / 3), "support": 1}
+    assert metrics["per_position"]["F"]["support"] == 1 and metrics["per_position"]["F"]["f1"] == 0.0
+    assert metrics["confusion"]["labels"] == ["A", "B", "F", "G"] and metrics["confusion"]["column_labels"] == ["A", "B", "F", "G", "none"]
+    assert metrics["macro_f1"] == pytest.approx((2 / 3) / 4)  # A, B and F score 0; "none" is not a position
+    positions = ["A", "B", "F", "G"]
+    assert metrics["macro_f1"] == pytest.approx(f1_score(frame["answer"], frame["prediction"], labels=positions, average="macro", zero_division=0))
+    assert metrics["per_n_options"]["7"]["correct"] == 1
+    generations = [json.loads(line) for line in (out / "generations.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [record["prediction"] for record in generations] == ["G", "G", None, None]
 
 
 def test_command_refuses_bad_options(items_file, tmp_path):
