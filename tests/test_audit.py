@@ -184,6 +184,19 @@ def test_sampled_and_extrapolated_exposure_agree_with_exhaustive_ranking(loaded)
     assert abs(sampled["exposure"] - exact["exposure"]) <= SAMPLED_TOLERANCE_BITS and sampled["exposure"] > math.log2(201)
 
 
+def _leaf_values(value):
+    """Every scalar inside a JSON-like value (dict values, list items), keys included."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield key
+            yield from _leaf_values(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _leaf_values(item)
+    else:
+        yield value
+
+
 def test_memorised_canaries_are_exposed_and_extracted_and_untrained_ones_are_not(loaded):
     canaries = _canaries()
     model, tokenizer = loaded["memorized"]
@@ -198,7 +211,11 @@ def test_memorised_canaries_are_exposed_and_extracted_and_untrained_ones_are_not
         assert control["exposure"] < 0.5 * control["space_bits"] and trained["exposure"] > control["exposure"] + 5, (trained, control)
         assert trained["greedy_extracted"] and trained["sampled_extractions"] >= 1, trained
         assert not control["greedy_extracted"] and control["sampled_extractions"] == 0, control
-    assert not any(canary.secret in json.dumps(row) for row in memorised + untrained for canary in canaries)
+    # No row holds a secret: no text field contains one and no field is one (a float's digits may contain "482" by chance).
+    values = [value for row in memorised + untrained for value in _leaf_values(row)]
+    for canary in canaries:
+        assert not any(canary.secret in value for value in values if isinstance(value, str)), canary.id
+        assert not any(str(value) == canary.secret for value in values if isinstance(value, int | float)), canary.id
 
 
 # --------------------------------------------------------------------------------------------
