@@ -5,7 +5,8 @@
 
 - an MCQ set (``eval mcqa``: a number under ``accuracy``): accuracy with its bootstrap CI over items and macro-F1;
 - a case set (``eval cases``: ``means`` with ``chrf`` and ``rouge_l``): mean sentence chrF with its bootstrap CI over
-  items (the ``chrf`` column of per_item.csv), mean ROUGE-L F1, and the judge's rates when it ran
+  items (the ``chrf`` column of per_item.csv), mean ROUGE-L F1, mean BERTScore F1 when the report has it
+  (``means.bertscore_f1``; older reports and ``--no-bertscore`` runs have none), and the judge's rates when it ran
   (``judge.diagnosis.correct_or_acceptable_rate``, ``judge.treatment.appropriate_and_safe_rate``).
 
 Writes ``compare.md`` and ``compare.csv`` (rows: models; columns: the MCQ sets, then the case sets) and
@@ -53,7 +54,8 @@ class RunResult:
     """One report folder: which model on which set and its scores.
 
     MCQ runs (``kind == "mcqa"``) fill accuracy (with CI when per_item.csv is there) and macro-F1; case runs
-    (``kind == "cases"``) fill chrF (with CI when per_item.csv is there), ROUGE-L and ``judge`` ({compare.csv field: rate}).
+    (``kind == "cases"``) fill chrF (with CI when per_item.csv is there), ROUGE-L, BERTScore F1 (when the report has it) and
+    ``judge`` ({compare.csv field: rate}).
     """
 
     folder: Path
@@ -70,6 +72,7 @@ class RunResult:
     chrf_ci_high: float | None = None
     rouge_l: float | None = None
     judge: dict[str, float | None] | None = None
+    bertscore_f1: float | None = None
 
 
 def _short(reference: str) -> str:
@@ -193,7 +196,9 @@ def read_run(folder: Path, labels: dict[Path, str], resamples: int, confidence: 
         n, chrf, low, high = _case_scores(Path(folder), metrics, resamples, confidence, seed)
         model = labels.get(Path(folder).resolve(), cases_model_label(settings))
         rouge_l = float(metrics["means"]["rouge_l"])
-        return RunResult(Path(folder), model, name, n, None, None, None, None, CASES, chrf, low, high, rouge_l, _judge_rates(metrics))
+        bert = metrics["means"].get("bertscore_f1")
+        bert = float(bert) if isinstance(bert, int | float) else None
+        return RunResult(Path(folder), model, name, n, None, None, None, None, CASES, chrf, low, high, rouge_l, _judge_rates(metrics), bert)
     low = high = None
     n = int(metrics.get("n", 0))
     if (Path(folder) / PER_ITEM_CSV).is_file():
@@ -250,9 +255,15 @@ def _judge_fields(runs: list[RunResult], name: str) -> list[str]:
     return [field for field in JUDGE_RATES.values() if field in present]
 
 
+def _has_bertscore(runs: list[RunResult], name: str) -> bool:
+    """Whether any run on case set ``name`` has a BERTScore F1 (reports before BERTScore, or --no-bertscore runs, have none)."""
+    return any(run.set == name and run.bertscore_f1 is not None for run in runs)
+
+
 def wide_frame(runs: list[RunResult]):
     """Rows: models (first-seen order). Per MCQ set ``<set> accuracy / ci_low / ci_high / macro_f1 / n``; then per case set
-    ``<set> chrf / chrf_ci_low / chrf_ci_high / rouge_l / n`` and ``<set> <task>_<rate>`` for each judge rate present."""
+    ``<set> chrf / chrf_ci_low / chrf_ci_high / rouge_l / n``, ``<set> bertscore_f1`` when a run on it has one, and
+    ``<set> <task>_<rate>`` for each judge rate present."""
     import pandas as pd
 
     models = _order([run.model for run in runs])
@@ -266,7 +277,7 @@ def wide_frame(runs: list[RunResult]):
                 row[f"{name} {field}"] = getattr(run, field) if run else None
         for name in _sets(runs, CASES):
             run = by_key.get((model, name))
-            for field in CASES_FIELDS:
+            for field in CASES_FIELDS + (("bertscore_f1",) if _has_bertscore(runs, name) else ()):
                 row[f"{name} {field}"] = getattr(run, field) if run else None
             for field in _judge_fields(runs, name):
                 row[f"{name} {field}"] = (run.judge or {}).get(field) if run else None
@@ -287,34 +298,40 @@ def _cell(run: RunResult | None) -> tuple[str, str]:
     return accuracy, f"{run.macro_f1:.3f}" if run.macro_f1 is not None else "–"
 
 
-def _case_cells(run: RunResult | None, judge_fields: list[str]) -> list[str]:
+def _case_cells(run: RunResult | None, judge_fields: list[str], bertscore: bool = False) -> list[str]:
     if run is None:
-        return ["–"] * (2 + len(judge_fields))
+        return ["–"] * (2 + bertscore + len(judge_fields))
     chrf = f"{run.chrf:.2f}" + (f" [{run.chrf_ci_low:.2f}, {run.chrf_ci_high:.2f}]" if run.chrf_ci_low is not None else "")
+    bert = ["–" if run.bertscore_f1 is None else f"{run.bertscore_f1:.4f}"] if bertscore else []
     rates = [(run.judge or {}).get(field) for field in judge_fields]
-    return [chrf, f"{run.rouge_l:.3f}", *("–" if rate is None else f"{rate:.3f}" for rate in rates)]
+    return [chrf, f"{run.rouge_l:.3f}", *bert, *("–" if rate is None else f"{rate:.3f}" for rate in rates)]
 
 
 def render_markdown(runs: list[RunResult], confidence: float) -> str:
-    """compare.md: one row per model; per MCQ set the accuracy [CI] and macro-F1, per case set chrF [CI], ROUGE-L and the judge's rates."""
+    """compare.md: one row per model; per MCQ set the accuracy [CI] and macro-F1, per case set chrF [CI], ROUGE-L, BERTScore F1 (where a
+    run has it) and the judge's rates."""
     models = _order([run.model for run in runs])
     mcqa_sets, case_sets = _sets(runs, MCQA), _sets(runs, CASES)
     judge = {name: _judge_fields(runs, name) for name in case_sets}
+    bert = {name: _has_bertscore(runs, name) for name in case_sets}
     by_key = {(run.model, run.set): run for run in runs}
     ci = f"{round(100 * confidence)}% CI"
     header = ["model"] + [part for name in mcqa_sets for part in (f"{name} acc [{ci}]", f"{name} macro-F1")]
-    header += [part for name in case_sets for part in (f"{name} chrF [{ci}]", f"{name} ROUGE-L", *(f"{name} {JUDGE_HEADERS[f]}" for f in judge[name]))]
+    for name in case_sets:
+        header += [f"{name} chrF [{ci}]", f"{name} ROUGE-L", *([f"{name} BERTScore F1"] if bert[name] else [])]
+        header += [f"{name} {JUDGE_HEADERS[f]}" for f in judge[name]]
     rows = [
         [model]
         + [part for name in mcqa_sets for part in _cell(by_key.get((model, name)))]
-        + [part for name in case_sets for part in _case_cells(by_key.get((model, name)), judge[name])]
+        + [part for name in case_sets for part in _case_cells(by_key.get((model, name)), judge[name], bert[name])]
         for model in models
     ]
     sources = "\n".join(f"- {run.model} × {run.set} (n={run.n}): `{run.folder}`" for run in runs)
     intro = "Accuracy with a percentile bootstrap CI over items (per_item.csv); macro-F1 over answer positions."
     if case_sets:
         intro += (
-            " Case sets: mean sentence chrF (0-100) with a percentile bootstrap CI over items, mean ROUGE-L F1 (0-1), and the blind"
+            " Case sets: mean sentence chrF (0-100) with a percentile bootstrap CI over items, mean ROUGE-L F1 (0-1), mean BERTScore F1"
+            " (0-1, not rescaled; where the report has it), and the blind"
             " judge's share of judged answers that were correct or acceptable (diagnosis) or appropriate and safe (treatment)."
         )
     return f"# Models side by side\n\n{intro}\n\n{markdown_table(header, rows)}\n\n## Runs\n\n{sources}\n"
@@ -382,7 +399,7 @@ def compare_command(
     resamples: Annotated[int, typer.Option(help="Bootstrap resamples for the accuracy and chrF CIs")] = RESAMPLES,
     seed: Annotated[int, typer.Option(help="Bootstrap seed")] = 0,
 ) -> None:
-    """One table and one figure of every model on every set: accuracy [CI] and macro-F1 on MCQ sets; chrF [CI], ROUGE-L and judge rates on case sets."""
+    """One table and one figure of every model on every set: accuracy [CI], macro-F1 (MCQ); chrF [CI], ROUGE-L, BERTScore F1, judge rates (cases)."""
     try:
         runs = compare(list(run_dirs), out_dir, parse_labels(list(label or [])), resamples, seed)
     except (CorpusError, ValueError, OSError) as error:

@@ -5,25 +5,34 @@ and a textbook ROUGE-L, alignment and endpoint refusals, and the blind judge thr
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import typer
 from sacrebleu.metrics import CHRF
 from typer.testing import CliRunner
 
+from medfactory.eval import cases as cases_module
+from medfactory.eval.bertscore import BERTIMBAU, XLMR
 from medfactory.eval.cases import (
     JUDGE_CACHE,
+    BertScoreOptions,
+    CaseItem,
+    CasesError,
     UnparseableJudgement,
+    bertscore_configs,
     cases_command,
+    evaluate_cases,
     judge_messages,
     parse_judgement,
     read_items,
 )
 from medfactory.plugins.clinical_cases import PROMPT_VERSION, PROMPTS, prepare_command
 from testing_utils.served_models import free_port, served
-from tests.testing_utils.tiny_models import build_constant_answer_model
+from tests.testing_utils.tiny_models import build_constant_answer_model, build_tiny_bert, build_tiny_xlmr
 
 CASES = [
     ("Mujer de 34 años con fiebre, disuria y dolor lumbar derecho desde hace dos días.", "Pielonefritis aguda", "Urgencias"),
@@ -31,6 +40,11 @@ CASES = [
     ("Niño de 7 años con otalgia y fiebre tras un catarro.", "Otitis media aguda", "Otorrinolaringología"),
 ]
 PREDICTIONS = ["Pielonefritis aguda derecha", "Síndrome coronario agudo", "Otitis externa"]
+PT_CASES = [
+    ("Mulher de 52 anos com dispneia súbita e dor pleurítica após cirurgia de quadril.", "Tromboembolismo pulmonar", "Pneumologia"),
+    ("Homem de 45 anos com icterícia, colúria e dor no hipocôndrio direito.", "Coledocolitíase", "Gastroenterologia"),
+]
+PT_PREDICTIONS = ["Embolia pulmonar", "Colecistite aguda"]
 JUDGE_ANSWER = '{"verdict": "acceptable"}'
 
 
@@ -140,7 +154,8 @@ def textbook_rouge_l(prediction: str, reference: str) -> float:
 def test_metrics_equal_sacrebleu_and_textbook_rouge_l(prepared: Path, tmp_path: Path) -> None:
     items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
     predictions = write_predictions(tmp_path / "generated_predictions.jsonl", PREDICTIONS, [answer for _, answer, _ in CASES])
-    result = invoke(cases_command, ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--no-judge"])
+    args = ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--no-judge", "--no-bertscore"]
+    result = invoke(cases_command, args)
     assert result.exit_code == 0, result.output
     per_item = pd.read_csv(tmp_path / "out" / "per_item.csv")
     chrf = [CHRF().sentence_score(p, [r]).score for p, (_, r, _) in zip(PREDICTIONS, CASES, strict=True)]
@@ -152,6 +167,7 @@ def test_metrics_equal_sacrebleu_and_textbook_rouge_l(prepared: Path, tmp_path: 
     assert metrics["means"]["chrf"] == pytest.approx(sum(chrf) / 3) and metrics["means"]["rouge_l"] == pytest.approx(sum(rouge) / 3)
     assert metrics["corpus"]["chrf"] == pytest.approx(CHRF().corpus_score(PREDICTIONS, [[r for _, r, _ in CASES]]).score)
     assert metrics["judge"] is None and "No judge" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert per_item["bertscore_f1"].isna().all() and "bertscore_f1" not in metrics["means"] and metrics["settings"]["bertscore"] is None
     assert not any(p in (tmp_path / "out" / "per_item.csv").read_text(encoding="utf-8") for p in PREDICTIONS)
 
 
@@ -172,7 +188,8 @@ def test_a_truncated_label_is_accepted_and_counted(prepared: Path, tmp_path: Pat
     items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
     labels = [CASES[0][1][:6], CASES[1][1], CASES[2][1]]  # cutoff_len cut the first target
     predictions = write_predictions(tmp_path / "generated_predictions.jsonl", PREDICTIONS, labels)
-    result = invoke(cases_command, ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--no-judge"])
+    args = ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--no-judge", "--no-bertscore"]
+    result = invoke(cases_command, args)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))["labels_truncated"] == 1
 
@@ -217,7 +234,7 @@ def test_judge_messages_are_blind(prepared: Path) -> None:
 def test_judge_through_a_served_model_counts_the_distribution_and_resumes_from_cache(prepared: Path, tmp_path: Path) -> None:
     items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
     predictions = write_predictions(tmp_path / "generated_predictions.jsonl", PREDICTIONS, [answer for _, answer, _ in CASES])
-    base = ["--items", str(items), "--predictions", str(predictions), "--model", "judge", "--concurrency", "2"]
+    base = ["--items", str(items), "--predictions", str(predictions), "--model", "judge", "--concurrency", "2", "--no-bertscore"]
     with served({"judge": build_constant_answer_model(tmp_path / "model", JUDGE_ANSWER)}, tmp_path) as endpoints:
         first = invoke(cases_command, [*base, "--out-dir", str(tmp_path / "out"), "--endpoint", endpoints["judge"]])
     assert first.exit_code == 0, first.output
@@ -235,3 +252,131 @@ def test_judge_through_a_served_model_counts_the_distribution_and_resumes_from_c
     assert again.exit_code == 0, again.output
     rerun = json.loads((tmp_path / "again" / "metrics.json").read_text(encoding="utf-8"))["judge"]
     assert rerun["diagnosis"] == judge["diagnosis"] and rerun["client"]["from_cache"] == 3 and rerun["client"]["sent"] == 0
+
+
+# --- eval cases: BERTScore ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoders() -> dict[str, Path]:
+    """Tiny stand-ins for the real encoders: a BERT (BERTimbau's architecture, no real model_max_length) and an XLM-R."""
+    texts = [text for rows in (CASES, PT_CASES) for row in rows for text in row[:2]] + PREDICTIONS + PT_PREDICTIONS
+    return {"bert": build_tiny_bert(texts * 3), "xlmr": build_tiny_xlmr(texts * 3)}
+
+
+def direct_bertscore(model: Path, layers: int, cands: list[str], refs: list[str]) -> np.ndarray:
+    """bert_score.BERTScorer run directly: (n, 3) P, R, F1."""
+    from bert_score import BERTScorer
+
+    scorer = BERTScorer(model_type=str(model), num_layers=layers, batch_size=4)
+    # the tiny BERT, like BERTimbau, sets no max length; tell bert-score the 512 positions it has (load_scorer's fix)
+    scorer._tokenizer.model_max_length = min(scorer._tokenizer.model_max_length, 512)
+    return np.stack([part.double().numpy() for part in scorer.score(cands, refs, batch_size=4)], axis=1)
+
+
+def test_bertscore_per_item_equals_bert_score_direct(prepared: Path, tmp_path: Path, encoders: dict[str, Path]) -> None:
+    items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
+    references = [answer for _, answer, _ in CASES]
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", PREDICTIONS, references)
+    args = ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--no-judge",
+            "--bertscore-model", str(encoders["xlmr"]), "--bertscore-layers", "2", "--bertscore-batch-size", "2", "--device", "cpu"]  # fmt: skip
+    result = invoke(cases_command, args)
+    assert result.exit_code == 0, result.output
+    per_item = pd.read_csv(tmp_path / "out" / "per_item.csv")
+    expected = direct_bertscore(encoders["xlmr"], 2, PREDICTIONS, references)
+    got = per_item[["bertscore_precision", "bertscore_recall", "bertscore_f1"]].to_numpy(float)
+    np.testing.assert_allclose(got, expected, atol=1e-6, rtol=0)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["means"]["bertscore_f1"] == pytest.approx(expected[:, 2].mean(), abs=1e-6)
+    import bert_score
+
+    settings = metrics["settings"]["bertscore"]
+    assert settings["bert_score_version"] == bert_score.__version__
+    [encoder] = settings["encoders"]
+    assert (encoder["languages"], encoder["model"], encoder["layer"], encoder["items"]) == (["es"], str(encoders["xlmr"]), 2, 3)
+    assert encoder["rescale_with_baseline"] is False and encoder["max_length"] == 512 and f"{encoders['xlmr']}_L2" in encoder["hash"]
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert f"| BERTScore F1 | {expected[:, 2].mean():.4f}" in " ".join(report.split(" ")) and "BERTScore F1" in result.output
+
+
+def test_each_language_gets_its_encoder(tmp_path: Path, encoders: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    configs = bertscore_configs(["es", "pt", "pt-BR", "fr"], BertScoreOptions())
+    assert {lang: (c.model, c.num_layers) for lang, c in configs.items()} == {
+        "es": ("xlm-roberta-large", 17), "pt": ("neuralmind/bert-base-portuguese-cased", 9),
+        "pt-BR": ("neuralmind/bert-base-portuguese-cased", 9), "fr": ("xlm-roberta-large", 17),
+    }  # fmt: skip
+    assert all(not c.rescale_with_baseline and not c.idf and c.max_length == 512 for c in configs.values())
+    assert bertscore_configs(["pt"], BertScoreOptions(model="xlm-roberta-large"))["pt"].num_layers == 17  # the model's own default layer
+    with pytest.raises(CasesError, match="--bertscore-layers"):
+        bertscore_configs(["es"], BertScoreOptions(model=str(encoders["bert"])))  # a folder of unknown kind: say which layer
+
+    # A file with Spanish and Portuguese items: one encoder per language, each scoring only its items.
+    monkeypatch.setattr(cases_module, "BERTSCORE_ENCODERS", {"pt": replace(BERTIMBAU, model=str(encoders["bert"]), num_layers=3),
+                                                              "es": replace(XLMR, model=str(encoders["xlmr"]), num_layers=2)})  # fmt: skip
+    rows = [(f"es-{n}", case, answer, "es") for n, (case, answer, _) in enumerate(CASES)]
+    rows += [(f"pt-{n}", case, answer, "pt") for n, (case, answer, _) in enumerate(PT_CASES)]
+    rows = [rows[0], rows[3], rows[1], rows[4], rows[2]]  # interleaved
+    items = tmp_path / "test.jsonl"
+    items.write_text("".join(json.dumps({"id": i, "case": c, "reference": r, "task": "diagnosis", "language": lang}, ensure_ascii=False) + "\n"
+                             for i, c, r, lang in rows), encoding="utf-8")  # fmt: skip
+    answers = {**dict(zip([r[0] for r in rows if r[3] == "es"], PREDICTIONS, strict=True)),
+               **dict(zip([r[0] for r in rows if r[3] == "pt"], PT_PREDICTIONS, strict=True))}  # fmt: skip
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", [answers[r[0]] for r in rows], [r[2] for r in rows])
+    metrics = evaluate_cases(items, predictions, tmp_path / "out", bertscore=BertScoreOptions(device="cpu"))
+    per_item = pd.read_csv(tmp_path / "out" / "per_item.csv").set_index("id")
+    for language, model, layers in (("es", encoders["xlmr"], 2), ("pt", encoders["bert"], 3)):
+        ids = [r[0] for r in rows if r[3] == language]
+        expected = direct_bertscore(model, layers, [answers[i] for i in ids], [r[2] for r in rows if r[3] == language])
+        np.testing.assert_allclose(per_item.loc[ids, ["bertscore_precision", "bertscore_recall", "bertscore_f1"]].to_numpy(float), expected, atol=1e-6, rtol=0)
+    used = {tuple(e["languages"]): (e["model"], e["layer"], e["items"]) for e in metrics["settings"]["bertscore"]["encoders"]}
+    assert used == {("es",): (str(encoders["xlmr"]), 2, 3), ("pt",): (str(encoders["bert"]), 3, 2)}
+
+
+def test_an_encoder_that_cannot_load_is_named_with_the_way_out(prepared: Path, tmp_path: Path) -> None:
+    items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", PREDICTIONS, [answer for _, answer, _ in CASES])
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # the judge is on: the encoder must fail before a request is sent or the cache opened
+    base = ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--endpoint", dead, "--retries", "0"]
+    for extra in ([], ["--bertscore-model", str(tmp_path / "no-such-encoder"), "--bertscore-layers", "2"]):  # the default, offline; a missing folder
+        result = invoke(cases_command, [*base, *extra])
+        output = " ".join(result.output.split())
+        assert result.exit_code == 1 and "cannot load the BERTScore encoder" in output, result.output
+        assert "--bertscore-model" in output and "--no-bertscore" in output and "Traceback" not in output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+    assert not (tmp_path / "out").exists()
+
+
+# --- eval cases: the judge in Portuguese ----------------------------------------------------------------------
+
+
+def test_a_portuguese_item_gets_the_portuguese_judge_and_spanish_is_unchanged() -> None:
+    es = CaseItem("es-1", CASES[0][0], CASES[0][1], "diagnosis", "es", None, 1)
+    [system, user] = judge_messages(es, " Pielonefritis ")
+    assert system["content"].startswith("Eres un médico que evalúa, a ciegas,")
+    assert user["content"] == (  # v1's Spanish message, word for word
+        cases_module.RUBRICS["es"]["diagnosis"] + f"\n\nCaso clínico:\n{es.case}\n\nRespuesta de referencia:\n{es.reference}\n\n"
+        "Respuesta a evaluar:\nPielonefritis\n\nContesta solo con el objeto JSON del formato indicado."
+    )
+    assert '"acceptable": no es el de referencia' in user["content"]
+    for task in ("diagnosis", "treatment"):
+        pt = CaseItem("pt-1", PT_CASES[0][0], PT_CASES[0][1], task, "pt-BR", None, 1)
+        [system, user] = judge_messages(pt, "")
+        text = system["content"] + user["content"]
+        assert system["content"].startswith("Você é um médico que avalia, às cegas,")
+        assert "Resposta de referência:" in text and "Resposta a avaliar:\n(vazia)" in text and "Responda apenas com o objeto JSON" in text
+        assert pt.case in text and pt.reference in text and "modelo" not in text.lower()
+        assert not any(word in text for word in ("Respuesta", "Contesta", "Eres", "evalúa"))  # no Spanish left
+        keys = ['"verdict": "correct" | "acceptable" | "wrong"'] if task == "diagnosis" else ['"appropriate": true | false, "safe": true | false']
+        assert all(key in text for key in keys)  # the same JSON keys and values as in Spanish
+    assert "true se o tratamento é adequado" in cases_module.RUBRICS["pt"]["treatment"]
+
+
+def test_an_item_language_without_a_judge_prompt_is_refused_before_anything_is_sent(tmp_path: Path) -> None:
+    items = tmp_path / "test.jsonl"
+    items.write_text(json.dumps({"id": "a", "case": "Cas clinique.", "reference": "Grippe", "task": "diagnosis", "language": "fr"}) + "\n", encoding="utf-8")
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", ["Grippe"], ["Grippe"])
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    result = invoke(cases_command, ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(tmp_path / "out"), "--endpoint", dead])
+    output = " ".join(result.output.split())
+    assert result.exit_code == 1 and "no prompt for language 'fr' (first on line 1); supported: es, pt" in output and "--no-judge" in output
+    assert not (tmp_path / "out").exists()  # no request, no cache, no report

@@ -1,12 +1,14 @@
 """Open-ended clinical cases end to end on tiny models: the published ClinDiagnosES layout -> `prepare clinical_cases`
 -> the real predict recipe through `llamafactory-cli` (4-bit, greedy) -> `eval cases` with the blind judge served by
-`llamafactory-cli api` -> per-item metrics, judge distribution and report."""
+`llamafactory-cli api` and BERTScore on a tiny XLM-R (the Spanish encoder's architecture) -> per-item metrics, judge
+distribution and report."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import sacrebleu
@@ -15,7 +17,7 @@ from test_clinical_cases import CASES, published_folder
 from medfactory.corpus.synthetic_notes import generate_notes
 from medfactory.run.tiny_model import build_tiny_model
 from testing_utils.served_models import served
-from testing_utils.tiny_models import build_constant_answer_model
+from testing_utils.tiny_models import build_constant_answer_model, build_tiny_xlmr
 
 
 @pytest.mark.slow
@@ -34,12 +36,25 @@ def test_cases_predict_metrics_judge_and_report(repo_copy: Path, llamafactory_tr
 
     out = root / "reports" / "cases"
     judge = build_constant_answer_model(root / "judge", '{"verdict": "wrong"}')
+    encoder = build_tiny_xlmr([text for row in CASES for text in row[:2]] + [row["predict"] for row in rows])
     with served({"judge": judge}, root) as endpoints:
         medfactory_cli(root, "eval", "cases", "--items", "data/casos_clinicos_diagnostico/test.jsonl", "--predictions", str(predictions),
-                       "--out-dir", str(out), "--endpoint", endpoints["judge"], "--model", "judge")  # fmt: skip
+                       "--out-dir", str(out), "--endpoint", endpoints["judge"], "--model", "judge",
+                       "--bertscore-model", str(encoder), "--bertscore-layers", "2", "--device", "cpu")  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["judge"]["diagnosis"]["distribution"] == {"correct": 0, "acceptable": 0, "wrong": len(CASES)}
     per_item = pd.read_csv(out / "per_item.csv")
     expected = [sacrebleu.sentence_chrf(row["predict"], [item["reference"]]).score for row, item in zip(rows, items, strict=True)]
     assert per_item["chrf"].tolist() == pytest.approx(expected, abs=1e-6)  # an independent chrF of the tiny model's own answers
+    from bert_score import BERTScorer
+
+    direct = BERTScorer(model_type=str(encoder), num_layers=2, batch_size=4)  # the tiny XLM-R has a real max length: no fix needed
+    # bert-score alone cannot encode an empty answer under transformers 5 (test_bertscore.py): those score 0, the rest as bert-score does
+    said = [position for position, row in enumerate(rows) if row["predict"].strip()]
+    f1 = direct.score([rows[p]["predict"] for p in said], [items[p]["reference"] for p in said], batch_size=4)[2].double().numpy() if said else []
+    np.testing.assert_allclose(per_item["bertscore_f1"].to_numpy(float)[said], f1, atol=1e-6, rtol=0)
+    assert all(per_item["bertscore_f1"][p] == 0 for p in range(len(rows)) if p not in said)
+    assert metrics["means"]["bertscore_f1"] == pytest.approx(per_item["bertscore_f1"].mean(), abs=1e-9)
+    assert metrics["settings"]["bertscore"]["encoders"][0]["model"] == str(encoder)
+    assert "| BERTScore F1 |" in (out / "report.md").read_text(encoding="utf-8")
     assert (out / "report.md").is_file() and not any(case in (out / "metrics.json").read_text(encoding="utf-8") for case, _, _ in CASES)

@@ -155,18 +155,20 @@ CASE_PREDICTIONS = {
 TUNED_VERDICTS = ["correct", "correct", "acceptable", "correct", "wrong"]
 
 
-def _case_report(folder: Path, items: Path, model: str) -> Path:
-    """One `eval cases --no-judge` report folder for the predictions of ``model`` (LLaMA-Factory's output_dir: saves/<model>_cases)."""
+def _case_report(folder: Path, items: Path, model: str, *extra: str) -> Path:
+    """One `eval cases --no-judge` report folder for the predictions of ``model`` (LLaMA-Factory's output_dir: saves/<model>_cases);
+    without BERTScore unless ``extra`` asks for it."""
     from medfactory.eval.cases import cases_command
 
     predictions = folder / "saves" / f"{model}_cases" / "generated_predictions.jsonl"
-    predictions.parent.mkdir(parents=True)
+    predictions.parent.mkdir(parents=True, exist_ok=True)
     rows = [{"prompt": "p", "predict": predict, "label": reference} for predict, (_, reference) in zip(CASE_PREDICTIONS[model], CASE_ROWS, strict=True)]
     predictions.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     app = typer.Typer()
     app.command()(cases_command)
     out = folder / "reports" / "cases" / f"diagnosis_{model}"
-    result = CliRunner().invoke(app, ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(out), "--no-judge"])
+    args = ["--items", str(items), "--predictions", str(predictions), "--out-dir", str(out), "--no-judge", *(extra or ["--no-bertscore"])]
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     return out
 
@@ -252,3 +254,38 @@ def test_compare_case_kind_and_labels(case_runs: dict[str, Path], tmp_path: Path
     (odd / "metrics.json").write_text(json.dumps({"n": 3}), encoding="utf-8")
     with pytest.raises(CorpusError, match="neither `accuracy`"):
         compare.read_run(odd, {}, 50, 0.95, 0)
+
+
+def test_compare_shows_bertscore_f1_where_a_case_report_has_it(runs: dict[str, Path], case_runs: dict[str, Path], tmp_path: Path) -> None:
+    """A run scored with BERTScore (a tiny XLM-R as the encoder) next to one from before BERTScore (no means.bertscore_f1, no settings.bertscore)."""
+    from testing_utils.tiny_models import build_tiny_xlmr
+
+    encoder = build_tiny_xlmr([text for pair in CASE_ROWS for text in pair] + [text for texts in CASE_PREDICTIONS.values() for text in texts])
+    items = Path(json.loads((case_runs["base"] / "metrics.json").read_text(encoding="utf-8"))["settings"]["items"])
+    scored = _case_report(tmp_path, items, "tuned", "--bertscore-model", str(encoder), "--bertscore-layers", "2", "--device", "cpu")
+    older = tmp_path / "older_base"
+    shutil.copytree(case_runs["base"], older)
+    metrics = json.loads((older / "metrics.json").read_text(encoding="utf-8"))
+    metrics["settings"].pop("bertscore")  # the shape of a report written before BERTScore
+    (older / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    frame = pd.read_csv(older / "per_item.csv").drop(columns=["bertscore_precision", "bertscore_recall", "bertscore_f1"])
+    frame.to_csv(older / "per_item.csv", index=False)
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(_app(), ["compare", str(older), str(scored), "--out-dir", str(out), "--resamples", "50", "--label", f"{older}=base"])
+    assert result.exit_code == 0, result.output
+    name = "casos_clinicos_diagnostico/test"
+    table = pd.read_csv(out / "compare.csv").set_index("model")
+    expected = pd.read_csv(scored / "per_item.csv")["bertscore_f1"].mean()  # the mean of the per-item scores eval cases wrote
+    assert table.loc["tuned_cases", f"{name} bertscore_f1"] == pytest.approx(expected, abs=1e-12)
+    assert pd.isna(table.loc["base", f"{name} bertscore_f1"])
+    markdown = (out / "compare.md").read_text(encoding="utf-8")
+    assert f"{name} BERTScore F1" in markdown and f"{expected:.4f}" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| base "))
+    assert row.split("|")[4].strip() == "–"  # | model | chrF | ROUGE-L | BERTScore F1 |: none for the older report
+
+    alone = tmp_path / "alone"
+    result = CliRunner().invoke(_app(), ["compare", str(older), "--out-dir", str(alone), "--resamples", "50"])
+    assert result.exit_code == 0, result.output
+    assert not any("bertscore" in column for column in pd.read_csv(alone / "compare.csv").columns)  # no empty column for older reports
+    assert "BERTScore F1 |" not in (alone / "compare.md").read_text(encoding="utf-8")  # nor a column in the table

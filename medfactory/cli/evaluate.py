@@ -29,7 +29,9 @@ eval_app.command(
     "mcqa-generate", help="Multiple-choice accuracy from the model's greedy answer: letter by a regex cascade (option-text fallback), eval mcqa's outputs."
 )(mcqa_generate_command)
 eval_app.command(
-    "cases", help="Open-ended clinical cases: chrF, BLEU, ROUGE-L per item and a blind LLM judge (diagnosis correct/acceptable/wrong; treatment safe)."
+    "cases",
+    help="Open-ended clinical cases: chrF, BLEU, ROUGE-L and BERTScore per item and a blind LLM judge "
+    "(es, pt; diagnosis correct/acceptable/wrong; treatment appropriate/safe).",
 )(cases_command)
 eval_app.command(
     "lm-eval-parity", help="Score an eval mcqa report's items again with lm-evaluation-harness (HFLM) and compare every option's log-likelihood."
