@@ -1,7 +1,7 @@
 """Open-ended clinical cases end to end on tiny models: the published ClinDiagnosES layout -> `prepare clinical_cases`
 -> the real predict recipe through `llamafactory-cli` (4-bit, greedy) -> `eval cases` with the blind judge served by
 `llamafactory-cli api` and BERTScore on a tiny XLM-R (the Spanish encoder's architecture) -> per-item metrics, judge
-distribution and report."""
+distribution and report -> physicians' cards of the same answers and the judge's agreement with them."""
 
 from __future__ import annotations
 
@@ -58,3 +58,34 @@ def test_cases_predict_metrics_judge_and_report(repo_copy: Path, llamafactory_tr
     assert metrics["settings"]["bertscore"]["encoders"][0]["model"] == str(encoder)
     assert "| BERTScore F1 |" in (out / "report.md").read_text(encoding="utf-8")
     assert (out / "report.md").is_file() and not any(case in (out / "metrics.json").read_text(encoding="utf-8") for case, _, _ in CASES)
+
+    # Physicians' cards of the same answers, filled as two raters would, and the served judge's agreement with them.
+    study = root / "reports" / "case_study"
+    medfactory_cli(root, "eval", "cases-cards", "--items", "data/casos_clinicos_diagnostico/test.jsonl", "--predictions", f"tiny={predictions}",
+                   "--raters", "ana,bruno", "--out-dir", str(study))  # fmt: skip
+    cards = [json.loads(line) for line in (study / "cards.jsonl").read_text(encoding="utf-8").splitlines()]
+    verdicts = {"ana": ["wrong", "acceptable", "wrong"], "bruno": ["wrong", "correct", "correct"]}
+    returned = [_fill_verdicts(study, rater, {card["card_id"]: verdicts[rater][n] for n, card in enumerate(cards)}) for rater in verdicts]
+    medfactory_cli(root, "eval", "cases-agreement", "--study", str(study), *(a for path in returned for a in ("--ratings", str(path))),
+                   "--judge", f"tiny={out}", "--n-boot", "50")  # fmt: skip
+    agreement = json.loads((study / "agreement" / "agreement.json").read_text(encoding="utf-8"))
+    rows = {(r["comparison"], r["statistic"]): r for r in agreement["criteria"]["verdict"]["rows"]}
+    judge = "judge:judge"  # the served model's name, as metrics.json records it
+    assert rows[(f"{judge} vs ana", "percent_agreement")]["value"] == pytest.approx(100 * 2 / 3)  # percent; the judge said "wrong" to all three
+    assert rows[(f"{judge} vs bruno", "percent_agreement")]["value"] == pytest.approx(100 / 3)
+    written = (study / "agreement" / "agreement.md").read_text(encoding="utf-8")
+    assert not any(case in written or answer in written for case, answer, _ in CASES)
+
+
+def _fill_verdicts(study: Path, rater: str, verdict_by_card: dict[str, str]) -> Path:
+    """A rater's workbook with the verdict column filled (openpyxl, as the drop-down would write it)."""
+    from openpyxl import load_workbook
+
+    workbook = load_workbook(study / "raters" / f"{rater}.xlsx")
+    sheet = workbook["Cards"]
+    header = [cell.value for cell in sheet[1]]
+    for row in range(2, sheet.max_row + 1):
+        sheet.cell(row=row, column=header.index("verdict") + 1, value=verdict_by_card[sheet.cell(row=row, column=1).value])
+    path = study.parent / f"{rater}_returned.xlsx"
+    workbook.save(path)
+    return path

@@ -226,7 +226,7 @@ def parse_raters(raters: str | list[str]) -> list[str]:
     return names
 
 
-def _cell_text(text: str) -> str:
+def cell_text(text: str) -> str:
     """Text a worksheet cell accepts: model output can hold control characters XLSX forbids."""
     from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
 
@@ -330,7 +330,7 @@ def _fill_cards_sheet(sheet: Any, cards: list[dict], note_indexes: dict[str, int
     for offset, criterion in enumerate(CRITERIA):
         sheet.cell(row=1, column=4 + offset).comment = Comment(f"{criterion.question}\n(1–5)", "medfactory")
     for row_number, card in enumerate(cards, start=2):
-        sheet.append([card["card_id"], _cell_text(card["excerpt"]), _cell_text(card["completion"]), *([None] * len(CRITERIA)), None])
+        sheet.append([card["card_id"], cell_text(card["excerpt"]), cell_text(card["completion"]), *([None] * len(CRITERIA)), None])
         shaded = note_indexes[card["card_id"]] % 2 == 0
         for column in range(1, len(headers) + 1):
             cell = sheet.cell(row=row_number, column=column)
@@ -486,7 +486,7 @@ def label_studio_tasks(cards: list[dict]) -> list[dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def _csv_text(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> str:
+def csv_text(header: tuple[str, ...] | list[str], rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
@@ -538,12 +538,12 @@ def write_study(
     cards, key = build_cards(completions, seed=seed)
     note_indexes = _note_indexes(key)
 
-    key_text = _csv_text(KEY_COLUMNS, [[row[column] for column in KEY_COLUMNS] for row in key])
+    key_text = csv_text(KEY_COLUMNS, [[row[column] for column in KEY_COLUMNS] for row in key])
     card_records = [
         {"card_id": c["card_id"], "note_index": note_indexes[c["card_id"]], "excerpt": c["excerpt"], "completion": c["completion"]}
         for c in cards
     ]
-    template_text = _csv_text(
+    template_text = csv_text(
         LONG_COLUMNS,
         [[c["card_id"], rater, criterion.key, "", ""] for rater in rater_names for c in cards for criterion in CRITERIA],
     )

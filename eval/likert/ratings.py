@@ -315,7 +315,7 @@ def _read_long_csv(path: Path, problems: _Problems, allow_missing: bool) -> list
     return ratings
 
 
-def _ls_rater(completed_by: Any) -> str | None:
+def ls_rater(completed_by: Any) -> str | None:
     if isinstance(completed_by, dict):
         ident = completed_by.get("id")
         if ident is None or ident == "":
@@ -377,7 +377,7 @@ def _ls_annotation_ratings(
         return []
     if annotation.get("was_cancelled"):
         return []  # a skipped task: no ratings (a missing score if it stays skipped)
-    rater = _ls_rater(annotation.get("completed_by"))
+    rater = ls_rater(annotation.get("completed_by"))
     if rater is None:
         problems.add(annotation_place, "no completed_by (cannot tell the rater)")
         return []

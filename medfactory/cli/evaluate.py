@@ -6,6 +6,7 @@ import typer
 
 from medfactory.eval.bertscore import bertscore_command
 from medfactory.eval.cases import cases_command
+from medfactory.eval.cases_study import case_agreement_command, case_cards_command
 from medfactory.eval.compare import compare_command
 from medfactory.eval.forgetting import forgetting_command
 from medfactory.eval.lm_eval_parity import lm_eval_parity_command
@@ -36,3 +37,9 @@ eval_app.command(
 eval_app.command(
     "lm-eval-parity", help="Score an eval mcqa report's items again with lm-evaluation-harness (HFLM) and compare every option's log-likelihood."
 )(lm_eval_parity_command)
+eval_app.command(
+    "cases-cards", help="Blind rating cards of the models' answers to the clinical cases, for physicians (XLSX per rater, long CSV, Label Studio)."
+)(case_cards_command)
+eval_app.command(
+    "cases-agreement", help="Judge-human agreement on the clinical cases: Krippendorff's alpha, Cohen's kappa, percent agreement, confusion tables."
+)(case_agreement_command)
