@@ -38,12 +38,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def tiny_server(folder: Path) -> Iterator[str]:
-    """The constant-answer model served by ``llamafactory-cli api`` on CPU; yields its endpoint."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from testing_utils.tiny_models import build_constant_answer_model
+def tiny_server(folder: Path, model: Path | None = None) -> Iterator[str]:
+    """``model`` (default: the constant-answer model) served by ``llamafactory-cli api`` on CPU; yields its endpoint."""
+    if model is None:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from testing_utils.tiny_models import build_constant_answer_model
 
-    model = build_constant_answer_model(folder / "model", ANSWER)
+        model = build_constant_answer_model(folder / "model", ANSWER)
     port = free_port()
     env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
     command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model), "--template", "empty"]

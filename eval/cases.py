@@ -24,7 +24,6 @@ import csv
 import io
 import json
 import re
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -64,6 +63,7 @@ from medfactory.generate.endpoint_options import (
     TimeoutOption,
     client_settings,
 )
+from medfactory.generate.predictions import comparable
 
 TASKS = ("diagnosis", "treatment")
 # v2: the rubric in Portuguese too (the Spanish texts are those of v1, word for word).
@@ -217,11 +217,6 @@ def read_items(path: Path) -> list[CaseItem]:
     if not items:
         raise CasesError(f"{path} has no items")
     return items
-
-
-def comparable(text: str) -> str:
-    """A text as a tokenizer round trip leaves it comparable: NFKC, case-folded, no whitespace."""
-    return re.sub(r"\s+", "", unicodedata.normalize("NFKC", text)).casefold()
 
 
 def read_predictions(path: Path, items: Sequence[CaseItem], items_path: Path, check_labels: bool = True) -> tuple[list[str], list[bool]]:

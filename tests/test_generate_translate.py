@@ -267,3 +267,47 @@ def test_back_translation_score_is_sacrebleu_chrf() -> None:
 def test_mimic_keeps_its_prompt_and_rules() -> None:
     assert mimic_cxr.TRANSLATE_PROMPT == REPORT_PROMPT_PT == prompt_for("pt", "report")
     assert mimic_cxr.rejection_reason is gates.rejection_reason and mimic_cxr.is_portuguese is gates.is_portuguese
+
+
+@pytest.mark.slow
+def test_the_predict_engine_gives_the_served_outputs(endpoints: dict[str, str], tmp_path: Path, repo_root: Path, llamafactory_train) -> None:
+    """--requests-only -> `llamafactory-cli train` predict on NAME_requests -> --predictions: the served run's files, row ids and gate counts."""
+    import shutil
+
+    source = tmp_path / "mcq_en.jsonl"
+    write_jsonl(source, MCQ_SOURCE)
+    served_root, predict_root = tmp_path / "served", tmp_path / "predict"
+    for root in (served_root, predict_root):
+        root.mkdir()
+        (root / "dataset_info.json").write_text("{}\n")
+    code, output = translate(served_root, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--endpoint", endpoints["mcq"])
+    assert code == 0, output
+
+    code, output = translate(predict_root, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--requests-only")
+    assert code == 0 and "registered 'mcq_es_requests'" in output, output
+    shutil.copytree(repo_root / "recipes", predict_root / "recipes")
+    model = build_constant_answer_model(tmp_path / "mcq_model", ES_MCQ)
+    saves = llamafactory_train(predict_root, "recipes/mimic_cxr_translate_medgemma27b.yaml", model_name_or_path=model, eval_dataset="mcq_es_requests",
+                               template="empty", quantization_bit="null", do_sample="false", bf16="false", max_new_tokens=128,
+                               preprocessing_num_workers=1, per_device_eval_batch_size=2, output_dir=predict_root / "saves" / "translate")  # fmt: skip
+    predictions = saves / "generated_predictions.jsonl"
+    code, output = translate(predict_root, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--predictions", str(predictions))
+    assert code == 0 and "6 replies read from a llamafactory-cli predict run" in output, output
+
+    served_dir, predict_dir = served_root / "data/mcq_es", predict_root / "data/mcq_es"
+    for name in ("items.jsonl", "sft.json", "translate_requests.jsonl", "translate_ids.json", "provenance.jsonl"):
+        assert (predict_dir / name).read_bytes() == (served_dir / name).read_bytes(), name
+    served_manifest, predict_manifest = (json.loads((folder / "manifest.json").read_text()) for folder in (served_dir, predict_dir))
+    assert predict_manifest["gates"] == served_manifest["gates"] and predict_manifest["kept"] == 3
+    assert predict_manifest["client"]["engine"] == "llamafactory-cli predict" and predict_manifest["client"]["sent"] == 0
+
+    # Predictions of another set (one row short) and a changed source are refused, naming the files; nothing is replaced.
+    before = (predict_dir / "manifest.json").read_bytes()
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(predictions.read_text(encoding="utf-8").splitlines(keepends=True)[:-1]), encoding="utf-8")
+    code, output = translate(predict_root, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--predictions", str(short), "--replace")
+    assert code == 1 and "has 5 rows but" in output and "translate_ids.json lists 6 requests" in output
+    write_jsonl(source, MCQ_SOURCE[1:])
+    code, output = translate(predict_root, "--kind", "mcq", "--source", str(source), "--name", "mcq_es", "--predictions", str(predictions), "--replace")
+    assert code == 1 and "the source or the options changed since --requests-only" in output
+    assert (predict_dir / "manifest.json").read_bytes() == before and EN_QUESTION not in output

@@ -52,23 +52,37 @@ def translate_command(
     chunk_characters: Annotated[int, typer.Option(help="documents: most characters of one request (whole sentences)")] = DEFAULT_CHUNK_CHARACTERS,
     output_root: Annotated[Path, typer.Option(help="Repository root: gets data/NAME/, dataset_info.json and the request cache")] = Path("."),
     replace: ReplaceOption = False,
+    requests_only: Annotated[
+        bool, typer.Option("--requests-only", help="Write data/NAME_requests/ (registered NAME_requests) for a llamafactory-cli predict run; send nothing")
+    ] = False,
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="generated_predictions.jsonl of the predict run on NAME_requests: its replies instead of --endpoint")
+    ] = None,
 ) -> None:
     """Translate an MCQ set, Q&A pairs or documents; gate every reply; register NAME."""
     settings = client_settings(endpoint, model, allow_remote_endpoint, concurrency, retries, timeout, price_input, price_output)
     options = TranslateOptions(
         kind=kind, source=source, name=name, source_language=source_language, target_language=target_language, output_root=output_root,
         back_translate=back_translate, min_chrf=min_chrf, max_tokens=max_tokens, chunk_characters=chunk_characters, replace=replace,
+        requests_only=requests_only, predictions=predictions,
     )  # fmt: skip
     try:
         manifest = translate_dataset(options, settings)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
+    if requests_only:
+        typer.echo(f"wrote {manifest['requests']} requests of {manifest['records']} records to {Path(output_root) / 'data' / manifest['name']}; "
+                   f"registered '{manifest['name']}': predict on it (docs/translation.md, 'Predict instead of serve'), then pass --predictions")  # fmt: skip
+        return
     removed = ", ".join(f"{gate} {count}" for gate, count in manifest["gates"].items() if count) or "none"
     typer.echo(f"{kind}: kept {manifest['kept']} of {manifest['total']} records; removed by gate: {removed}")
     parts = manifest["parts"]
     typer.echo(f"requests: {parts['kept']} of {parts['total']} passed")
-    echo_client_summary(manifest["client"], request_cache_path(output_root, name))
+    if predictions is None:
+        echo_client_summary(manifest["client"], request_cache_path(output_root, name))
+    else:
+        typer.echo(f"engine: {manifest['client']['line']}")
     if manifest["gates"].get("request_failed"):
         typer.secho("warning: some requests failed; run the same command again to retry only those.", fg=typer.colors.YELLOW, err=True)
     typer.echo(f"wrote {Path(output_root) / 'data' / name}; registered '{name}' in {Path(output_root) / REGISTRY_NAME}")

@@ -30,6 +30,7 @@ from medfactory.corpus.mcq import McqItem, answer_of, prompt_of, read_items, wri
 from medfactory.corpus.sentences import chunk_text
 from medfactory.generate import gates
 from medfactory.generate.client import ChatRequest, ClientSettings, Completion, LlmClient
+from medfactory.generate.predictions import PredictionsClient
 from medfactory.generate.prompts import PROMPT_VERSION, mcq_input, prompt_for, prompt_sha256, user_message
 from medfactory.generate.request_cache import request_cache_path
 
@@ -46,6 +47,7 @@ DEFAULT_CHUNK_CHARACTERS = 1500
 FINISH_LENGTH = "length"
 
 REQUESTS_FILE = "translate_requests.jsonl"
+REQUESTS_SUFFIX = "_requests"  # data/NAME_requests/: the requests set of --requests-only
 IDS_FILE = "translate_ids.json"
 PROVENANCE_FILE = "provenance.jsonl"
 ITEMS_FILE = "items.jsonl"
@@ -69,6 +71,8 @@ class TranslateOptions:
     max_tokens: int = DEFAULT_MAX_TOKENS
     chunk_characters: int = DEFAULT_CHUNK_CHARACTERS
     replace: bool = False
+    requests_only: bool = False  # write the requests set for a llamafactory-cli predict run; send nothing
+    predictions: Path | None = None  # that run's generated_predictions.jsonl: the replies, instead of an endpoint
 
     def record(self) -> dict[str, Any]:
         return {
@@ -126,6 +130,10 @@ def check_options(options: TranslateOptions) -> None:
         raise CorpusError(f"--chunk-characters {options.chunk_characters}: at least 100 (a chunk is one or more whole sentences).")
     if not 0 <= options.min_chrf <= 100:
         raise CorpusError(f"--min-chrf {options.min_chrf}: chrF is between 0 and 100.")
+    if options.requests_only and options.predictions is not None:
+        raise CorpusError("--requests-only writes the requests a predict run answers; --predictions reads its answers: pass one of them.")
+    if options.back_translate and (options.requests_only or options.predictions is not None):
+        raise CorpusError("--back-translate needs a served model (the back-translations are requests built from the replies): drop it, or serve the model.")
 
 
 # --- Reading the sources -----------------------------------------------------------------------------------
@@ -271,7 +279,7 @@ def back_translate(client: LlmClient, units: list[Unit], options: TranslateOptio
             part.gate = gates.BACK_TRANSLATION
 
 
-def run_requests(client: LlmClient, units: list[Unit], options: TranslateOptions) -> None:
+def run_requests(client: LlmClient | PredictionsClient, units: list[Unit], options: TranslateOptions) -> None:
     """Send every part (the cache answers what it holds), judge each reply, then back-translate if asked."""
     settings = gates.GateSettings(options.target_language)
     parts = [part for unit in units for part in unit.parts]
@@ -363,6 +371,38 @@ def write_request_files(staging: Path, units: list[Unit]) -> list[Path]:
     return [staging / REQUESTS_FILE, staging / IDS_FILE]
 
 
+def requests_name(name: str) -> str:
+    """The registered requests set of ``generate translate --name NAME --requests-only``."""
+    return f"{name}{REQUESTS_SUFFIX}"
+
+
+def write_requests_set(options: TranslateOptions, units: list[Unit]) -> dict[str, Any]:
+    """``data/NAME_requests/``: the requests as an alpaca set registered as NAME_requests, their row ids, a manifest; nothing sent."""
+    name = requests_name(options.name)
+    folder = Path("data") / name
+    entry = {name: {"file_name": f"{folder.as_posix()}/{REQUESTS_FILE}", "columns": dict(ALPACA_COLUMNS)}}
+    with publish_datasets(options.output_root, folder, entry, OWNER, options.replace) as publication:
+        outputs = write_request_files(publication.staging, units)
+        manifest = {
+            **manifest_header(OWNER, options.source, options.record()),
+            "name": name, "for": options.name, "source_sha256": sha256_file(options.source), "prompt_version": PROMPT_VERSION,
+            "records": len(units), "requests": sum(len(unit.parts) for unit in units), "dropped": {},
+            "datasets": dataset_records(publication.staging, entry, folder), "outputs": output_facts(outputs), "registered": name,
+        }  # fmt: skip
+        publication.write_manifest(manifest)
+    return manifest
+
+
+def translation_client(options: TranslateOptions, settings: ClientSettings, units: list[Unit]) -> LlmClient | PredictionsClient:
+    """The engine: the endpoint (through the request cache), or a predict run's replies joined to the written requests."""
+    if options.predictions is None:
+        return LlmClient(settings, request_cache_path(options.output_root, options.name))  # refuses a remote endpoint before the cache is made
+    ids_path = Path(options.output_root) / "data" / requests_name(options.name) / IDS_FILE
+    client = PredictionsClient(options.predictions, ids_path, settings.model)
+    client.check_requests([part.row_id for unit in units for part in unit.parts])
+    return client
+
+
 def gate_counts(units: list[Unit], order: list[str]) -> dict[str, Any]:
     """``{total, kept, gates: {gate: removed}}`` of records, and the same of requests (``parts``)."""
     by_unit = Counter(unit.gate for unit in units if unit.gate)
@@ -376,7 +416,9 @@ def gate_counts(units: list[Unit], order: list[str]) -> dict[str, Any]:
     }
 
 
-def build_manifest(options: TranslateOptions, settings: ClientSettings, client: LlmClient, units: list[Unit], facts: dict[str, Any]) -> dict[str, Any]:
+def build_manifest(
+    options: TranslateOptions, settings: ClientSettings, client: LlmClient | PredictionsClient, units: list[Unit], facts: dict[str, Any]
+) -> dict[str, Any]:
     """Counts, options, thresholds, the client's summary and the prompt version: no source text, no reply."""
     order = applied_gates(options.kind, options.back_translate)
     counts = gate_counts(units, order)
@@ -389,6 +431,7 @@ def build_manifest(options: TranslateOptions, settings: ClientSettings, client: 
         "prompt_version": PROMPT_VERSION,
         "prompt_sha256": [prompt_sha256(instruction) for instruction in instructions],
         "model": settings.model,
+        "engine": "served endpoint" if options.predictions is None else f"llamafactory-cli predict ({options.predictions})",
         **counts,
         "gate_order": order,
         "thresholds": thresholds,
@@ -411,7 +454,9 @@ def translate_dataset(options: TranslateOptions, settings: ClientSettings) -> di
     units = READERS[options.kind](options)
     if not units:
         raise CorpusError(f"{options.source}: nothing to translate (no record).")
-    client = LlmClient(settings, request_cache_path(options.output_root, options.name))  # refuses a remote endpoint before the cache is made
+    if options.requests_only:
+        return write_requests_set(options, units)
+    client = translation_client(options, settings, units)
     entry = registry_entry(options.kind, options.name)
     folder = Path("data") / options.name
     try:
