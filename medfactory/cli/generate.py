@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from medfactory.cli.predict import predict_command
 from medfactory.cli.qa import qa_command
 from medfactory.cli.translate import translate_command
 
@@ -14,3 +15,6 @@ generate_app.command("translate", help="Translate MCQ sets, Q&A pairs or documen
 generate_app.command("qa", help="Questions with answers (or MCQ) from document chunks: schema, grounding, de-duplication and contamination checks.")(
     qa_command
 )
+generate_app.command(
+    "predict", help="Answer a registered predict set through a served model (vLLM, llamafactory-cli api): generated_predictions.jsonl as predict writes it."
+)(predict_command)

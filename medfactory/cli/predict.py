@@ -1,0 +1,60 @@
+"""``medfactory generate predict``: the typer command; the work is in medfactory.generate.served_predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from medfactory.base.errors import CorpusError
+from medfactory.generate.endpoint_options import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_ENDPOINT,
+    DEFAULT_MODEL,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    AllowRemoteOption,
+    ConcurrencyOption,
+    EndpointOption,
+    ModelNameOption,
+    RetriesOption,
+    TimeoutOption,
+    client_settings,
+    echo_client_summary,
+)
+from medfactory.generate.request_cache import request_cache_path
+from medfactory.generate.served_predict import PREDICTIONS_FILE, PredictSettings, serve_predict, settings_from_recipe
+
+
+def predict_command(
+    recipe: Annotated[Path | None, typer.Option("--recipe", help="A predict recipe: its eval_dataset, output_dir, max_new_tokens, temperature")] = None,
+    dataset: Annotated[str | None, typer.Option("--dataset", help="The registered set to answer (default: the recipe's eval_dataset)")] = None,
+    output_dir: Annotated[Path | None, typer.Option("--output-dir", help="Gets generated_predictions.jsonl (default: the recipe's output_dir)")] = None,
+    dataset_dir: Annotated[Path, typer.Option("--dataset-dir", help="The folder of dataset_info.json (without --recipe)")] = Path("."),
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", min=1, help="Most tokens per reply (default: recipe max_new_tokens, else 512)")] = None,
+    endpoint: EndpointOption = DEFAULT_ENDPOINT,
+    model: ModelNameOption = DEFAULT_MODEL,
+    allow_remote_endpoint: AllowRemoteOption = False,
+    concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
+    retries: RetriesOption = DEFAULT_RETRIES,
+    timeout: TimeoutOption = DEFAULT_TIMEOUT,
+) -> None:
+    """Answer a registered predict set through a served model; write generated_predictions.jsonl as llamafactory-cli predict does."""
+    endpoint_settings = client_settings(endpoint, model, allow_remote_endpoint, concurrency, retries, timeout)
+    try:
+        if recipe is not None:
+            settings = settings_from_recipe(recipe, dataset, output_dir, max_tokens)
+        elif dataset is None or output_dir is None:
+            raise CorpusError("pass --recipe (a predict recipe), or --dataset and --output-dir.")
+        else:
+            settings = PredictSettings(dataset, dataset_dir, output_dir, max_tokens or 512)
+        cache = request_cache_path(Path("."), f"predict_{settings.dataset}")
+        summary = serve_predict(settings, endpoint_settings, cache)
+    except CorpusError as error:
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"{summary['records']} records of {settings.dataset} answered -> {settings.output_dir / PREDICTIONS_FILE}")
+    if settings.not_sent:
+        typer.secho(f"note: the recipe's {', '.join(settings.not_sent)} are not sent (set them on the server)", fg=typer.colors.YELLOW, err=True)
+    echo_client_summary(summary["client"], cache)

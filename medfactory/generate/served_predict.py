@@ -1,0 +1,144 @@
+"""``medfactory generate predict``: a registered predict set answered by a served engine, written as a predict run writes it.
+
+Every stage that predicts with ``llamafactory-cli train`` (``do_predict``) reads its replies from
+``<output_dir>/generated_predictions.jsonl``: the Likert completions, the MIMIC-CXR translation, the clinical
+cases. This command builds the same conversations from the same registered dataset (LLaMA-Factory's own
+``get_dataset_list`` and dataset converter, so the turns are the ones predict would template), sends them to an
+OpenAI-compatible endpoint (vLLM, ``llamafactory-cli api``; loopback unless allowed) through
+:class:`~medfactory.generate.client.LlmClient` (concurrency, retries, the request cache), and writes one
+``{"prompt", "predict", "label"}`` row per record in the dataset's order, so the next stage runs unchanged.
+``prompt`` holds the turns' text (the server applies the chat template), ``label`` the record's response.
+
+Nothing is written unless every request succeeded (the row order is the join); a rerun sends only what the cache
+lacks. Image records are refused: their conversations need the image content parts this client does not send.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from medfactory.base.atomic import atomic_write, write_json_atomic
+from medfactory.base.errors import CorpusError
+from medfactory.base.jsonl import iter_jsonl, jsonl_line
+from medfactory.generate.client import ChatRequest, ClientSettings, LlmClient
+
+PREDICTIONS_FILE = "generated_predictions.jsonl"  # LLaMA-Factory's name: the next stage reads it unchanged
+SUMMARY_FILE = "served_predict.json"
+RECIPE_KEYS_APPLIED = ("eval_dataset", "dataset_dir", "output_dir", "max_new_tokens", "temperature", "do_sample")
+RECIPE_KEYS_NOT_SENT = ("top_p", "top_k", "repetition_penalty", "num_beams", "length_penalty")  # not in this client's request
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """Which set, where, and the decoding values sent with every request."""
+
+    dataset: str
+    dataset_dir: Path
+    output_dir: Path
+    max_tokens: int = 512
+    temperature: float = 0.0
+    not_sent: tuple[str, ...] = ()  # recipe decoding values this client does not send (reported)
+
+
+def settings_from_recipe(recipe: Path, dataset: str | None, output_dir: Path | None, max_tokens: int | None) -> PredictSettings:
+    """The predict recipe's set, output folder and decoding (greedy unless ``do_sample``); explicit options win."""
+    import yaml
+
+    try:
+        values = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise CorpusError(f"{recipe}: cannot read the recipe ({error.__class__.__name__}). Pass a recipe file of recipes/.") from None
+    dataset = dataset or values.get("eval_dataset")
+    if not isinstance(dataset, str) or not dataset:
+        raise CorpusError(f"{recipe}: no eval_dataset; pass --dataset NAME.")
+    temperature = float(values.get("temperature", 0.0)) if values.get("do_sample") else 0.0
+    return PredictSettings(
+        dataset=dataset, dataset_dir=Path(values.get("dataset_dir") or "."), output_dir=Path(output_dir or values.get("output_dir") or "saves/predict"),
+        max_tokens=int(max_tokens or values.get("max_new_tokens") or 512), temperature=temperature,
+        not_sent=tuple(key for key in RECIPE_KEYS_NOT_SENT if key in values),
+    )  # fmt: skip
+
+
+def _dataset_attr(name: str, dataset_dir: Path) -> Any:
+    from llamafactory.data.parser import get_dataset_list
+
+    try:
+        (attr,) = get_dataset_list([name], str(dataset_dir))
+    except ValueError as error:  # LLaMA-Factory: "Undefined dataset ... in dataset_info.json."
+        raise CorpusError(f"{dataset_dir / 'dataset_info.json'}: {error} Prepare or register the set first.") from None
+    if attr.load_from != "file":
+        raise CorpusError(f"{name}: a {attr.load_from} dataset; only local files are read (prepare it first).")
+    if attr.images or attr.videos or attr.audios:
+        raise CorpusError(f"{name}: its records have images; serve-predicting image records is not supported, use llamafactory-cli train (do_predict).")
+    return attr
+
+
+def _records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(where, record) of a JSON array or a JSONL file."""
+    if not path.is_file():
+        raise CorpusError(f"{path}: not found. Prepare the set first (the registry names this file).")
+    if path.suffix == ".jsonl":
+        try:
+            return [(f"{path}, line {number}", record) for number, record in iter_jsonl(path)]
+        except ValueError as error:
+            raise CorpusError(f"{error}.") from error
+    try:
+        records = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        raise CorpusError(f"{path}: not JSON. Prepare the set again.") from None
+    if not isinstance(records, list):
+        raise CorpusError(f"{path}: not a JSON array of records.")
+    return [(f"{path}, record {number}", record) for number, record in enumerate(records, start=1)]
+
+
+def predict_requests(settings: PredictSettings) -> tuple[list[ChatRequest], list[str], list[str]]:
+    """(requests, prompts, labels) of every record in order, built by LLaMA-Factory's converter as predict builds them."""
+    from llamafactory.data.converter import get_dataset_converter
+    from llamafactory.hparams import DataArguments
+
+    attr = _dataset_attr(settings.dataset, settings.dataset_dir)
+    converter = get_dataset_converter(attr.formatting, attr, DataArguments(dataset_dir=str(settings.dataset_dir)))
+    columns = [value for key, value in vars(attr).items() if isinstance(value, str) and key not in ("load_from", "dataset_name", "formatting", "split")]
+    requests, prompts, labels = [], [], []
+    for number, (where, record) in enumerate(_records(Path(settings.dataset_dir) / attr.dataset_name), start=1):
+        if not isinstance(record, dict):
+            raise CorpusError(f"{where}: not a JSON object.")
+        example = converter({column: record.get(column) for column in columns} | record)
+        turns = [{"role": "system", "content": example["_system"]}] if example["_system"] else []
+        turns += [{"role": turn["role"], "content": turn["content"]} for turn in example["_prompt"]]
+        if not turns or turns[-1]["role"] != "user":
+            raise CorpusError(f"{where}: its conversation does not end with a user turn, so there is nothing to answer.")
+        requests.append(ChatRequest(f"{settings.dataset}-{number}", turns, settings.temperature, settings.max_tokens))
+        prompts.append("\n".join(turn["content"] for turn in turns))
+        labels.append(example["_response"][0]["content"] if example["_response"] else "")
+    if not requests:
+        raise CorpusError(f"{settings.dataset}: the set has no records.")
+    return requests, prompts, labels
+
+
+def serve_predict(settings: PredictSettings, client_settings: ClientSettings, cache_path: Path) -> dict[str, Any]:
+    """Answer every record through the endpoint; write generated_predictions.jsonl and a summary; return the summary."""
+    requests, prompts, labels = predict_requests(settings)
+    client = LlmClient(client_settings, cache_path)  # refuses a remote endpoint before anything is sent
+    try:
+        completions = list(client.complete(requests, desc=f"predict {settings.dataset}"))
+    finally:
+        client.close()
+    failed = sum(not completion.ok for completion in completions)
+    if failed:
+        raise CorpusError(
+            f"{failed} of {len(requests)} requests failed, so {settings.output_dir / PREDICTIONS_FILE} was not written (its row order is the join). "
+            f"Run the same command again: the {len(requests) - failed} answered are in {cache_path}."
+        )
+    settings.output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_write(settings.output_dir / PREDICTIONS_FILE) as handle:
+        for prompt, completion, label in zip(prompts, completions, labels, strict=True):
+            handle.write(jsonl_line({"prompt": prompt, "predict": completion.text, "label": label}))
+    summary = {"dataset": settings.dataset, "records": len(requests), "engine": "served endpoint", "model": client_settings.model,
+               "endpoint": client_settings.endpoint, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
+               "recipe_values_not_sent": list(settings.not_sent), "client": client.summary.record()}  # fmt: skip
+    write_json_atomic(settings.output_dir / SUMMARY_FILE, summary)
+    return summary
