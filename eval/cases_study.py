@@ -50,7 +50,7 @@ from medfactory.eval.cases import (
     read_items,
     read_predictions,
 )
-from medfactory.eval.likert.cards import cell_text, csv_text, parse_raters
+from medfactory.eval.likert.cards import cell_text, csv_text, parse_raters, workbook_has_values
 from medfactory.eval.likert.ratings import ls_rater
 from medfactory.eval.likert.report import JUDGE_PREFIX, bootstrap_alpha, is_judge
 
@@ -309,21 +309,7 @@ def rater_workbook_bytes(cards: Sequence[Mapping[str, Any]], rater: str) -> byte
 
 def _workbook_has_ratings(path: Path) -> bool:
     """Whether a rater workbook holds any value in a criterion column (True when it cannot be read: keep it)."""
-    from openpyxl import load_workbook
-
-    try:
-        workbook = load_workbook(path, read_only=True, data_only=True)
-    except Exception:
-        return True
-    try:
-        if CARDS_SHEET not in workbook.sheetnames:
-            return True
-        rows = workbook[CARDS_SHEET].iter_rows(values_only=True)
-        header = [str(name).strip() if name is not None else "" for name in next(rows, ())]
-        columns = [index for index, name in enumerate(header) if name in CRITERIA]
-        return any(index < len(row) and row[index] is not None and str(row[index]).strip() for row in rows for index in columns)
-    finally:
-        workbook.close()
+    return workbook_has_values(path, CARDS_SHEET, set(CRITERIA))
 
 
 def _template_has_ratings(path: Path) -> bool:

@@ -399,8 +399,11 @@ def rater_workbook_bytes(cards: list[dict], note_indexes: dict[str, int], rater:
     return buffer.getvalue()
 
 
-def has_filled_scores(path: Path) -> bool:
-    """Whether a rater workbook already holds a score or observation (True if unreadable)."""
+def workbook_has_values(path: Path, sheet: str, columns: set[str]) -> bool:
+    """Whether ``sheet`` of a workbook holds a non-blank value under any header in ``columns``.
+
+    True when the file cannot be read or lacks the sheet: a caller about to overwrite it must keep it.
+    """
     from openpyxl import load_workbook
 
     try:
@@ -408,20 +411,19 @@ def has_filled_scores(path: Path) -> bool:
     except Exception:
         return True
     try:
-        if CARDS_SHEET not in workbook.sheetnames:
+        if sheet not in workbook.sheetnames:
             return True
-        rows = workbook[CARDS_SHEET].iter_rows(values_only=True)
+        rows = workbook[sheet].iter_rows(values_only=True)
         header = next(rows, ())
-        rated = {c.name for c in CRITERIA} | {OBSERVATION_HEADER}
-        columns = [index for index, name in enumerate(header) if isinstance(name, str) and name.strip() in rated]
-        for row in rows:
-            for index in columns:
-                value = row[index] if index < len(row) else None
-                if value is not None and str(value).strip():
-                    return True
-        return False
+        indexes = [index for index, name in enumerate(header) if isinstance(name, str) and name.strip() in columns]
+        return any(index < len(row) and row[index] is not None and str(row[index]).strip() for row in rows for index in indexes)
     finally:
         workbook.close()
+
+
+def has_filled_scores(path: Path) -> bool:
+    """Whether a rater workbook already holds a score or observation (True if unreadable)."""
+    return workbook_has_values(path, CARDS_SHEET, {c.name for c in CRITERIA} | {OBSERVATION_HEADER})
 
 
 # --------------------------------------------------------------------------------------------
