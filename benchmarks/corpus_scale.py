@@ -78,12 +78,14 @@ def read_progress_bytes(pid: int, path: Path) -> int:
     return -1
 
 
-def run(notes: int, workdir: Path, keep: bool) -> dict:
+def run(notes: int, workdir: Path, keep: bool, near_duplicates: float | None = None) -> dict:
     corpus = workdir / "semclinbr_export.csv"
     started = time.perf_counter()
     size = write_corpus(corpus, notes)
     generated = time.perf_counter() - started
     command = [sys.executable, "-m", "medfactory.cli", "prepare", "semclinbr", "--source", str(corpus), "--output-root", str(workdir)]
+    if near_duplicates is not None:
+        command += ["--near-duplicates", str(near_duplicates)]
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     peak, at_fraction = 0.0, {}
@@ -123,12 +125,13 @@ def main() -> None:
     parser.add_argument("--notes", type=int, nargs="+", default=[210_000], help="corpus sizes in notes (2100546 = paper scale)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the corpus (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the generated CSV")
+    parser.add_argument("--near-duplicates", type=float, default=None, help="also drop near duplicates at this Jaccard threshold (e.g. 0.85)")
     args = parser.parse_args()
     print("| notes | size (MB) | prepare (s) | MB/s | peak RSS (MiB) | RSS at 10 % / 50 % / 90 % (MiB) |")
     print("|---:|---:|---:|---:|---:|---|")
     for notes in args.notes:
         with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
-            row = run(notes, Path(workdir), args.keep)
+            row = run(notes, Path(workdir), args.keep, args.near_duplicates)
         print(
             f"| {row['notes']:,} | {row['mb']:,.0f} | {row['prepare_s']:.1f} | {row['mb_per_s']:.1f} | {row['peak_rss_mib']:.0f} "
             f"| {row['rss_10']:.0f} / {row['rss_50']:.0f} / {row['rss_90']:.0f} |",

@@ -1,7 +1,8 @@
 """The corpus pipeline every clinical-notes plugin runs: read, clean, scan, de-duplicate, split, write.
 
 One pass, streaming: memory holds one note at a time plus an 8-byte key per kept note (exact
-de-duplication) and, only when near-duplicate removal is asked for, a MinHash signature per note.
+de-duplication) and, only when near-duplicate removal is asked for, one batch of pending notes
+(their history is on disk: :mod:`medfactory.corpus.near_dedup`).
 
 Per note, in this order: normalise (:func:`medfactory.corpus.text.normalise_note`); drop empty and
 too-short notes; scan for personal identifiers and report, mask or refuse (before anything is
@@ -40,6 +41,7 @@ from medfactory.base.manifest import (
 from medfactory.base.publish import publish_datasets
 from medfactory.base.versions import package_versions
 from medfactory.corpus.dedup import DUPLICATE_KEY, NORMALISATION, NearDuplicateIndex, SeenKeys, key_hex, key_of_normalised, normalise_for_dedup
+from medfactory.corpus.near_dedup import DiskNearDuplicateIndex
 from medfactory.corpus.readers import ColumnMapping, ReadOptions, SourceFile, list_source_files, read_notes
 from medfactory.corpus.splits import SPLITS, HeldOutSampler, SplitPlan, group_of, split_disjointness
 from medfactory.corpus.text import AUTO_ENCODING, encoding_problem, normalise_note
@@ -56,6 +58,13 @@ LIKERT_FILE = "likert_heldout.jsonl"
 # Past this many input files the manifest lists a combined hash instead of one entry per file.
 MAX_LISTED_SOURCES = 1000
 TOKEN_BATCH = 512
+# --near-duplicates decides this many notes (or characters) at a time against the index on disk:
+# memory stays flat at any corpus size; the output is the same as deciding note by note.
+NEAR_DUPLICATE_BATCH_NOTES = 20_000
+NEAR_DUPLICATE_BATCH_CHARACTERS = 32_000_000
+# "memory": the former note-by-note NearDuplicateIndex (about 6 KB a note), kept only so that
+# tests can show the disk index writes byte-identical outputs. Not an option of the command.
+NEAR_DUPLICATE_STORE = "disk"
 
 
 @dataclass
@@ -319,9 +328,14 @@ class _NotesPass:
 
         self.options = options
         self.scanner = IdentifierScanner(locales=options.identifier_locales)
-        self.near_index = None
-        if options.near_duplicate_threshold is not None:
+        self.near_index: NearDuplicateIndex | None = None  # the note-by-note path (NEAR_DUPLICATE_STORE "memory")
+        self.near_disk: DiskNearDuplicateIndex | None = None  # opened by run() in the staging folder
+        self.near_pending: list[tuple[str, _KeptNote, str]] | None = None  # (group kind, note, normalised text)
+        self.near_pending_characters = 0
+        if options.near_duplicate_threshold is not None and NEAR_DUPLICATE_STORE == "memory":
             self.near_index = NearDuplicateIndex(threshold=options.near_duplicate_threshold)
+        elif options.near_duplicate_threshold is not None:
+            self.near_pending = []
         self.tokens = _TokenCounter(options.tokenizer) if options.tokenizer else None
         self.deid = _Deid(options) if options.deid != "none" else None
         self.dropped: Counter = Counter()
@@ -352,8 +366,12 @@ class _NotesPass:
             bar = stack.enter_context(tqdm(total=total_bytes, unit="B", unit_scale=True, unit_divisor=1024, desc=f"{self.options.name}", smoothing=0.1))
             if self.deid is not None:
                 stack.callback(self.deid.runner.close)  # workers stop on an error too
+            if self.near_pending is not None:  # its files go with it, before staging is published
+                threshold, workers = self.options.near_duplicate_threshold, self.options.workers  # its hashing uses --workers too
+                self.near_disk = stack.enter_context(DiskNearDuplicateIndex(staging, threshold=threshold, workers=workers))
             for path in files:
                 self._read_file(path, handles, bar)
+            self._decide_near_duplicates(handles)
             if self.deid is not None:
                 for note in self.deid.finish():
                     self._write(note, handles)
@@ -394,18 +412,32 @@ class _NotesPass:
             )
         return self.scanner.mask(text, found) if self.options.identifier_mode == "mask" else text
 
-    def _is_duplicate(self, text: str) -> tuple[bool, str]:
-        """(dropped?, the note's key in hex): dedup's one definition of a duplicate, so that
-        ``contamination`` calls the same pairs duplicates."""
+    def _is_duplicate(self, text: str) -> tuple[bool, str, str]:
+        """(dropped?, the note's key in hex, its normalised text): dedup's one definition of a
+        duplicate, so that ``contamination`` calls the same pairs duplicates. Near duplicates are
+        decided here only on the note-by-note path; otherwise by :meth:`_decide_near_duplicates`."""
         normalised = normalise_for_dedup(text)
         key = key_of_normalised(normalised)
         if not self.seen.add_if_new(key):
             self.dropped["duplicate"] += 1
-            return True, key_hex(key)
+            return True, key_hex(key), normalised
         if self.near_index is not None and self.near_index.add_if_new(key_hex(key), normalised) is not None:
             self.dropped["near_duplicate"] += 1
-            return True, key_hex(key)
-        return False, key_hex(key)
+            return True, key_hex(key), normalised
+        return False, key_hex(key), normalised
+
+    def _decide_near_duplicates(self, handles: dict[str, Any]) -> None:
+        """Decide the pending notes against the disk index (as if one by one, in order) and send
+        the kept ones on in their original order: the outputs equal the note-by-note path's."""
+        if not self.near_pending:
+            return
+        pending, self.near_pending, self.near_pending_characters = self.near_pending, [], 0
+        answers = self.near_disk.add_batch([note.key for _, note, _ in pending], [normalised for _, _, normalised in pending])
+        for (kind, note, _), duplicate_of in zip(pending, answers):
+            if duplicate_of is not None:
+                self.dropped["near_duplicate"] += 1
+            else:
+                self._keep(kind, note, handles)
 
     def _is_repeated_id(self, raw: Any) -> bool:
         """Whether ``raw``'s note id (read from a column) was an earlier record's: refused under
@@ -431,12 +463,22 @@ class _NotesPass:
         text = self._clean(raw)
         if text is None:
             return
-        duplicate, key = self._is_duplicate(text)  # on the text before surrogates, which differ per patient
+        duplicate, key, normalised = self._is_duplicate(text)  # on the text before surrogates, which differ per patient
         if duplicate:
             return
         kind, group = group_of(raw.patient_id, raw.admission_id, raw.note_id or raw.where)
-        self.group_kinds[kind] += 1
         note = _KeptNote(text, group, raw.note_id or raw.where, raw.date, key)
+        if self.near_pending is None:
+            self._keep(kind, note, handles)
+            return
+        self.near_pending.append((kind, note, normalised))
+        self.near_pending_characters += len(text)
+        if len(self.near_pending) >= NEAR_DUPLICATE_BATCH_NOTES or self.near_pending_characters >= NEAR_DUPLICATE_BATCH_CHARACTERS:
+            self._decide_near_duplicates(handles)
+
+    def _keep(self, kind: str, note: _KeptNote, handles: dict[str, Any]) -> None:
+        """Count the kept note's group and send it on: de-identification (which may hold it), then its split."""
+        self.group_kinds[kind] += 1
         for ready in self.deid.submit(note) if self.deid is not None else (note,):
             self._write(ready, handles)
 
