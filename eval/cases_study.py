@@ -50,7 +50,7 @@ from medfactory.eval.cases import (
     read_items,
     read_predictions,
 )
-from medfactory.eval.likert.cards import cell_text, csv_text, parse_raters, workbook_has_values
+from medfactory.eval.likert.cards import cell_text, csv_text, new_card_id, parse_raters, workbook_has_values
 from medfactory.eval.likert.ratings import ls_rater
 from medfactory.eval.likert.report import JUDGE_PREFIX, bootstrap_alpha, is_judge
 
@@ -197,10 +197,7 @@ def build_case_cards(items: Sequence[CaseItem], predictions_by_model: Mapping[st
         models = sorted(predictions_by_model)
         rng.shuffle(models)
         for position, model in enumerate(models, start=1):
-            card_id = f"C{rng.getrandbits(32):08x}"
-            while card_id in used:
-                card_id = f"C{rng.getrandbits(32):08x}"
-            used.add(card_id)
+            card_id = new_card_id(rng, used)
             cards.append({"card_id": card_id, "case_index": case_index, "task": item.task, "language": item.language, "case": item.case,
                           "reference": item.reference, "answer": predictions_by_model[model][index]})  # fmt: skip
             key.append({"card_id": card_id, "item_id": item.id, "model": model, "position": position})

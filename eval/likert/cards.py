@@ -150,6 +150,15 @@ def _check_completions(completions: list[dict]) -> list[str]:
     return problems
 
 
+def new_card_id(rng: random.Random, used: set[str]) -> str:
+    """A fresh random card id (``C`` + 8 hex digits) not in ``used``, which it joins: ids encode neither note nor model."""
+    card_id = f"C{rng.getrandbits(32):08x}"
+    while card_id in used:
+        card_id = f"C{rng.getrandbits(32):08x}"
+    used.add(card_id)
+    return card_id
+
+
 def build_cards(completions: list[dict], seed: int = 0) -> tuple[list[dict], list[dict]]:
     """Blind cards and their key, deterministically for ``seed``.
 
@@ -175,10 +184,7 @@ def build_cards(completions: list[dict], seed: int = 0) -> tuple[list[dict], lis
         models = sorted(by_note[note])
         rng.shuffle(models)
         for position, model in enumerate(models, start=1):
-            card_id = f"C{rng.getrandbits(32):08x}"
-            while card_id in used:
-                card_id = f"C{rng.getrandbits(32):08x}"
-            used.add(card_id)
+            card_id = new_card_id(rng, used)
             record = by_note[note][model]
             cards.append({"card_id": card_id, "excerpt": record["excerpt"], "completion": record["completion"]})
             key.append({"card_id": card_id, "note_id": note, "model": model, "position": position})
