@@ -19,6 +19,7 @@ Why and the measured speed and memory: docs/corpora.md ("De-duplication", "Scale
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import multiprocessing
 import os
@@ -43,6 +44,11 @@ _PARTITIONS = 256
 _BOUNDARIES = np.arange(1, _PARTITIONS, dtype=np.uint64) << np.uint64(56)
 _VERIFY_PAIRS = 32768  # candidate pairs compared at once: 4 MB of booleans
 _KEY_WIDTH = 16  # bytes per stored key: a key_hex string
+try:  # glibc only; elsewhere freed memory stays with the allocator, which changes the resident size, not the answers
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.malloc_trim.argtypes = [ctypes.c_size_t]
+except (OSError, AttributeError):
+    _LIBC = None
 
 
 def _fmix32(values: np.ndarray) -> np.ndarray:
@@ -179,6 +185,14 @@ class _Run:
             path.unlink()
 
 
+def _return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system after a batch (glibc ``malloc_trim``): a batch's
+    temporary arrays differ in size from batch to batch, and without this the allocator keeps the
+    largest ones' pages, so the resident size would creep up with the history rather than stay flat."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _offsets(sorted_keys: np.ndarray) -> np.ndarray:
     return np.concatenate(([0], np.searchsorted(sorted_keys, _BOUNDARIES), [len(sorted_keys)])).astype(np.int64)
 
@@ -266,6 +280,7 @@ class DiskNearDuplicateIndex:
         kept = np.flatnonzero(best < 0)
         self._append(signatures[kept], bands[kept], [encoded[i] for i in kept])
         history_keys = self._read_keys(best[(best >= 0) & (best < base)])
+        _return_freed_memory()
         return [None if row < 0 else keys[row - base] if row >= base else history_keys[int(row)] for row in best.tolist()]
 
     def _signatures(self, texts: list[str]) -> np.ndarray:
