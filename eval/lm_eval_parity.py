@@ -13,6 +13,7 @@ its own template handling. docs/evaluation.md#lm-eval-parity has the details.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,8 +63,6 @@ def read_report(report_dir: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     for path in (metrics_path, per_item_path):
         if not path.is_file():
             raise ParityError(f"{path} does not exist: pass an `eval mcqa` report folder as --report")
-    import json
-
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except ValueError as error:

@@ -27,7 +27,8 @@ from medfactory.generate.client import ChatRequest, ClientSettings, LlmClient
 
 PREDICTIONS_FILE = "generated_predictions.jsonl"  # LLaMA-Factory's name: the next stage reads it unchanged
 SUMMARY_FILE = "served_predict.json"
-RECIPE_KEYS_APPLIED = ("eval_dataset", "dataset_dir", "output_dir", "max_new_tokens", "temperature", "do_sample")
+# LLaMA-Factory's DatasetAttr fields that name a record's columns (llamafactory/data/parser.py).
+COLUMN_ATTRIBUTES = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
 RECIPE_KEYS_NOT_SENT = ("top_p", "top_k", "repetition_penalty", "num_beams", "length_penalty")  # not in this client's request
 
 
@@ -101,7 +102,8 @@ def predict_requests(settings: PredictSettings) -> tuple[list[ChatRequest], list
 
     attr = _dataset_attr(settings.dataset, settings.dataset_dir)
     converter = get_dataset_converter(attr.formatting, attr, DataArguments(dataset_dir=str(settings.dataset_dir)))
-    columns = [value for key, value in vars(attr).items() if isinstance(value, str) and key not in ("load_from", "dataset_name", "formatting", "split")]
+    # The converter indexes every mapped column: a record that lacks an optional one reads it as None, as `datasets` would.
+    columns = [getattr(attr, name) for name in COLUMN_ATTRIBUTES if isinstance(getattr(attr, name, None), str)]
     requests, prompts, labels = [], [], []
     for number, (where, record) in enumerate(_records(Path(settings.dataset_dir) / attr.dataset_name), start=1):
         if not isinstance(record, dict):

@@ -465,10 +465,10 @@ def translate_dataset(options: TranslateOptions, settings: ClientSettings) -> di
             kept = [unit for unit in units if unit.gate is None]
             if not kept:
                 counts = gate_counts(units, applied_gates(options.kind, options.back_translate))["gates"]
+                replies = f"cached in {client.cache_path}" if client.cache_path else f"in {options.predictions}"
                 raise CorpusError(
                     f"{options.source}: every one of {len(units)} records was rejected ({ {g: n for g, n in counts.items() if n} }); "
-                    f"nothing was written. The replies are cached in {client.cache_path}. Check the served model and --max-tokens "
-                    "(docs/translation.md, 'Gates')."
+                    f"nothing was written. The replies are {replies}. Check the model and --max-tokens (docs/translation.md, 'Gates')."
                 )
             staging = publication.staging
             outputs, facts = write_kind_outputs(staging, options.kind, kept, options.target_language)
