@@ -11,6 +11,7 @@ extracted by greedy decoding; the base (the same weights without the adapter) mu
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import subprocess
@@ -22,6 +23,7 @@ import torch
 from typer.testing import CliRunner
 
 from medfactory.cli import app
+from medfactory.corpus import canaries as canaries_module
 from medfactory.corpus.canaries import read_canaries
 from medfactory.corpus.synthetic_notes import generate_notes
 from medfactory.run.demo import demo_overrides
@@ -29,6 +31,9 @@ from medfactory.run.tiny_model import build_tiny_model
 
 pytestmark = pytest.mark.slow
 STEPS = 200
+# The canaries' secrets come from a fixed seed here (prepare draws them from the OS's randomness), so a run is
+# reproducible: with fresh digits each run, whether a tiny model memorised every 16x secret varied from run to run.
+CANARY_SEED = int(os.environ.get("MEDFACTORY_TEST_CANARY_SEED", "11"))
 # What the recipe's values become for a tiny CPU run that must memorise (each on top of demo_overrides):
 MEMORISING_OVERRIDES = {
     "learning_rate": 5e-3,  # the recipe's 2e-5 barely moves a random tiny model in a few hundred steps
@@ -53,10 +58,13 @@ def audited(tmp_path_factory: pytest.TempPathFactory, repo_root: Path) -> dict:
         writer = csv.writer(handle)
         writer.writerow(["id", "patient_id", "text"])
         writer.writerows([f"n{index}", f"p{index}", note] for index, note in enumerate(notes))
-    prepared = CliRunner().invoke(app, [
-        "prepare", "notes", "--source", str(root / "notes.csv"), "--name", "hc", "--output-root", str(root), "--deid-seed", "k",
-        "--canaries", "4", "--canary-repetitions", "1,16", "--likert-notes", "0", "--validation-fraction", "0.1", "--test-fraction", "0.2",
-    ])  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(canaries_module, "make_canaries", functools.partial(canaries_module.make_canaries, seed=CANARY_SEED))
+        patch.setattr(canaries_module, "insert_into", functools.partial(canaries_module.insert_into, seed=CANARY_SEED))
+        prepared = CliRunner().invoke(app, [
+            "prepare", "notes", "--source", str(root / "notes.csv"), "--name", "hc", "--output-root", str(root), "--deid-seed", "k",
+            "--canaries", "4", "--canary-repetitions", "1,16", "--likert-notes", "0", "--validation-fraction", "0.1", "--test-fraction", "0.2",
+        ])  # fmt: skip
     assert prepared.exit_code == 0, prepared.output
     model = build_tiny_model("mistral", notes)
     overrides = {**demo_overrides(model, root / "saves" / "run", max_steps=STEPS), "dataset": "hc", "eval_dataset": "hc_validation",
