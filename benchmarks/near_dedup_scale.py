@@ -93,7 +93,7 @@ def _decide(index: DiskNearDuplicateIndex, batch: list[str], first: int, answers
 
 
 def tree_rss_mib(pid: int) -> float:
-    """VmRSS of a process and its children (the hashing workers count too)."""
+    """VmRSS of a process and its children (threads share the process's)."""
     children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return rss_mib(pid) + sum(tree_rss_mib(int(child)) for child in children)
 
@@ -141,7 +141,7 @@ def main() -> None:
     parser.add_argument("--notes", type=int, nargs="+", default=[230_000], help="corpus sizes in notes (2300000 = paper scale)")
     parser.add_argument("--sample", type=int, default=50_000, help="notes given to today's in-memory index (and compared)")
     parser.add_argument("--workdir", type=Path, default=None, help="where to write the notes and the index (default: a temporary folder)")
-    parser.add_argument("--workers", type=int, default=1, help="hashing processes of the disk index (1: in-process, the fastest on 2 vCPUs)")
+    parser.add_argument("--workers", type=int, default=1, help="threads hashing the disk index's notes (numba); the answers do not depend on it")
     parser.add_argument("--child", choices=("disk", "memory"), help=argparse.SUPPRESS)
     parser.add_argument("--corpus", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--answers", type=Path, help=argparse.SUPPRESS)

@@ -71,7 +71,7 @@ def make_prepare_command(plugin: str, defaults: ColumnMapping, dataset_name: str
         deid: Annotated[str, typer.Option(help=DEID_HELP)] = "surrogate",
         deid_model: Annotated[str | None, typer.Option(help="A .crfsuite tagger from `medfactory deid train` (default: the language's embedded one)")] = None,
         deid_seed: Annotated[str | None, typer.Option(help="Secret key of the surrogates, the same across runs (default: $MEDFACTORY_DEID_SEED)")] = None,
-        workers: Annotated[int, typer.Option(help="Processes that de-identify (1: this one); the output is the same for any number, e.g. $(nproc)")] = 1,
+        workers: Annotated[int, typer.Option(help="De-identifying processes, near-duplicate hashing threads; same output for any number, e.g. $(nproc)")] = 1,
         canaries: Annotated[int, typer.Option(help="Canary notes with random secrets for `medfactory audit memorization`, in train only")] = 0,
         canary_repetitions: Annotated[str, typer.Option(help="Copies of each canary, cycled over the canaries")] = "1,2,4,8,16",
         canary_file: Annotated[str | None, typer.Option(help="Where the secrets go (default canaries/<name>.json; never under data/)")] = None,

@@ -30,13 +30,14 @@ def reference_answers(texts: list[str], threshold: float = 0.85) -> list[str | N
     return [index.add_if_new(f"{number:016x}", text) for number, text in enumerate(texts)]
 
 
-def disk_answers(texts: list[str], batch: int, folder: Path, threshold: float = 0.85, workers: int = 1) -> tuple[list[str | None], int]:
-    """The disk index's answers in batches of ``batch`` notes, and how many runs it had on disk."""
+def disk_answers(texts: list[str], batch: int, folder: Path, threshold: float = 0.85, workers: int = 1, normalise: bool = True) -> tuple[list[str | None], int]:
+    """The disk index's answers in batches of ``batch`` notes (normalised first, as ``prepare`` does), and how many runs it had on disk."""
     keys = [f"{number:016x}" for number in range(len(texts))]
     answers: list[str | None] = []
     with DiskNearDuplicateIndex(folder, threshold=threshold, workers=workers) as index:
         for start in range(0, len(texts), batch):
-            answers += index.add_batch(keys[start : start + batch], [normalise_for_dedup(text) for text in texts[start : start + batch]])
+            part = texts[start : start + batch]
+            answers += index.add_batch(keys[start : start + batch], [normalise_for_dedup(text) for text in part] if normalise else part)
         runs = len(list(index.folder.glob("run-*.keys")))
     return answers, runs
 
@@ -68,8 +69,17 @@ def test_batch_signatures_equal_datasketch_minhash(texts: list[str]) -> None:
     assert np.array_equal(batch_signatures(texts, 128, 1, 5), expected)
 
 
-def test_batch_signatures_of_a_long_note_fold_in_slices() -> None:
-    text = " ".join(f"w{number % 5000}" for number in range(60_000))  # more shingles than one permutation step
+def test_batch_signatures_equal_datasketch_across_sha1_block_boundaries() -> None:
+    # Shingles of 0 to 200 bytes: one, two, three and four SHA-1 blocks, the padding's edge cases (55/56, 119/120 bytes) included.
+    texts = ["x" * length for length in range(201)] + [" ".join(["ç" * length] * 6) for length in range(0, 40, 3)]
+    index = NearDuplicateIndex()
+    expected = np.array([index.minhash(text).hashvalues for text in texts], dtype=np.uint32)
+    assert np.array_equal(batch_signatures(texts), expected)
+    assert np.array_equal(batch_signatures(texts, threads=2), expected)  # notes shared among threads: the same values
+
+
+def test_batch_signatures_of_a_long_note_equal_datasketch() -> None:
+    text = " ".join(f"w{number % 5000}" for number in range(60_000))  # 60 k shingles in one note
     assert np.array_equal(batch_signatures([text, "short"])[0], NearDuplicateIndex().minhash(text).hashvalues)
 
 
@@ -95,7 +105,19 @@ def test_same_answers_on_copy_forward_notes_across_batches_and_runs(tmp_path: Pa
     assert answers == expected
     assert runs > 1  # history in several sorted runs on disk
     assert disk_answers(texts, 250, tmp_path)[0] == expected
-    assert disk_answers(texts, 250, tmp_path, workers=2)[0] == expected  # signatures hashed in two processes
+    assert disk_answers(texts, 250, tmp_path, workers=2)[0] == expected  # signatures hashed on two threads
+
+
+def test_same_answers_when_the_caller_passes_text_not_yet_normalised(tmp_path: Path) -> None:
+    # Copies differing only in case and spacing are the same note to both indexes: the disk index normalises too.
+    rng = random.Random(4)
+    texts: list[str] = []
+    for note in generate_notes(200, seed=6):
+        copied = copy_forward(texts, rng) if texts and rng.random() < 0.4 else note
+        texts.append(copied.upper().replace(" ", "  ") if rng.random() < 0.3 else copied)
+    expected = reference_answers(texts)
+    assert sum(answer is not None for answer in expected) > 40
+    assert disk_answers(texts, 50, tmp_path, normalise=False)[0] == expected
 
 
 def test_files_are_removed_on_close(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ note: 14 GB at the Clinical-BR paper's 2.3 M notes). :class:`DiskNearDuplicateIn
 answers, note for note, with memory that does not grow with the corpus:
 
 * signatures are computed a batch at a time by :func:`batch_signatures`, bit-identical to
-  datasketch's ``MinHash.update_batch`` (affine32 scheme) but vectorised;
+  datasketch's ``MinHash.update_batch`` (affine32 scheme) but compiled (numba), about 4x faster;
 * each LSH band becomes a 64-bit key; the kept notes' band keys go to disk as one sorted run per
   batch, and a batch is joined against every run in fixed-size chunks (no memory map, so the
   resident memory stays flat);
@@ -20,8 +20,6 @@ Why and the measured speed and memory: docs/corpora.md ("De-duplication", "Scale
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import multiprocessing
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -34,9 +32,6 @@ from datasketch import MinHash
 
 from medfactory.corpus.dedup import DEFAULT_LSH_RECALL, DEFAULT_NUM_PERM, DEFAULT_SEED, DEFAULT_SHINGLE_SIZE, DEFAULT_THRESHOLD, lsh_params, normalise_for_dedup
 
-# Shingles per permutation step: (shingles x num_perm) uint32 stays in the CPU cache (measured
-# 35 % faster than 16384 on a 2-core VM).
-_PERMUTATION_SHINGLES = 3072
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 _CHUNK_ENTRIES = 1 << 20  # band keys read per chunk: 8 MB, whatever the history size
 # Runs are cut into key ranges (top 8 bits): merges and joins hold one range of one run at a time.
@@ -51,81 +46,28 @@ except (OSError, AttributeError):
     _LIBC = None
 
 
-def _fmix32(values: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finalizer, in place: datasketch premixes every shingle hash with it
-    (``datasketch.minhash._fmix``; the signature test catches a change of scheme)."""
-    values ^= values >> np.uint32(16)
-    values *= np.uint32(0x85EBCA6B)
-    values ^= values >> np.uint32(13)
-    values *= np.uint32(0xC2B2AE35)
-    values ^= values >> np.uint32(16)
-    return values
-
-
-def _shingle_digests(normalised: str, size: int) -> bytes:
-    """The SHA-1 digests (20 bytes each) of the note's word ``size``-gram shingles, in order."""
-    data = normalised.encode("utf-8")
-    if b"  " in data or data.startswith(b" ") or data.endswith(b" "):
-        # Not a single-spaced text: take dedup's own definition (split on every space).
-        words = data.split(b" ")
-        grams = [b" ".join(words)] if len(words) <= size else [b" ".join(words[i : i + size]) for i in range(len(words) - size + 1)]
-        return b"".join([hashlib.sha1(gram).digest() for gram in grams])
-    spaces = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == 32)
-    words = len(spaces) + 1
-    if words <= size:
-        return hashlib.sha1(data).digest()
-    starts = np.concatenate(([0], spaces + 1))[: words - size + 1].tolist()
-    ends = np.concatenate((spaces, [len(data)]))[size - 1 :].tolist()
-    sha1 = hashlib.sha1
-    return b"".join([sha1(data[start:end]).digest() for start, end in zip(starts, ends)])
-
-
 def batch_signatures(
-    texts: list[str], num_perm: int = DEFAULT_NUM_PERM, seed: int = DEFAULT_SEED, shingle_size: int = DEFAULT_SHINGLE_SIZE
+    texts: list[str],
+    num_perm: int = DEFAULT_NUM_PERM,
+    seed: int = DEFAULT_SEED,
+    shingle_size: int = DEFAULT_SHINGLE_SIZE,
+    threads: int = 1,
 ) -> np.ndarray:
     """MinHash signatures, ``(len(texts), num_perm)`` uint32, equal to ``NearDuplicateIndex.minhash(text).hashvalues``.
 
-    Texts are normalised with :func:`normalise_for_dedup` first (a no-op on normalised text), as
-    the in-memory index does. datasketch hashes a shingle with the first 4 bytes (little-endian)
-    of its SHA-1, premixes with ``_fmix`` and applies ``a * h + b`` modulo 2**32; the same steps
-    run here over all the shingles of many notes at once.
+    Texts are normalised with :func:`normalise_for_dedup` first, as the in-memory index does: a
+    no-op on normalised text, and skipping it (an eighth of the time) would trust every caller; a
+    benchmark that passed un-normalised copies got other answers. The hashing runs compiled
+    (:mod:`medfactory.corpus.minhash_kernel`) on up to ``threads`` threads, notes shared among
+    them; the answers do not depend on ``threads``.
     """
     if shingle_size < 1:
         raise ValueError(f"shingle size must be >= 1, got {shingle_size}")
-    a, b = MinHash(num_perm=num_perm, seed=seed).permutations
-    out = np.empty((len(texts), num_perm), dtype=np.uint32)
-    start = 0
-    while start < len(texts):
-        digests, counts = [], []
-        shingles_here = 0
-        end = start
-        while end < len(texts) and (end == start or shingles_here < _PERMUTATION_SHINGLES):
-            digest = _shingle_digests(normalise_for_dedup(texts[end]), shingle_size)
-            digests.append(digest)
-            counts.append(len(digest) // 20)
-            shingles_here += counts[-1]
-            end += 1
-        _min_permuted(digests, counts, (a, b), out[start:end])
-        start = end
-    return out
+    from medfactory.corpus import minhash_kernel  # numba loads in about a second: only when a run de-duplicates
 
-
-def _min_permuted(digests: list[bytes], counts: list[int], permutations: tuple[np.ndarray, np.ndarray], out: np.ndarray) -> None:
-    """Write each note's minimum of ``a * fmix(sha1_32(shingle)) + b`` into ``out``."""
-    a, b = permutations
-    hashes = _fmix32(np.frombuffer(b"".join(digests), dtype="<u4")[::5].astype(np.uint32))
-    if len(counts) == 1 and counts[0] > _PERMUTATION_SHINGLES:
-        # One very long note: fold it in slices so the permuted block stays a few MB.
-        out[0] = np.iinfo(np.uint32).max
-        for first in range(0, len(hashes), _PERMUTATION_SHINGLES):
-            part = hashes[first : first + _PERMUTATION_SHINGLES, None] * a + b
-            np.minimum(out[0], part.min(axis=0), out=out[0])
-        return
-    permuted = np.empty((len(hashes), len(a)), dtype=np.uint32)
-    np.multiply(hashes[:, None], a, out=permuted)  # uint32 wraps: datasketch's modulo 2**32
-    np.add(permuted, b, out=permuted)
-    offsets = np.concatenate(([0], np.cumsum(counts)[:-1]))
-    np.minimum.reduceat(permuted, offsets, axis=0, out=out)
+    permutations = MinHash(num_perm=num_perm, seed=seed).permutations
+    encoded = [normalise_for_dedup(text).encode("utf-8") for text in texts]
+    return minhash_kernel.signatures(encoded, shingle_size, permutations, threads)
 
 
 def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -229,10 +171,9 @@ class DiskNearDuplicateIndex:
         self._run_names = 0
         self._kept = 0
         self._chunk = np.empty(_CHUNK_ENTRIES, dtype=np.uint64)  # reused by every join: flat memory
-        # SHA-1 of the shingles is most of the time (about 10 MB/s a core): workers > 1 hash in
-        # that many processes (spawned, like de-identification's); the answers are the same.
+        # Hashing the shingles is most of the time: workers > 1 hash a batch's notes on that many
+        # threads (numba's; no process start, no copies); the answers are the same.
         self.workers = int(workers)
-        self._pool = multiprocessing.get_context("spawn").Pool(self.workers) if self.workers > 1 else None
 
     def __len__(self) -> int:
         return self._kept
@@ -250,10 +191,6 @@ class DiskNearDuplicateIndex:
         for run in self._runs:
             run.remove()
         self._fds, self._runs = {}, []
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
         if self.folder.exists():
             for path in self.folder.iterdir():
                 path.unlink()
@@ -284,11 +221,7 @@ class DiskNearDuplicateIndex:
         return [None if row < 0 else keys[row - base] if row >= base else history_keys[int(row)] for row in best.tolist()]
 
     def _signatures(self, texts: list[str]) -> np.ndarray:
-        if self._pool is None or len(texts) < 2 * self.workers:
-            return batch_signatures(texts, self.num_perm, self.seed, self.shingle_size)
-        step = -(-len(texts) // (4 * self.workers))  # a few parts a worker: one slow part does not hold the rest
-        parts = [(texts[start : start + step], self.num_perm, self.seed, self.shingle_size) for start in range(0, len(texts), step)]
-        return np.concatenate(self._pool.starmap(batch_signatures, parts))
+        return batch_signatures(texts, self.num_perm, self.seed, self.shingle_size, threads=self.workers)
 
     def _open(self, name: str) -> int:
         return os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
