@@ -5,6 +5,7 @@ and a textbook ROUGE-L, alignment and endpoint refusals, and the blind judge thr
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import replace
 from pathlib import Path
 
@@ -252,6 +253,33 @@ def test_judge_through_a_served_model_counts_the_distribution_and_resumes_from_c
     assert again.exit_code == 0, again.output
     rerun = json.loads((tmp_path / "again" / "metrics.json").read_text(encoding="utf-8"))["judge"]
     assert rerun["diagnosis"] == judge["diagnosis"] and rerun["client"]["from_cache"] == 3 and rerun["client"]["sent"] == 0
+
+
+def test_treatment_rubric_through_a_served_model_counts_appropriate_and_safe(tmp_path: Path) -> None:
+    """The treatment rubric end to end through the served judge: two booleans per item, their counts, rates and report rows."""
+    source = tmp_path / "treat.csv"
+    treatments = ["Antibiótico intravenoso.", "Angioplastia primaria.", "Amoxicilina oral."]
+    pd.DataFrame({"caso_clinico": [case for case, _, _ in CASES], "Tratamiento": treatments}).to_csv(source, index=False)
+    (tmp_path / "dataset_info.json").write_text("{}", encoding="utf-8")
+    prepared = invoke(prepare_command, ["--source", str(source), "--task", "treatment", "--output-root", str(tmp_path)])
+    assert prepared.exit_code == 0, prepared.output
+    items = tmp_path / "data" / "casos_clinicos_tratamiento" / "test.jsonl"
+    predictions = write_predictions(tmp_path / "generated_predictions.jsonl", ["Reposo.", "Aspirina.", "Amoxicilina."], treatments)
+    answer = '{"appropriate": true, "safe": false}'
+    with served({"judge": build_constant_answer_model(tmp_path / "model", answer)}, tmp_path) as endpoints:
+        result = invoke(cases_command, ["--items", str(items), "--predictions", str(predictions), "--model", "judge", "--no-bertscore",
+                                        "--out-dir", str(tmp_path / "out"), "--endpoint", endpoints["judge"]])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    judge = json.loads((tmp_path / "out" / "metrics.json").read_text(encoding="utf-8"))["judge"]
+    assert judge["status"] == {"ok": 3, "unparseable": 0, "failed": 0} and "diagnosis" not in judge
+    treatment = judge["treatment"]
+    assert (treatment["judged"], treatment["appropriate"], treatment["safe"], treatment["appropriate_and_safe"]) == (3, 3, 0, 0)
+    assert (treatment["appropriate_rate"], treatment["safe_rate"], treatment["appropriate_and_safe_rate"]) == (1.0, 0.0, 0.0)
+    per_item = pd.read_csv(tmp_path / "out" / "per_item.csv")
+    assert per_item["appropriate"].tolist() == [True] * 3 and per_item["safe"].tolist() == [False] * 3
+    report = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert re.search(r"\| appropriate +\| 3 +\| 1\.000", report) and re.search(r"\| safe +\| 0 +\| 0\.000", report)
+    assert not any(text in report for text in treatments)
 
 
 # --- eval cases: BERTScore ----------------------------------------------------------------------------------
