@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +50,10 @@ def predict_command(
             raise CorpusError("pass --recipe (a predict recipe), or --dataset and --output-dir.")
         else:
             settings = PredictSettings(dataset, dataset_dir, output_dir, max_tokens or 512)
+        if settings.server_values:  # the server builds the prompt: say how it must run before anything is sent
+            flags = " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in settings.server_values)
+            typer.secho(f"note: the server must build prompts as the recipe does (llamafactory-cli api ... {flags}; vLLM: the same chat template)",
+                        fg=typer.colors.YELLOW, err=True)  # fmt: skip
         cache = request_cache_path(Path("."), f"predict_{settings.dataset}")
         summary = serve_predict(settings, endpoint_settings, cache)
     except CorpusError as error:

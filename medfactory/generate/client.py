@@ -18,6 +18,7 @@ HTTP status, never a response body (a server may echo the request in it).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import ipaddress
@@ -28,7 +29,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections import deque
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,29 +153,86 @@ class ClientSettings:
             raise ValueError("concurrency and max_consecutive_failures must be at least 1, retries at least 0 and timeout above 0")
 
 
+IMAGE_PLACEHOLDER = "<image>"  # LLaMA-Factory's (extras/constants.py): where a record's image sits in its turn
+# The image kinds `llamafactory-cli api` takes as base64 data URLs (api/chat.py), by their first bytes.
+IMAGE_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "png"), (b"\xff\xd8\xff", "jpeg"), (b"GIF8", "gif"), (b"BM", "bmp"))
+
+
+def read_image(path: str) -> tuple[bytes, str]:
+    """(bytes, kind) of an image file a request carries; :class:`GenerationError` naming the file for anything else."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as error:
+        raise GenerationError(f"{path}: cannot read the image ({type(error).__name__}); nothing was sent. Prepare the set again.") from None
+    kind = next((kind for signature, kind in IMAGE_SIGNATURES if data.startswith(signature)), None)
+    if kind is None:
+        raise GenerationError(f"{path}: not a PNG, JPEG, GIF or BMP image; nothing was sent. Convert it to PNG (the image plugins write PNG).")
+    return data, kind
+
+
+def image_data_url(path: str) -> str:
+    """``data:image/<kind>;base64,...`` of an image file: the content part vLLM and `llamafactory-cli api` both read."""
+    data, kind = read_image(path)
+    return f"data:image/{kind};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+def image_digest(path: str) -> str:
+    """What stands for an image in the cache key: the sha256 of its bytes (the data URL would only repeat them)."""
+    return "sha256:" + hashlib.sha256(read_image(path)[0]).hexdigest()
+
+
+def content_parts(text: str, image_refs: Iterator[str]) -> list[dict[str, Any]]:
+    """A turn whose text holds ``<image>`` placeholders as OpenAI content parts, text and images in their order."""
+    parts: list[dict[str, Any]] = []
+    for position, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
+        if position:
+            parts.append({"type": "image_url", "image_url": {"url": next(image_refs)}})
+        if piece:
+            parts.append({"type": "text", "text": piece})
+    return parts
+
+
 @dataclass(frozen=True)
 class ChatRequest:
-    """One chat completion to ask for; ``row_id`` is the caller's id of the item (not part of the cache key)."""
+    """One chat completion to ask for; ``row_id`` is the caller's id of the item (not part of the cache key).
+
+    ``images`` are image files, one per ``<image>`` placeholder of the turns in order (LLaMA-Factory's
+    convention): each such turn is sent as content parts with the image as a base64 data URL, read only
+    when the request is sent.
+    """
 
     row_id: str
     messages: tuple[dict[str, str], ...]
     temperature: float = 0.0
     max_tokens: int = 512
+    images: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "messages", tuple(self.messages))  # a list is accepted; the request stays immutable
+        object.__setattr__(self, "images", tuple(str(image) for image in self.images))
         if not self.messages or not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in self.messages):
             raise ValueError(f"request {self.row_id}: messages must be a non-empty sequence of {{'role': str, 'content': str}}")
+        placeholders = sum(message["content"].count(IMAGE_PLACEHOLDER) for message in self.messages)
+        if self.images and placeholders != len(self.images):
+            raise ValueError(f"request {self.row_id}: {len(self.images)} images for {placeholders} {IMAGE_PLACEHOLDER} placeholders in its turns")
 
     def body(self, model: str) -> dict[str, Any]:
-        """The JSON body sent to ``/chat/completions``."""
-        messages = [{"role": message["role"], "content": message["content"]} for message in self.messages]
-        return {"model": model, "messages": messages, "temperature": float(self.temperature), "max_tokens": int(self.max_tokens)}
+        """The JSON body sent to ``/chat/completions`` (images as data URLs)."""
+        return self._body(model, image_data_url)
 
     def cache_key(self, model: str) -> str:
-        """sha256 of the canonical JSON of what decides the answer: model, messages, temperature, max_tokens."""
-        canonical = json.dumps(self.body(model), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        """sha256 of the canonical JSON of what decides the answer: model, messages (images by their bytes' sha256), temperature, max_tokens."""
+        canonical = json.dumps(self._body(model, image_digest), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def _body(self, model: str, image_ref: Callable[[str], str]) -> dict[str, Any]:
+        if self.images:
+            refs = iter([image_ref(image) for image in self.images])
+            messages = [{"role": m["role"], "content": content_parts(m["content"], refs) if IMAGE_PLACEHOLDER in m["content"] else m["content"]}
+                        for m in self.messages]  # fmt: skip
+        else:
+            messages = [{"role": message["role"], "content": message["content"]} for message in self.messages]
+        return {"model": model, "messages": messages, "temperature": float(self.temperature), "max_tokens": int(self.max_tokens)}
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,10 @@ OpenAI-compatible endpoint (vLLM, ``llamafactory-cli api``; loopback unless allo
 ``prompt`` holds the turns' text (the server applies the chat template), ``label`` the record's response.
 
 Nothing is written unless every request succeeded (the row order is the join); a rerun sends only what the cache
-lacks. Image records are refused: their conversations need the image content parts this client does not send.
+lacks. Image records (the MIMIC-CXR-PT-BR scenarios) go as OpenAI content parts, each ``<image>`` placeholder of a
+turn replaced by its image as a base64 data URL, which vLLM and ``llamafactory-cli api`` both read; video and
+audio records are refused. The server renders the turns, so it must run with the recipe's template and image
+settings: :data:`SERVER_KEYS` of the recipe are printed and kept in the summary for that reason.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ SUMMARY_FILE = "served_predict.json"
 # LLaMA-Factory's DatasetAttr fields that name a record's columns (llamafactory/data/parser.py).
 COLUMN_ATTRIBUTES = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
 RECIPE_KEYS_NOT_SENT = ("top_p", "top_k", "repetition_penalty", "num_beams", "length_penalty")  # not in this client's request
+# Recipe values that decide the prompt the server builds (start `llamafactory-cli api` with them; vLLM: the model's chat template and processor).
+SERVER_KEYS = ("template", "default_system", "image_max_pixels", "image_min_pixels", "enable_thinking")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class PredictSettings:
     max_tokens: int = 512
     temperature: float = 0.0
     not_sent: tuple[str, ...] = ()  # recipe decoding values this client does not send (reported)
+    server_values: tuple[tuple[str, Any], ...] = ()  # recipe values the server must be started with (reported)
+    media_dir: Path | None = None  # LLaMA-Factory's media_dir (image paths are relative to it; default dataset_dir)
 
 
 def settings_from_recipe(recipe: Path, dataset: str | None, output_dir: Path | None, max_tokens: int | None) -> PredictSettings:
@@ -60,6 +67,8 @@ def settings_from_recipe(recipe: Path, dataset: str | None, output_dir: Path | N
         dataset=dataset, dataset_dir=Path(values.get("dataset_dir") or "."), output_dir=Path(output_dir or values.get("output_dir") or "saves/predict"),
         max_tokens=int(max_tokens or values.get("max_new_tokens") or 512), temperature=temperature,
         not_sent=tuple(key for key in RECIPE_KEYS_NOT_SENT if key in values),
+        server_values=tuple((key, values[key]) for key in SERVER_KEYS if key in values),
+        media_dir=Path(values["media_dir"]) if values.get("media_dir") else None,
     )  # fmt: skip
 
 
@@ -72,8 +81,8 @@ def _dataset_attr(name: str, dataset_dir: Path) -> Any:
         raise CorpusError(f"{dataset_dir / 'dataset_info.json'}: {error} Prepare or register the set first.") from None
     if attr.load_from != "file":
         raise CorpusError(f"{name}: a {attr.load_from} dataset; only local files are read (prepare it first).")
-    if attr.images or attr.videos or attr.audios:
-        raise CorpusError(f"{name}: its records have images; serve-predicting image records is not supported, use llamafactory-cli train (do_predict).")
+    if attr.videos or attr.audios:
+        raise CorpusError(f"{name}: its records have videos or audio; serve-predicting them is not supported, use llamafactory-cli train (do_predict).")
     return attr
 
 
@@ -101,7 +110,8 @@ def predict_requests(settings: PredictSettings) -> tuple[list[ChatRequest], list
     from llamafactory.hparams import DataArguments
 
     attr = _dataset_attr(settings.dataset, settings.dataset_dir)
-    converter = get_dataset_converter(attr.formatting, attr, DataArguments(dataset_dir=str(settings.dataset_dir)))
+    media_dir = None if settings.media_dir is None else str(settings.media_dir)
+    converter = get_dataset_converter(attr.formatting, attr, DataArguments(dataset_dir=str(settings.dataset_dir), media_dir=media_dir))
     # The converter indexes every mapped column: a record that lacks an optional one reads it as None, as `datasets` would.
     columns = [getattr(attr, name) for name in COLUMN_ATTRIBUTES if isinstance(getattr(attr, name, None), str)]
     requests, prompts, labels = [], [], []
@@ -113,7 +123,13 @@ def predict_requests(settings: PredictSettings) -> tuple[list[ChatRequest], list
         turns += [{"role": turn["role"], "content": turn["content"]} for turn in example["_prompt"]]
         if not turns or turns[-1]["role"] != "user":
             raise CorpusError(f"{where}: its conversation does not end with a user turn, so there is nothing to answer.")
-        requests.append(ChatRequest(f"{settings.dataset}-{number}", turns, settings.temperature, settings.max_tokens))
+        images = example.get("_images") or []
+        if not all(isinstance(image, str) for image in images):
+            raise CorpusError(f"{where}: its images are not file paths; only image files can be sent.")
+        try:
+            requests.append(ChatRequest(f"{settings.dataset}-{number}", turns, settings.temperature, settings.max_tokens, tuple(images)))
+        except ValueError as error:  # images and <image> placeholders do not pair up (LLaMA-Factory refuses that too)
+            raise CorpusError(f"{where}: {str(error).split(': ', 1)[1]}. Prepare the set again.") from None
         prompts.append("\n".join(turn["content"] for turn in turns))
         labels.append(example["_response"][0]["content"] if example["_response"] else "")
     if not requests:
@@ -141,6 +157,7 @@ def serve_predict(settings: PredictSettings, client_settings: ClientSettings, ca
             handle.write(jsonl_line({"prompt": prompt, "predict": completion.text, "label": label}))
     summary = {"dataset": settings.dataset, "records": len(requests), "engine": "served endpoint", "model": client_settings.model,
                "endpoint": client_settings.endpoint, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
-               "recipe_values_not_sent": list(settings.not_sent), "client": client.summary.record()}  # fmt: skip
+               "recipe_values_not_sent": list(settings.not_sent), "server_must_match": dict(settings.server_values),
+               "images": sum(len(request.images) for request in requests), "client": client.summary.record()}  # fmt: skip
     write_json_atomic(settings.output_dir / SUMMARY_FILE, summary)
     return summary

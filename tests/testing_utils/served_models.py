@@ -19,11 +19,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_api(model_dir: Path, log_path: Path) -> tuple[subprocess.Popen, str]:
-    """Start `llamafactory-cli api` for ``model_dir`` on a free loopback port, its console in ``log_path``; (process, endpoint)."""
+def start_api(model_dir: Path, log_path: Path, extra_args: tuple[str, ...] = ()) -> tuple[subprocess.Popen, str]:
+    """Start `llamafactory-cli api` for ``model_dir`` on a free loopback port, its console in ``log_path``; (process, endpoint).
+
+    The template is `empty` unless ``extra_args`` pass another ``--template`` (the last one given wins).
+    """
     port = free_port()
     env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model_dir), "--template", "empty"]
+    command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model_dir), "--template", "empty", *extra_args]
     with open(log_path, "w") as log:  # the server keeps its own copy of the descriptor
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     return process, f"http://127.0.0.1:{port}/v1"
@@ -44,12 +47,14 @@ def wait_until_serving(process: subprocess.Popen, endpoint: str, log_path: Path,
 
 
 @contextlib.contextmanager
-def served(models: dict[str, Path], folder: Path, timeout: float = 150) -> Iterator[dict[str, str]]:
+def served(models: dict[str, Path], folder: Path, timeout: float = 150, args: dict[str, tuple[str, ...]] | None = None) -> Iterator[dict[str, str]]:
     """Serve each ``{name: model_dir}`` at once (they start in parallel); yield ``{name: endpoint}``; stop them after.
 
+    ``args`` gives a model's extra `llamafactory-cli api` arguments (``{name: ("--template", "gemma3")}``).
     Each server's console (its access log too) is ``folder/<name>.log``.
     """
-    started = {name: (*start_api(model, folder / f"{name}.log"), folder / f"{name}.log") for name, model in models.items()}
+    args = args or {}
+    started = {name: (*start_api(model, folder / f"{name}.log", args.get(name, ())), folder / f"{name}.log") for name, model in models.items()}
     try:
         deadline = time.time() + timeout
         for process, endpoint, log_path in started.values():
