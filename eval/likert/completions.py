@@ -64,13 +64,19 @@ def cut_excerpt(text: str, rule: ExcerptRule = ExcerptRule()) -> tuple[str, str]
 
 @dataclass
 class ModelSpec:
-    """One model of the study: a name for the report, the weights, an optional LoRA adapter."""
+    """One model of the study: a name for the report, the weights, an optional LoRA adapter.
+
+    With ``endpoint`` the completions come from that served engine (vLLM, ``llamafactory-cli api``) instead
+    of a predict run; ``served_model`` is the name it serves the model under (default: ``name``).
+    """
 
     name: str
     model_name_or_path: str
     adapter_name_or_path: str | None = None
     template: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    endpoint: str | None = None
+    served_model: str | None = None
 
 
 MODEL_NAME_FIX = "Fix: a model name is shown in the report and names its run folder runs/<name>/: use letters, digits, ., - and _."
@@ -94,7 +100,7 @@ def _read_models_document(path: Path) -> Any:
 
 def _model_spec(entry: Any, where: str) -> ModelSpec:
     """One entry of the models list, its name checked to be one folder name."""
-    keys = "Keys: name, model_name_or_path, adapter_name_or_path, template, overrides."
+    keys = "Keys: name, model_name_or_path, adapter_name_or_path, template, overrides, endpoint, served_model."
     if not isinstance(entry, dict):
         raise ValueError(f"{where}: expected a mapping {{name, model_name_or_path, ...}}, got {type(entry).__name__}. {keys}")
     try:
@@ -104,11 +110,13 @@ def _model_spec(entry: Any, where: str) -> ModelSpec:
     for field_name in ("name", "model_name_or_path"):
         if not isinstance(getattr(model, field_name), str):
             raise ValueError(f"{where}: `{field_name}` must be text (quote it in YAML).")
-    for field_name in ("adapter_name_or_path", "template"):
+    for field_name in ("adapter_name_or_path", "template", "endpoint", "served_model"):
         if getattr(model, field_name) is not None and not isinstance(getattr(model, field_name), str):
             raise ValueError(f"{where}: `{field_name}` must be text (quote it in YAML).")
     if not isinstance(model.overrides, dict):
         raise ValueError(f"{where}: `overrides` must be a mapping of llamafactory-cli keys to values.")
+    if model.endpoint and model.overrides:
+        raise ValueError(f"{where}: `overrides` are llamafactory-cli values and a served model (`endpoint`) runs none; set them on the server.")
     # The name is the user's own configuration, so the message may show it.
     safe_component(model.name, "model name", where=where, fix=MODEL_NAME_FIX)
     return model
@@ -186,6 +194,30 @@ def run_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict
     return predictions
 
 
+def serve_model(model: ModelSpec, root: Path, run_dir: Path, extra_overrides: dict[str, Any] | None = None, allow_remote: bool = False) -> Path:
+    """The completions of a model that names an ``endpoint``: the same prompts, answered by the served engine.
+
+    The server applies the template, so it must build the prompt the recipe builds (``empty`` with the BOS
+    as system text, or the model's own ``template``): the first reply's prompt length is checked against the
+    template's when ``model_name_or_path`` is a local folder with the tokenizer, before anything is cached.
+    """
+    from dataclasses import replace
+
+    from medfactory.generate.client import ClientSettings
+    from medfactory.generate.request_cache import request_cache_path
+    from medfactory.generate.served_predict import PREDICTIONS_FILE, PromptCheck, serve_predict, settings_from_recipe
+
+    # The study's --override decoding values (do_sample, temperature, max_new_tokens) apply to served models as to predict runs.
+    settings = replace(settings_from_recipe(root / COMPLETE_RECIPE, PROMPTS_DATASET, run_dir, None, extra_overrides), dataset_dir=root)
+    recipe = dict(settings.server_values)
+    template, system = (model.template, None) if model.template else (str(recipe.get("template", "empty")), recipe.get("default_system"))
+    check = PromptCheck(model.model_name_or_path, template, system) if Path(model.model_name_or_path).is_dir() else None
+    client = ClientSettings(endpoint=str(model.endpoint), model=model.served_model or model.name, allow_remote=allow_remote)
+    cache = request_cache_path(root, f"likert_{run_dir.parent.parent.name}_{model.name}")
+    serve_predict(settings, client, cache, prompt_check=check)
+    return run_dir / PREDICTIONS_FILE
+
+
 def join_predictions(predictions: Path, items: list[dict[str, str]], model: str) -> list[dict[str, str]]:
     """Completions of one model, joined to their notes by the recorded row order."""
     rows = read_jsonl(predictions)
@@ -210,8 +242,12 @@ def generate_completions(
     root: Path = Path("."),
     rule: ExcerptRule = ExcerptRule(),
     extra_overrides: dict[str, Any] | None = None,
+    allow_remote: bool = False,
 ) -> Path:
     """Excerpts -> predictions of every model -> ``study_dir/completions.jsonl``; returns its path.
+
+    A model with an ``endpoint`` is answered by that served engine (:func:`serve_model`), the others by a
+    predict run (:func:`run_model`); both write ``runs/<name>/generated_predictions.jsonl`` in the prompts' order.
 
     A model whose predictions are already in ``study_dir/runs/<name>/`` for the same prompts is not
     run again, so an interrupted study resumes where it stopped.
@@ -228,7 +264,10 @@ def generate_completions(
         predictions = run_dir / "generated_predictions.jsonl"
         marker = run_dir / "prompts.jsonl"
         if not (predictions.is_file() and marker.is_file() and marker.read_bytes() == prompts_digest):
-            predictions = run_model(model, root, run_dir, extra_overrides or {})
+            if model.endpoint:
+                predictions = serve_model(model, root, run_dir, extra_overrides, allow_remote)
+            else:
+                predictions = run_model(model, root, run_dir, extra_overrides or {})
             with atomic_write(marker, mode="wb") as handle:
                 handle.write(prompts_digest)
         completions += join_predictions(predictions, items, model.name)

@@ -48,15 +48,18 @@ def parse_override_options(pairs: list[str] | None) -> dict[str, Any]:
 @likert_app.command("run")
 def likert_run(
     heldout: Annotated[Path, typer.Option(help="Held-out notes (data/<corpus>/likert_heldout.jsonl)")],
-    models: Annotated[Path, typer.Option(help="YAML: models: [{name, model_name_or_path, adapter_name_or_path}]")],
+    models: Annotated[Path, typer.Option(help="YAML: models: [{name, model_name_or_path, adapter_name_or_path, endpoint?}]")],
     study: Annotated[str, typer.Option(help="Study name: outputs go to reports/likert/<study>/")],
     raters: Annotated[str, typer.Option(help="Comma-separated rater names: one XLSX each")] = "r1,r2,r3",
     excerpt_sentences: Annotated[int, typer.Option(help="Excerpt = the note's first N sentences (at most half the note)")] = 3,
     seed: Annotated[int, typer.Option(help="Seed of the card order and ids")] = 0,
     override: Annotated[list[str] | None, typer.Option(help="key=value for llamafactory-cli (e.g. bf16=false on CPU)")] = None,
     force: Annotated[bool, typer.Option(help="Replace a study's cards and rater files even if raters have started")] = False,
+    allow_remote_endpoint: Annotated[
+        bool, typer.Option("--allow-remote-endpoint", help="Let a model's `endpoint` be a non-loopback host (the excerpts are sent there)")
+    ] = False,
 ) -> None:
-    """Completions of every model (through llamafactory-cli), then the blind cards and rater files."""
+    """Completions of every model (a predict run, or the served engine a model's `endpoint` names), then the blind cards and rater files."""
     from medfactory.eval.likert.cards import write_study
     from medfactory.eval.likert.completions import ExcerptRule, generate_completions, load_models
 
@@ -65,7 +68,8 @@ def likert_run(
         # The models file is read before the overrides are parsed: its errors come first, as they always did.
         model_specs = load_models(models)
         extra_overrides = parse_override_options(override)
-        completions = generate_completions(heldout, model_specs, study_dir, rule=ExcerptRule(sentences=excerpt_sentences), extra_overrides=extra_overrides)
+        completions = generate_completions(heldout, model_specs, study_dir, rule=ExcerptRule(sentences=excerpt_sentences), extra_overrides=extra_overrides,
+                                           allow_remote=allow_remote_endpoint)  # fmt: skip
         rater_names = [rater.strip() for rater in raters.split(",") if rater.strip()]
         summary = write_study(completions, study_dir, rater_names, seed=seed, force=force)
     except (ValueError, OSError, RuntimeError) as error:

@@ -51,9 +51,9 @@ def predict_command(
         else:
             settings = PredictSettings(dataset, dataset_dir, output_dir, max_tokens or 512)
         if settings.server_values:  # the server builds the prompt: say how it must run before anything is sent
-            flags = " ".join(f"--{key} {shlex.quote(str(value))}" for key, value in settings.server_values)
-            typer.secho(f"note: the server must build prompts as the recipe does (llamafactory-cli api ... {flags}; vLLM: the same chat template)",
-                        fg=typer.colors.YELLOW, err=True)  # fmt: skip
+            values = ", ".join(f"{key}={shlex.quote(str(value))}" for key, value in settings.server_values)
+            typer.secho(f"note: start the server with the recipe's {values} (the llamafactory-cli api arguments of those names; "
+                        "vLLM: the same chat template and image size)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
         cache = request_cache_path(Path("."), f"predict_{settings.dataset}")
         summary = serve_predict(settings, endpoint_settings, cache)
     except CorpusError as error:

@@ -51,14 +51,20 @@ class PredictSettings:
     media_dir: Path | None = None  # LLaMA-Factory's media_dir (image paths are relative to it; default dataset_dir)
 
 
-def settings_from_recipe(recipe: Path, dataset: str | None, output_dir: Path | None, max_tokens: int | None) -> PredictSettings:
-    """The predict recipe's set, output folder and decoding (greedy unless ``do_sample``); explicit options win."""
+def settings_from_recipe(
+    recipe: Path, dataset: str | None, output_dir: Path | None, max_tokens: int | None, overrides: dict[str, Any] | None = None
+) -> PredictSettings:
+    """The predict recipe's set, output folder and decoding (greedy unless ``do_sample``); explicit options win.
+
+    ``overrides`` are llamafactory-cli ``key=value`` overrides of the recipe, read as a predict run would read them.
+    """
     import yaml
 
     try:
         values = yaml.safe_load(Path(recipe).read_text(encoding="utf-8")) or {}
     except (OSError, yaml.YAMLError) as error:
         raise CorpusError(f"{recipe}: cannot read the recipe ({error.__class__.__name__}). Pass a recipe file of recipes/.") from None
+    values = {**values, **(overrides or {})}
     dataset = dataset or values.get("eval_dataset")
     if not isinstance(dataset, str) or not dataset:
         raise CorpusError(f"{recipe}: no eval_dataset; pass --dataset NAME.")
@@ -137,9 +143,73 @@ def predict_requests(settings: PredictSettings) -> tuple[list[ChatRequest], list
     return requests, prompts, labels
 
 
-def serve_predict(settings: PredictSettings, client_settings: ClientSettings, cache_path: Path) -> dict[str, Any]:
-    """Answer every record through the endpoint; write generated_predictions.jsonl and a summary; return the summary."""
+@dataclass(frozen=True)
+class PromptCheck:
+    """The prompt a predict run would build (the model's tokenizer, the recipe's template and default system).
+
+    The server applies its own chat template, so a server started with another template (vLLM's default, a chat
+    template around raw text) answers a different prompt without saying so. Its reply reports how many prompt
+    tokens it built (``usage.prompt_tokens``); :meth:`mismatch` compares that with the count this template builds.
+    """
+
+    tokenizer: str  # a local folder with the served model's tokenizer
+    template: str
+    default_system: str | None = None
+
+    def expected_lengths(self, requests: list[ChatRequest]) -> list[int | None]:
+        """Prompt tokens of each text request as LLaMA-Factory encodes it (None for image requests: the server expands images)."""
+        from llamafactory.data import get_template_and_fix_tokenizer
+        from llamafactory.hparams import DataArguments
+        from transformers import AutoTokenizer
+
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(self.tokenizer)
+        except (OSError, ValueError) as error:
+            raise CorpusError(f"{self.tokenizer}: cannot load the tokenizer to check the served prompts ({type(error).__name__}).") from None
+        template = get_template_and_fix_tokenizer(tokenizer, DataArguments(template=self.template, default_system=self.default_system))
+        lengths: list[int | None] = []
+        for request in requests:
+            if request.images:
+                lengths.append(None)
+                continue
+            system = next((m["content"] for m in request.messages if m["role"] == "system"), None)
+            turns = [dict(m) for m in request.messages if m["role"] != "system"]
+            prompt_ids, _ = template.encode_oneturn(tokenizer, [*turns, {"role": "assistant", "content": ""}], system)
+            lengths.append(len(prompt_ids))
+        return lengths
+
+    def mismatch(self, requests: list[ChatRequest], completions: list[Any], numbers: list[int] | None = None) -> str | None:
+        """The first record whose served prompt length differs from the template's, as a message; None when all agree."""
+        numbers = numbers or list(range(1, len(requests) + 1))
+        for number, expected, completion in zip(numbers, self.expected_lengths(requests), completions, strict=True):
+            if expected is not None and completion.prompt_tokens and completion.prompt_tokens != expected:
+                system = f" and default_system {self.default_system!r}" if self.default_system else ""
+                return (f"record {number}: the server built a prompt of {completion.prompt_tokens} tokens where template {self.template!r} builds "
+                        f"{expected}, so it runs another chat template. Start it as the recipe builds prompts: llamafactory-cli api with "
+                        f"template {self.template!r}{system} (docs/generation.md)")  # fmt: skip
+        return None
+
+
+def _probe_prompt(check: PromptCheck, requests: list[ChatRequest], client_settings: ClientSettings) -> None:
+    """Send the first text request, uncached, and stop before the run if the server built another prompt (nothing is cached)."""
+    number, first = next(((n, r) for n, r in enumerate(requests, start=1) if not r.images), (None, None))
+    if first is None:
+        return
+    probe = LlmClient(client_settings, None)
+    (completion,) = probe.complete([first], desc="prompt check")
+    problem = check.mismatch([first], [completion], [number]) if completion.ok else None  # a failed probe fails the run itself next
+    if problem:
+        raise CorpusError(f"{problem}; nothing was written or cached.")
+
+
+def serve_predict(settings: PredictSettings, client_settings: ClientSettings, cache_path: Path, prompt_check: PromptCheck | None = None) -> dict[str, Any]:
+    """Answer every record through the endpoint; write generated_predictions.jsonl and a summary; return the summary.
+
+    With ``prompt_check``, nothing is written unless the server built every prompt as the recipe's template does.
+    """
     requests, prompts, labels = predict_requests(settings)
+    if prompt_check is not None:  # before the cache is opened: a wrong server leaves no file behind
+        _probe_prompt(prompt_check, requests, client_settings)
     client = LlmClient(client_settings, cache_path)  # refuses a remote endpoint before anything is sent
     try:
         completions = list(client.complete(requests, desc=f"predict {settings.dataset}"))
@@ -151,6 +221,10 @@ def serve_predict(settings: PredictSettings, client_settings: ClientSettings, ca
             f"{failed} of {len(requests)} requests failed, so {settings.output_dir / PREDICTIONS_FILE} was not written (its row order is the join). "
             f"Run the same command again: the {len(requests) - failed} answered are in {cache_path}."
         )
+    problem = prompt_check.mismatch(requests, completions) if prompt_check is not None else None
+    if problem:  # answers cached by an earlier run against a server with another template
+        raise CorpusError(f"{problem}; {settings.output_dir / PREDICTIONS_FILE} was not written. The cache {cache_path} holds answers to "
+                          "those other prompts: delete it, restart the server, and run again.")  # fmt: skip
     settings.output_dir.mkdir(parents=True, exist_ok=True)
     with atomic_write(settings.output_dir / PREDICTIONS_FILE) as handle:
         for prompt, completion, label in zip(prompts, completions, labels, strict=True):
@@ -158,6 +232,8 @@ def serve_predict(settings: PredictSettings, client_settings: ClientSettings, ca
     summary = {"dataset": settings.dataset, "records": len(requests), "engine": "served endpoint", "model": client_settings.model,
                "endpoint": client_settings.endpoint, "max_tokens": settings.max_tokens, "temperature": settings.temperature,
                "recipe_values_not_sent": list(settings.not_sent), "server_must_match": dict(settings.server_values),
-               "images": sum(len(request.images) for request in requests), "client": client.summary.record()}  # fmt: skip
+               "images": sum(len(request.images) for request in requests), "client": client.summary.record(),
+               "prompt_check": None if prompt_check is None else {"template": prompt_check.template, "default_system": prompt_check.default_system,
+                                                                  "records_checked": sum(not request.images for request in requests)}}  # fmt: skip
     write_json_atomic(settings.output_dir / SUMMARY_FILE, summary)
     return summary
