@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -35,6 +37,12 @@ def test_served_rows_equal_the_predict_runs_and_feed_eval_cases(repo_copy: Path,
     with served({"constant": model}, root) as endpoints:
         output = medfactory_cli(root, "generate", "predict", "--recipe", "recipes/clinical_cases_predict.yaml", "--output-dir", "saves/served",
                                 "--endpoint", endpoints["constant"], "--model", "constant")  # fmt: skip
+        # The recipe builds prompts with template `mistral`; this server runs `empty`: the check stops before anything is cached.
+        checked = subprocess.run([sys.executable, "-m", "medfactory.cli", "generate", "predict", "--recipe", "recipes/clinical_cases_predict.yaml",
+                                  "--output-dir", "saves/checked", "--endpoint", endpoints["constant"], "--check-prompts", str(model)],
+                                 cwd=root, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert checked.returncode == 1 and "where template 'mistral' builds" in checked.stderr and "nothing was written or cached" in checked.stderr
+    assert not (root / "saves/checked").exists()
     assert f"{len(CASES)} records of casos_clinicos_diagnostico_predict answered" in output
     predicted = [json.loads(line) for line in (predict / "generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]
     served_rows = [json.loads(line) for line in (root / "saves/served/generated_predictions.jsonl").read_text(encoding="utf-8").splitlines()]

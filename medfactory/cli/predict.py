@@ -25,7 +25,7 @@ from medfactory.generate.endpoint_options import (
     echo_client_summary,
 )
 from medfactory.generate.request_cache import request_cache_path
-from medfactory.generate.served_predict import PREDICTIONS_FILE, PredictSettings, serve_predict, settings_from_recipe
+from medfactory.generate.served_predict import PREDICTIONS_FILE, PredictSettings, PromptCheck, serve_predict, settings_from_recipe
 
 
 def predict_command(
@@ -40,6 +40,10 @@ def predict_command(
     concurrency: ConcurrencyOption = DEFAULT_CONCURRENCY,
     retries: RetriesOption = DEFAULT_RETRIES,
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
+    check_prompts: Annotated[
+        Path | None,
+        typer.Option("--check-prompts", help="The served model's tokenizer folder: stop unless the server builds each prompt as the recipe's template does"),
+    ] = None,
 ) -> None:
     """Answer a registered predict set through a served model; write generated_predictions.jsonl as llamafactory-cli predict does."""
     endpoint_settings = client_settings(endpoint, model, allow_remote_endpoint, concurrency, retries, timeout)
@@ -55,7 +59,7 @@ def predict_command(
             typer.secho(f"note: start the server with the recipe's {values} (the llamafactory-cli api arguments of those names; "
                         "vLLM: the same chat template and image size)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
         cache = request_cache_path(Path("."), f"predict_{settings.dataset}")
-        summary = serve_predict(settings, endpoint_settings, cache)
+        summary = serve_predict(settings, endpoint_settings, cache, prompt_check=_prompt_check(check_prompts, settings))
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
@@ -63,3 +67,13 @@ def predict_command(
     if settings.not_sent:
         typer.secho(f"note: the recipe's {', '.join(settings.not_sent)} are not sent (set them on the server)", fg=typer.colors.YELLOW, err=True)
     echo_client_summary(summary["client"], cache)
+
+
+def _prompt_check(tokenizer: Path | None, settings: PredictSettings) -> PromptCheck | None:
+    """``--check-prompts``: the recipe's template and default system, counted with the served model's tokenizer."""
+    if tokenizer is None:
+        return None
+    values = dict(settings.server_values)
+    if not values.get("template"):
+        raise CorpusError("--check-prompts needs the template the prompts are built with: pass --recipe (a predict recipe names its template).")
+    return PromptCheck(str(tokenizer), str(values["template"]), values.get("default_system"))
