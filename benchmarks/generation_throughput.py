@@ -38,8 +38,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def tiny_server(folder: Path, model: Path | None = None) -> Iterator[str]:
-    """``model`` (default: the constant-answer model) served by ``llamafactory-cli api`` on CPU; yields its endpoint."""
+def tiny_server(folder: Path, model: Path | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
+    """``model`` (default: the constant-answer model) served by ``llamafactory-cli api`` on CPU; yields its endpoint.
+
+    The template is ``empty`` unless ``extra_args`` give another ``--template`` (the last one wins).
+    """
     if model is None:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
         from testing_utils.tiny_models import build_constant_answer_model
@@ -47,7 +50,7 @@ def tiny_server(folder: Path, model: Path | None = None) -> Iterator[str]:
         model = build_constant_answer_model(folder / "model", ANSWER)
     port = free_port()
     env = {**os.environ, "API_PORT": str(port), "API_HOST": "127.0.0.1", "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
-    command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model), "--template", "empty"]
+    command = [str(Path(sys.executable).parent / "llamafactory-cli"), "api", "--model_name_or_path", str(model), "--template", "empty", *extra_args]
     with open(folder / "api.log", "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}/v1"
