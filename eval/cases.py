@@ -58,11 +58,15 @@ from medfactory.generate.endpoint_options import (
     AllowRemoteOption,
     ConcurrencyOption,
     EndpointOption,
+    EngineOption,
     ModelNameOption,
     RetriesOption,
     TimeoutOption,
     client_settings,
+    echo_round,
+    predict_rounds,
 )
+from medfactory.generate.predict_rounds import PredictRoundNeeded, RoundsClient, store_round, write_round
 from medfactory.generate.predictions import comparable
 
 TASKS = ("diagnosis", "treatment")
@@ -87,6 +91,7 @@ BERTSCORE_ENCODERS = {"pt": BERTIMBAU, "es": XLMR}
 BERTSCORE_DEFAULT = XLMR
 BERTSCORE_BATCH_SIZE = 16
 
+JudgeClient = LlmClient | RoundsClient  # the served judge, or its replies from llamafactory-cli predict rounds
 # The judge's texts per item language; the JSON keys and values are the same English words in every language.
 SYSTEM_PROMPT = {
     "es": (
@@ -299,7 +304,7 @@ def parse_judgement(task: str, answer: str) -> dict[str, Any]:
     return {key: payload[key] for key in JUDGE_KEYS[task]}
 
 
-def judge_items(items: Sequence[CaseItem], predictions: Sequence[str], client: LlmClient) -> list[dict[str, Any]]:
+def judge_items(items: Sequence[CaseItem], predictions: Sequence[str], client: JudgeClient) -> list[dict[str, Any]]:
     """One judgement per item, in order: ``{"judge_status": "ok" | "unparseable" | "failed", <rubric keys>}``."""
     requests = [
         ChatRequest(item.id, judge_messages(item, answer), JUDGE_TEMPERATURE, JUDGE_MAX_TOKENS) for item, answer in zip(items, predictions, strict=True)
@@ -495,7 +500,7 @@ def write_outputs(out_dir: Path, rows: Sequence[dict[str, Any]], metrics: dict[s
         handle.write(render_report(metrics))
 
 
-def _judge_record(client: LlmClient, items: Sequence[CaseItem], judgements: Sequence[dict[str, Any]], languages: Sequence[str]) -> dict[str, Any]:
+def _judge_record(client: JudgeClient, items: Sequence[CaseItem], judgements: Sequence[dict[str, Any]], languages: Sequence[str]) -> dict[str, Any]:
     """metrics.json's ``judge``: model, endpoint, rubric version, the prompts of the languages used, the summary and the client's record."""
     return {"model": client.settings.model, "endpoint": client.settings.endpoint, "rubric_version": RUBRIC_VERSION, "languages": list(languages),
             "system_prompt": {language: SYSTEM_PROMPT[language] for language in languages}, "rubrics": {language: RUBRICS[language] for language in languages},
@@ -503,25 +508,53 @@ def _judge_record(client: LlmClient, items: Sequence[CaseItem], judgements: Sequ
             "max_tokens": JUDGE_MAX_TOKENS, "cache": str(client.cache_path), **judge_summary(items, judgements), "client": client.summary.record()}  # fmt: skip
 
 
+@dataclass(frozen=True)
+class JudgeRounds:
+    """The judge through llamafactory-cli predict runs (:mod:`medfactory.generate.predict_rounds`): the round's set name, the last run's replies."""
+
+    name: str
+    predictions: Path | None = None
+
+
 def evaluate_cases(
     items_path: Path, predictions_path: Path, out_dir: Path, settings: ClientSettings | None = None,
-    cache_path: Path | None = None, check_labels: bool = True, bertscore: BertScoreOptions | None = None,
+    cache_path: Path | None = None, check_labels: bool = True, bertscore: BertScoreOptions | None = None, rounds: JudgeRounds | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     """Score the predictions (BERTScore too with ``bertscore``; the judge unless ``settings`` is None); write the outputs; return metrics.json's content.
 
     Everything that can be refused (inputs, the endpoint, the judge's languages, the BERTScore encoders) is before the first judge request.
+    With ``rounds`` the judge's replies come from predict runs: while one is missing nothing is written, the round to predict is
+    registered instead (``data/<name>_round/``) and its manifest returned under ``round``.
     """
+    try:
+        return _evaluate(items_path, predictions_path, out_dir, settings, cache_path, check_labels, bertscore, rounds)
+    except PredictRoundNeeded as pending:
+        assert rounds is not None
+        return {"round": write_round(Path("."), rounds.name, "eval cases", pending.requests, Path(items_path))}
+
+
+def _evaluate(
+    items_path: Path, predictions_path: Path, out_dir: Path, settings: ClientSettings | None, cache_path: Path | None, check_labels: bool,
+    bertscore: BertScoreOptions | None, rounds: JudgeRounds | None,
+) -> dict[str, Any]:  # fmt: skip
     items = read_items(Path(items_path))
     predictions, truncated = read_predictions(Path(predictions_path), items, Path(items_path), check_labels)
     languages = check_judge_languages(items, Path(items_path)) if settings is not None else []
-    if settings is not None:
+    if settings is not None and rounds is None:
         endpoint_opener(settings.endpoint, settings.allow_remote, what="source text")  # a remote endpoint: refused before a model loads
+    cache_path = cache_path or Path(out_dir) / JUDGE_CACHE
+    if settings is not None and rounds is not None and rounds.predictions is not None:
+        store_round(Path("."), rounds.name, rounds.predictions, cache_path)
     references = [item.reference for item in items]
     scores = text_metrics(predictions, references)
     bertscores, bertscore_settings = bertscore_items(items, predictions, bertscore) if bertscore is not None else (None, None)
-    client = None if settings is None else LlmClient(settings, cache_path or Path(out_dir) / JUDGE_CACHE)  # opens (creates) the cache
+    client: JudgeClient | None = None
+    if settings is not None:  # opens (creates) the cache
+        client = RoundsClient(cache_path, settings.model) if rounds is not None else LlmClient(settings, cache_path)
     try:
         judgements = None if client is None else judge_items(items, predictions, client)
+        if isinstance(client, RoundsClient):
+            client.raise_if_pending()
     finally:
         if client is not None:
             client.close()
@@ -573,15 +606,29 @@ def cases_command(
     ] = None,
     bertscore_batch_size: Annotated[int, typer.Option("--bertscore-batch-size", min=1, help="BERTScore batch size")] = BERTSCORE_BATCH_SIZE,
     device: Annotated[str | None, typer.Option("--device", help="torch device for BERTScore; default: cuda if available, else cpu")] = None,
+    engine: EngineOption = "served",
+    judge_predictions: Annotated[
+        Path | None, typer.Option("--judge-predictions", help="With --engine predict: the generated_predictions.jsonl of the judge's last predict round")
+    ] = None,
+    judge_round: Annotated[
+        str | None, typer.Option("--judge-round", help="With --engine predict: the judge round's set name (default: judge_<out-dir folder name>)")
+    ] = None,
 ) -> None:
     """Score open-ended clinical cases: chrF, BLEU, ROUGE-L and BERTScore per item, and a blind LLM judge with a rubric per task (es, pt)."""
     settings = client_settings(endpoint, model, allow_remote, concurrency, retries, timeout) if judge else None
     options = BertScoreOptions(bertscore_model, bertscore_layers, bertscore_batch_size, device) if bertscore else None
+    rounds = None
+    if judge and predict_rounds(engine, judge_predictions):
+        rounds = JudgeRounds(judge_round or f"judge_{re.sub(r'[^A-Za-z0-9_]', '_', Path(out_dir).resolve().name)}", judge_predictions)
     try:
-        metrics = evaluate_cases(items, predictions, out_dir, settings, cache, check_labels, options)
+        metrics = evaluate_cases(items, predictions, out_dir, settings, cache, check_labels, options, rounds)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
+    if "round" in metrics:
+        echo_round(metrics["round"], f"medfactory eval cases --items {items} --predictions {predictions} --out-dir {out_dir} (the same options)",
+                   "--judge-predictions")  # fmt: skip
+        return
     means = metrics["means"]
     bert = f", BERTScore F1 {means['bertscore_f1']:.4f}" if "bertscore_f1" in means else ""
     typer.echo(f"{metrics['n']} items: chrF {means['chrf']:.2f}, BLEU {means['bleu']:.2f}, ROUGE-L {means['rouge_l']:.3f}{bert} -> {out_dir}")

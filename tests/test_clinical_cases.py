@@ -282,6 +282,35 @@ def test_treatment_rubric_through_a_served_model_counts_appropriate_and_safe(tmp
     assert not any(text in report for text in treatments)
 
 
+@pytest.mark.slow
+def test_judge_through_llamafactory_predict_rounds_gives_the_served_judges_counts(
+    prepared: Path, repo_copy: Path, llamafactory_train, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--engine predict: the judge's requests become a registered round, a `llamafactory-cli train` predict run of the same
+    constant-answer judge answers them, and the second call scores exactly what the served judge scored; nothing is written before."""
+    monkeypatch.chdir(repo_copy)  # the round is registered in ./dataset_info.json, where llamafactory-cli reads it
+    items = prepared / "data" / "casos_clinicos_diagnostico" / "test.jsonl"
+    predictions = write_predictions(repo_copy / "generated_predictions.jsonl", PREDICTIONS, [answer for _, answer, _ in CASES])
+    base = ["--items", str(items), "--predictions", str(predictions), "--model", "judge", "--no-bertscore", "--out-dir", "reports/cases_tiny"]
+    base += ["--engine", "predict"]
+    first = invoke(cases_command, base)
+    assert first.exit_code == 0, first.output
+    assert "not finished: 3 requests await a predict run: registered judge_cases_tiny_round" in first.output
+    assert not (repo_copy / "reports/cases_tiny/metrics.json").exists()
+    judge = build_constant_answer_model(repo_copy / "judge-model", JUDGE_ANSWER)
+    run = llamafactory_train(repo_copy, "recipes/clinical_cases_predict.yaml", model_name_or_path=judge, adapter_name_or_path="null", template="empty",
+                             quantization_bit="null", bf16="false", eval_dataset="judge_cases_tiny_round", preprocessing_num_workers=1,
+                             output_dir=repo_copy / "saves/judge_round")  # fmt: skip
+    second = invoke(cases_command, [*base, "--judge-predictions", str(run / "generated_predictions.jsonl")])
+    assert second.exit_code == 0, second.output
+    metrics = json.loads((repo_copy / "reports/cases_tiny/metrics.json").read_text(encoding="utf-8"))["judge"]
+    assert metrics["status"] == {"ok": 3, "unparseable": 0, "failed": 0}
+    assert metrics["diagnosis"]["distribution"] == {"correct": 0, "acceptable": 3, "wrong": 0}  # as the served judge gave
+    assert metrics["client"]["engine"] == "llamafactory-cli predict (rounds)" and metrics["client"]["from_cache"] == 3
+    registered = json.loads((repo_copy / "dataset_info.json").read_text(encoding="utf-8"))["judge_cases_tiny_round"]
+    assert registered["formatting"] == "sharegpt" and registered["medfactory_plugin"] == "eval cases"
+
+
 # --- eval cases: BERTScore ----------------------------------------------------------------------------------
 
 

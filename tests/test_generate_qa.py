@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -324,3 +325,51 @@ def test_free_qa_rows_are_question_and_answer(endpoint: str, workspace: Path) ->
     # free Q&A ignores distractors, so BAD_SCHEMA passes the schema; its answer "Insulina" is grounded; EXTRA's is not
     assert [(row["instruction"], row["output"]) for row in rows] == [(GOOD["question"], GOOD["answer"]), (BAD_SCHEMA["question"], BAD_SCHEMA["answer"])]
     assert not (folder / "items.jsonl").exists()
+
+
+# --- The command through llamafactory-cli predict, in rounds ------------------------------------------------
+
+
+def predict_round(root: Path, llamafactory_train, model: Path, round_set: str, output: str) -> Path:
+    """One round answered by `llamafactory-cli train` predict (the clinical-cases predict recipe, any predict recipe serves), greedy."""
+    manifest = json.loads((root / "data" / round_set / "manifest.json").read_text(encoding="utf-8"))
+    run = llamafactory_train(root, "recipes/clinical_cases_predict.yaml", model_name_or_path=model, adapter_name_or_path="null", template="empty",
+                             quantization_bit="null", bf16="false", eval_dataset=round_set, preprocessing_num_workers=1,
+                             max_new_tokens=manifest["decoding_asked"]["max_tokens"], output_dir=root / "saves" / output)  # fmt: skip
+    return run / "generated_predictions.jsonl"
+
+
+@pytest.mark.slow
+def test_predict_rounds_generate_then_verify_and_publish_what_the_served_engine_publishes(
+    first_run: typer.testing.Result, workspace: Path, repo_copy: Path, llamafactory_train
+) -> None:
+    """Round 1 (generation) by one predict run, round 2 (verification, built from round 1's replies) by another model's: the items
+    and SFT rows equal the served run's byte for byte (verification keeps what --no-verify kept), and nothing is published before."""
+    root = repo_copy
+    shutil.copytree(workspace / "data" / "docs_es", root / "data" / "docs_es")
+    write_head_qa_eval(root)
+    first = run_qa(root, "--engine", "predict")
+    assert first.exit_code == 0, first.output
+    assert "not finished: 5 requests await a predict run: registered qa_es_round" in first.output and not (root / "data" / "qa_es").exists()
+    generator = build_constant_answer_model(root / "generator", ANSWER)
+    replies = predict_round(root, llamafactory_train, generator, "qa_es_round", "round1")
+
+    second = run_qa(root, "--engine", "predict", "--predictions", str(replies))
+    assert second.exit_code == 0, second.output
+    assert f"{2 * GROUNDED} requests await a predict run" in second.output and not (root / "data" / "qa_es").exists()  # GOOD, REPEATED per grounded chunk
+    verifier = build_constant_answer_model(root / "verifier", '{"supported": true}')
+    verdicts = predict_round(root, llamafactory_train, verifier, "qa_es_round", "round2")
+
+    third = run_qa(root, "--engine", "predict", "--predictions", str(verdicts))
+    assert third.exit_code == 0, third.output
+    folder, served_folder = root / "data" / "qa_es", workspace / "data" / "qa_es"
+    for name in ("items.jsonl", "sft.json"):
+        assert (folder / name).read_bytes() == (served_folder / name).read_bytes(), name
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["verdicts"] == {"supported": 2 * GROUNDED} and manifest["dropped"]["unverified"] == 0 and manifest["kept"] == 1
+    assert manifest["client"]["engine"] == "llamafactory-cli predict (rounds)" and manifest["client"]["from_cache"] == 5 + 2 * GROUNDED
+    (provenance,) = [json.loads(line) for line in (folder / "provenance.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert provenance["verified"] is True
+
+    wrong = run_qa(root, "--engine", "predict", "--predictions", str(replies))  # round 1's replies against round 2's set
+    assert wrong.exit_code == 1 and "rows for the" in wrong.output and "insulina" not in wrong.output

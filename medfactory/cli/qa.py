@@ -19,13 +19,17 @@ from medfactory.generate.endpoint_options import (
     AllowRemoteOption,
     ConcurrencyOption,
     EndpointOption,
+    EngineOption,
     ModelNameOption,
     PriceInputOption,
     PriceOutputOption,
     RetriesOption,
+    RoundPredictionsOption,
     TimeoutOption,
     client_settings,
     echo_client_summary,
+    echo_round,
+    predict_rounds,
 )
 from medfactory.generate.grounding import DEFAULT_MIN_OVERLAP
 from medfactory.generate.qa import CHUNK_GATES, DEFAULT_MAX_TOKENS, DEFAULT_QUESTIONS, DEFAULT_SEED, PAIR_GATES, QaOptions, generate_qa
@@ -57,6 +61,8 @@ def qa_command(
     timeout: TimeoutOption = DEFAULT_TIMEOUT,
     price_input: PriceInputOption = None,
     price_output: PriceOutputOption = None,
+    engine: EngineOption = "served",
+    predictions: RoundPredictionsOption = None,
 ) -> None:
     """Generate questions with answers (or MCQ items) from document chunks; schema, grounding, contamination and duplicate gates."""
     settings = client_settings(endpoint, model, allow_remote_endpoint, concurrency, retries, timeout, price_input, price_output)
@@ -64,11 +70,15 @@ def qa_command(
         name=name, mcq=mcq, questions_per_chunk=questions_per_chunk, language=language, eval_sets=tuple(eval_sets or ()), verify=verify,
         min_overlap=min_overlap, near_threshold=near_threshold, seed=seed, max_tokens=max_tokens, output_root=output_root, replace=replace,
     )  # fmt: skip
+    rounds = predict_rounds(engine, predictions)
     try:
-        manifest = generate_qa(source, options, settings)
+        manifest = generate_qa(source, options, settings, rounds=rounds, predictions=predictions)
     except CorpusError as error:
         typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         raise typer.Exit(1) from error
+    if "round" in manifest:
+        echo_round(manifest["round"], f"medfactory generate qa --source {source} --name {name} (the same options)")
+        return
     gates = manifest["gates"]
     removed = ", ".join(f"{gate} {manifest['dropped'][gate]}" for gate in (*CHUNK_GATES, *PAIR_GATES) if manifest["dropped"][gate])
     typer.echo(f"{gates['chunks']['sent']} chunks, {gates['pairs']['parsed']} pairs parsed, {manifest['kept']} kept; removed: {removed or 'none'}")

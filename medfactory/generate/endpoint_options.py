@@ -28,6 +28,14 @@ TimeoutOption = Annotated[float, typer.Option("--timeout", help="Seconds to wait
 PriceInputOption = Annotated[float | None, typer.Option("--price-input", help="USD per million prompt tokens, for the cost line (default: not priced)")]
 PriceOutputOption = Annotated[float | None, typer.Option("--price-output", help="USD per million completion tokens, for the cost line")]
 
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="served: send to --endpoint; predict: answer through llamafactory-cli predict runs, in rounds (docs/generation.md)")
+]
+RoundPredictionsOption = Annotated[
+    Path | None, typer.Option("--predictions", help="With --engine predict: the generated_predictions.jsonl of the last round's predict run")
+]
+ENGINES = ("served", "predict")
+
 MAX_CONCURRENCY = 64
 MAX_RETRIES = 10
 
@@ -70,3 +78,19 @@ def client_settings(
 def echo_client_summary(client_record: dict[str, Any], cache_path: Path) -> None:
     """The throughput and cost line of a generation command (its manifest's ``client`` record), and where its cache is."""
     typer.echo(f"client: {client_record['line']}; cache {cache_path} (a rerun sends only what is not in it)")
+
+
+def predict_rounds(engine: str, predictions: Path | None) -> bool:
+    """Whether ``--engine`` asks for predict rounds; :class:`typer.BadParameter` naming the flag for anything else."""
+    if engine not in ENGINES:
+        raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}", param_hint="--engine")
+    if predictions is not None and engine != "predict":
+        raise typer.BadParameter("the replies of a predict round are read with --engine predict", param_hint="--predictions")
+    return engine == "predict"
+
+
+def echo_round(round_manifest: dict[str, Any], command: str, predictions_flag: str = "--predictions") -> None:
+    """What a step in predict rounds prints when a round is written instead of outputs (counts and names, no text)."""
+    from medfactory.generate.predict_rounds import round_message
+
+    typer.secho(f"not finished: {round_message(round_manifest, command, predictions_flag)}", fg=typer.colors.YELLOW)

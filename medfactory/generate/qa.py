@@ -42,6 +42,7 @@ from medfactory.corpus.dedup import DEFAULT_THRESHOLD, NearDuplicateIndex, dupli
 from medfactory.corpus.mcq import LETTERS, PROMPTS, McqItem, answer_of, prompt_of, read_items, write_items
 from medfactory.generate.client import ChatRequest, ClientSettings, LlmClient
 from medfactory.generate.grounding import DEFAULT_MIN_OVERLAP, VERIFY_PROMPT_VERSION, content_words, lexical_overlap, parse_verdict, verification_messages
+from medfactory.generate.predict_rounds import PredictRoundNeeded, RoundsClient, store_round, write_round
 from medfactory.generate.request_cache import request_cache_path
 
 PLUGIN_NAME = "generate_qa"
@@ -443,7 +444,7 @@ def _screen(chunk: Chunk, pairs: list[tuple[int, QaPair]], evals: EvalIndex, opt
         yield Candidate(candidate_id, chunk, pair, overlap)
 
 
-def screened_candidates(client: LlmClient, chunks: list[Chunk], evals: EvalIndex, options: QaOptions, tally: Tally) -> list[Candidate]:
+def screened_candidates(client: LlmClient | RoundsClient, chunks: list[Chunk], evals: EvalIndex, options: QaOptions, tally: Tally) -> list[Candidate]:
     """Send one request per chunk; the pairs that pass the gates before verification."""
     candidates: list[Candidate] = []
     for chunk, completion in zip(chunks, client.complete(generation_requests(chunks, options), desc="generate qa"), strict=True):
@@ -452,7 +453,7 @@ def screened_candidates(client: LlmClient, chunks: list[Chunk], evals: EvalIndex
     return candidates
 
 
-def verified_candidates(client: LlmClient, candidates: list[Candidate], tally: Tally) -> list[Candidate]:
+def verified_candidates(client: LlmClient | RoundsClient, candidates: list[Candidate], tally: Tally) -> list[Candidate]:
     """Ask the model whether each passage supports its answer; keep the clear yeses."""
     requests = [
         ChatRequest(c.id, verification_messages(c.chunk.text, c.pair.question, c.pair.answer, c.chunk.language), temperature=0.0, max_tokens=VERIFY_MAX_TOKENS)
@@ -590,23 +591,45 @@ def _no_item_error(source: Path, tally: Tally, chunks: int) -> CorpusError:
     )
 
 
-def generate_qa(source: Path, options: QaOptions, settings: ClientSettings, cache_path: Path | None = None) -> dict[str, Any]:
+def generate_qa(
+    source: Path, options: QaOptions, settings: ClientSettings, cache_path: Path | None = None, rounds: bool = False, predictions: Path | None = None
+) -> dict[str, Any]:
     """Generate, gate and publish ``data/<name>/``; return the manifest. CorpusError (GenerationError) on bad input or a failing endpoint.
 
-    The folder and its registry entry are replaced together, and only on success.
+    The folder and its registry entry are replaced together, and only on success. With ``rounds`` the replies come from
+    llamafactory-cli predict runs (:mod:`medfactory.generate.predict_rounds`; ``predictions`` is the last run's output): while a
+    request is unanswered nothing is published, and the round to predict is written instead; its manifest is returned under ``round``.
     """
     check_options(options)
     source, output_root = Path(source), Path(options.output_root)
     chunks = read_chunks(source, options.language)
     evals = load_eval_index(eval_sets_of(output_root, list(options.eval_sets)), options.near_threshold)
+    cache_path = cache_path or request_cache_path(output_root, options.name)
+    if predictions is not None:
+        if not rounds:
+            raise CorpusError("--predictions answers a predict round: pass --engine predict with it.")
+        store_round(output_root, options.name, predictions, cache_path)
+    try:
+        return _generate_and_publish(source, chunks, evals, options, settings, cache_path, rounds)
+    except PredictRoundNeeded as pending:
+        return {"round": write_round(output_root, options.name, PLUGIN_NAME, pending.requests, source)}
+
+
+def _generate_and_publish(
+    source: Path, chunks: list[Chunk], evals: EvalIndex, options: QaOptions, settings: ClientSettings, cache_path: Path, rounds: bool
+) -> dict[str, Any]:
     entry = registry_entry(options.name)
-    with publish_datasets(output_root, Path("data") / options.name, entry, PLUGIN_NAME, options.replace) as publication:
-        client = LlmClient(settings, cache_path or request_cache_path(output_root, options.name))
+    with publish_datasets(options.output_root, Path("data") / options.name, entry, PLUGIN_NAME, options.replace) as publication:
+        client = RoundsClient(cache_path, settings.model) if rounds else LlmClient(settings, cache_path)
         try:
             tally = Tally()
             candidates = screened_candidates(client, chunks, evals, options, tally)
+            if rounds:
+                client.raise_if_pending()  # verification is built from these replies
             if options.verify:
                 candidates = verified_candidates(client, candidates, tally)
+                if rounds:
+                    client.raise_if_pending()
             kept, dedup = deduplicated(candidates, options.near_threshold, tally)
         finally:
             client.close()
