@@ -131,7 +131,7 @@ def write_round(output_root: Path, name: str, owner: str, pending: list[tuple[st
     entry = {registered: {"file_name": f"{folder.as_posix()}/{REQUESTS_FILE}", "formatting": "sharegpt",
                           "columns": {"messages": "messages", "system": "system"}, "tags": dict(SHAREGPT_TAGS)}}  # fmt: skip
     unique = list(dict((key, request) for key, request in pending).items())  # a request asked twice is predicted once
-    with publish_datasets(output_root, folder, entry, owner, replace=True) as publication:
+    with publish_datasets(output_root, folder, entry, owner) as publication:  # its own earlier round is replaced; another owner's folder is refused
         write_jsonl(publication.staging / REQUESTS_FILE, (_sharegpt_row(request) for _, request in unique))
         write_json_atomic(publication.staging / KEYS_FILE, [key for key, _ in unique])
         manifest = {
