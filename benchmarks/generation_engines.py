@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from generation_throughput import tiny_server
+from generation_throughput import print_engine_table, tiny_server
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 OUTPUTS = ("items.jsonl", "sft.json", "translate_ids.json", "provenance.jsonl")
@@ -98,10 +98,7 @@ def main() -> None:
         predicted = predict_run(roots["predict"], source, model)
         same = all((roots["served"] / "data/bench_es" / name).read_bytes() == (roots["predict"] / "data/bench_es" / name).read_bytes() for name in OUTPUTS)
     print(f"{args.items} MCQ items, tiny constant-answer model on CPU; outputs identical across engines: {same}")
-    print(f"{'engine':<28} {'generation s':>12} {'items/s':>8} {'whole step s':>12} {'items/s':>8}")
-    for name, row in ((f"served (api, concurrency {args.concurrency})", served), ("llamafactory-cli predict", predicted)):
-        print(f"{name:<28} {row['generation_seconds']:>12.2f} {args.items / row['generation_seconds']:>8.1f} {row['step_seconds']:>12.2f} "
-              f"{args.items / row['step_seconds']:>8.1f}")  # fmt: skip
+    print_engine_table(args.items, [(f"served (api, concurrency {args.concurrency})", served), ("llamafactory-cli predict", predicted)])
 
 
 if __name__ == "__main__":

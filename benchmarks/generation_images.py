@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from generation_throughput import tiny_server
+from generation_throughput import print_engine_table, tiny_server
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PROMPT = "<image>Descreva os achados desta radiografia de tórax em português."
@@ -95,10 +95,7 @@ def main() -> None:
                 for name in ("served", "predicted")}  # fmt: skip
     alike = sum(a == b for a, b in zip(rows["served"], rows["predicted"], strict=True))
     print(f"{args.items} image records, tiny Gemma 3 image-text model on CPU, {args.max_tokens} new tokens; replies alike across engines: {alike}/{args.items}")
-    print(f"{'engine':<34} {'generation s':>12} {'items/s':>8} {'whole step s':>12} {'items/s':>8}")
-    for name, row in ((f"served (api, concurrency {args.concurrency})", served), ("llamafactory-cli predict (batch 4)", predicted)):
-        print(f"{name:<34} {row['generation_seconds']:>12.2f} {args.items / row['generation_seconds']:>8.1f} {row['step_seconds']:>12.2f} "
-              f"{args.items / row['step_seconds']:>8.1f}")  # fmt: skip
+    print_engine_table(args.items, [(f"served (api, concurrency {args.concurrency})", served), ("llamafactory-cli predict (batch 4)", predicted)])
 
 
 if __name__ == "__main__":

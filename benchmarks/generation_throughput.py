@@ -70,6 +70,15 @@ def tiny_server(folder: Path, model: Path | None = None, extra_args: tuple[str, 
         process.wait(timeout=30)
 
 
+def print_engine_table(items: int, rows: list[tuple[str, dict[str, float]]]) -> None:
+    """Seconds and items/s of each engine: the generation alone, and the whole step (generation_engines.py, generation_images.py)."""
+    width = max(len(name) for name, _ in rows)
+    print(f"{'engine':<{width}} {'generation s':>12} {'items/s':>8} {'whole step s':>12} {'items/s':>8}")
+    for name, row in rows:
+        print(f"{name:<{width}} {row['generation_seconds']:>12.2f} {items / row['generation_seconds']:>8.1f} {row['step_seconds']:>12.2f} "
+              f"{items / row['step_seconds']:>8.1f}")  # fmt: skip
+
+
 def requests_for(count: int, tag: str, max_tokens: int) -> list[ChatRequest]:
     """Distinct synthetic requests (the tag keeps runs apart)."""
     return [
