@@ -356,3 +356,37 @@ def test_earlier_ratings_that_cannot_be_kept_are_never_overwritten(study: Path, 
     assert result.exit_code == 1 and problem in result.output and "move" in result.output.lower(), result.output
     assert path.read_bytes() == before and len(judge.requests) == sent
     assert_no_card_text(result.output)
+
+
+@pytest.mark.slow
+def test_the_judge_through_predict_rounds_retries_an_unreadable_round_with_the_next(study: Path, llamafactory_train) -> None:
+    """--engine predict: round 1 answered by a model that never gives scores, so every card's retry (the answer and the
+    correction, a multi-turn request) becomes round 2, answered by the scoring model: every card scored on attempt 2."""
+    import shutil
+
+    root = study.parent.parent.parent
+    shutil.copytree(Path(__file__).resolve().parents[1] / "recipes", root / "recipes")
+    (root / "dataset_info.json").write_text("{}", encoding="utf-8")
+
+    def predict(model: Path, output: str) -> str:
+        run = llamafactory_train(root, "recipes/clinical_cases_predict.yaml", model_name_or_path=model, adapter_name_or_path="null", template="empty",
+                                 quantization_bit="null", bf16="false", eval_dataset="likert_judge_s1_round", preprocessing_num_workers=1,
+                                 output_dir=root / "saves" / output)  # fmt: skip
+        return str(run / "generated_predictions.jsonl")
+
+    first = judge_cli("--engine", "predict")
+    assert first.exit_code == 0, first.output
+    assert f"not finished: {len(STUDY_CARDS)} requests await a predict run: registered likert_judge_s1_round" in first.output
+    unreadable = predict(build_constant_answer_model(root / "unsure", "Não sei avaliar."), "round1")
+    second = judge_cli("--engine", "predict", "--predictions", unreadable)
+    assert second.exit_code == 0, second.output
+    assert f"not finished: {len(STUDY_CARDS)} requests await" in second.output  # the retries, each built from its card's first answer
+    rows = [json.loads(line) for line in (root / "data/likert_judge_s1_round/requests.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [turn["role"] for turn in rows[0]["messages"]] == ["user", "assistant", "user", "assistant"] and rows[0]["messages"][2]["content"] == CORRECTION
+    scores = predict(build_constant_answer_model(root / "scorer", ANSWER), "round2")
+    third = judge_cli("--engine", "predict", "--predictions", scores)
+    assert third.exit_code == 0, third.output
+    assert f"{len(STUDY_CARDS)} cards: 0 scored by an earlier run (kept), {len(STUDY_CARDS)} scored now, 0 missing" in third.output
+    text = (study / "ratings" / "judge_tiny-judge.csv").read_text(encoding="utf-8")
+    assert text.count(",judge:tiny-judge,") == len(STUDY_CARDS) * len(CRITERION_KEYS) and text.count("scored on attempt 2 of 3") == len(STUDY_CARDS) * 3
+    assert_no_card_text(first.output + second.output + third.output)

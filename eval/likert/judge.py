@@ -29,6 +29,7 @@ import json
 import re
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -40,8 +41,9 @@ from medfactory.base.errors import CorpusError
 from medfactory.base.jsonl import iter_jsonl
 from medfactory.base.names import confined_path
 from medfactory.eval.likert import CRITERIA, CRITERION_KEYS, LONG_COLUMNS, SCORES
-from medfactory.generate.client import REMOTE_FLAG, GenerationError, endpoint_host, is_loopback_host, post_chat  # noqa: F401 -- the endpoint rule, importable from here as before
+from medfactory.generate.client import REMOTE_FLAG, ChatRequest, GenerationError, endpoint_host, is_loopback_host, post_chat  # noqa: F401 -- the endpoint rule, importable from here as before
 from medfactory.generate.client import endpoint_opener as client_endpoint_opener
+from medfactory.generate.predict_rounds import RoundsClient
 
 SYSTEM_PROMPT = (
     "Você é um médico avaliando, às cegas, continuações de notas clínicas em português. "
@@ -130,6 +132,30 @@ def ask(
     return payload["choices"][0]["message"]["content"] or ""
 
 
+Asker = Callable[[list[dict[str, str]], float], str]  # (messages, temperature) -> the judge's answer
+
+
+class AwaitingRound(Exception):
+    """The judge's request is in no llamafactory-cli predict round's replies yet (``likert judge --engine predict``)."""
+
+
+def served_asker(endpoint: str, model: str, timeout: float, opener: urllib.request.OpenerDirector) -> Asker:
+    """The judge's answers from the endpoint."""
+    return lambda messages, temperature: ask(endpoint, model, messages, timeout, temperature=temperature, opener=opener)
+
+
+def rounds_asker(client: RoundsClient) -> Asker:
+    """The judge's answers from predict rounds' replies in ``client``'s cache; :class:`AwaitingRound` for one not there yet."""
+
+    def answer(messages: list[dict[str, str]], temperature: float) -> str:
+        (completion,) = client.complete([ChatRequest("card", messages, temperature, MAX_TOKENS)])
+        if not completion.ok:
+            raise AwaitingRound
+        return completion.text or ""
+
+    return answer
+
+
 def retry_messages(messages: list[dict[str, str]], answer: str) -> list[dict[str, str]]:
     """The conversation for a retry after an unparseable ``answer``: the answer, then :data:`CORRECTION`."""
     return [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": CORRECTION}]
@@ -157,16 +183,15 @@ class _Judged(NamedTuple):
     request_failed: bool  # the last attempt failed on the request (not on the answer)
 
 
-def _judge_card(
-    card: dict[str, str], endpoint: str, model: str, retries: int, timeout: float, retry_temperature: float, opener: urllib.request.OpenerDirector
-) -> _Judged:
+def _judge_card(card: dict[str, str], asker: Asker, retries: int, retry_temperature: float) -> _Judged:
     """Scores (or None) and the observation for one card: temperature 0 first; after an unparseable
-    answer the conversation grows by that answer and a correction, at ``retry_temperature``."""
+    answer the conversation grows by that answer and a correction, at ``retry_temperature``.
+    :class:`AwaitingRound` passes through: the card waits for the next predict round."""
     messages, temperature = build_messages(card), TEMPERATURE
     reason, corrected, request_failed = "", False, False
     for attempt in range(retries + 1):
         try:
-            answer = ask(endpoint, model, messages, timeout, temperature=temperature, opener=opener)
+            answer = asker(messages, temperature)
         except (OSError, http.client.HTTPException, KeyError, IndexError, TypeError, ValueError) as error:
             reason, request_failed = f"request failed ({type(error).__name__}: {error})", True
             if attempt < retries:
@@ -212,7 +237,7 @@ def judge_cards(
     rater = judge_rater(model)
     rows: list[dict[str, Any]] = []
     for card in tqdm(cards, desc=f"judge {model}", unit="card"):
-        rows += _card_rows(card["card_id"], rater, _judge_card(card, endpoint, model, retries, timeout, retry_temperature, opener))
+        rows += _card_rows(card["card_id"], rater, _judge_card(card, served_asker(endpoint, model, timeout, opener), retries, retry_temperature))
     return rows
 
 
@@ -366,6 +391,7 @@ class JudgeRun:
     judged: int = 0  # scored now
     failed: int = 0  # not scored after every attempt
     not_tried: int = 0  # left for the next run after the endpoint failed MAX_FAILED_IN_A_ROW times
+    awaiting: int = 0  # --engine predict: waiting for a predict round (no rows written for them)
     reason: str = ""  # the last failure
 
     @property
@@ -390,15 +416,19 @@ def judge_study(
     timeout: float = 120.0,
     retry_temperature: float = RETRY_TEMPERATURE,
     allow_remote: bool = False,
+    rounds: RoundsClient | None = None,
 ) -> JudgeRun:
     """Judge the cards not yet scored in ``path`` and write it after each card (atomically).
+
+    With ``rounds`` the answers come from llamafactory-cli predict rounds (``rounds.pending`` then holds
+    the requests still to predict); a card whose answer is not there yet gets no rows and is counted as awaiting.
 
     Cards fully scored by an earlier run keep their rows byte for byte. A card that cannot be
     scored now gets missing rows only when it had no rows before, so a score is never replaced
     by a missing one. After :data:`MAX_FAILED_IN_A_ROW` cards in a row failed on the request the
     run stops; the rest stay unscored for the next run.
     """
-    opener = endpoint_opener(endpoint, allow_remote)  # refuses before anything is read or sent
+    asker = rounds_asker(rounds) if rounds is not None else served_asker(endpoint, model, timeout, endpoint_opener(endpoint, allow_remote))
     path, rater = Path(path), judge_rater(model)
     card_ids = [card["card_id"] for card in cards]
     earlier = read_earlier_ratings(path, rater, card_ids)
@@ -407,7 +437,11 @@ def judge_study(
     run = JudgeRun(path, len(cards), kept=len(cards) - len(todo))
     in_a_row = 0
     for number, card in enumerate(tqdm(todo, desc=f"judge {model}", unit="card")):
-        judged = _judge_card(card, endpoint, model, retries, timeout, retry_temperature, opener)
+        try:
+            judged = _judge_card(card, asker, retries, retry_temperature)
+        except AwaitingRound:
+            run.awaiting += 1
+            continue
         if judged.scores is not None:
             blocks[card["card_id"]], in_a_row = _rows_text(_card_rows(card["card_id"], rater, judged)), 0
             run.judged += 1

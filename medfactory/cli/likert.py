@@ -81,31 +81,70 @@ def likert_run(
 @likert_app.command("judge")
 def likert_judge(
     study: Annotated[str, typer.Option(help="Study name (reports/likert/<study>/)")],
-    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1 (loopback only, see --allow-remote-endpoint)")],
     model: Annotated[str, typer.Option(help="Model name sent to the endpoint and used in the rater name judge:<model>")],
+    endpoint: Annotated[str, typer.Option(help="OpenAI-compatible base URL (loopback only, see --allow-remote-endpoint)")] = "http://127.0.0.1:8000/v1",
     retries: Annotated[int, typer.Option(min=0, help="Extra attempts when an answer does not parse or a request fails")] = 2,
     allow_remote_endpoint: Annotated[
         bool, typer.Option("--allow-remote-endpoint", help="Send card text (clinical text) to a non-loopback endpoint, via the environment's proxies if set")
     ] = False,
+    engine: Annotated[
+        str, typer.Option("--engine", help="served: send to --endpoint; predict: answers from llamafactory-cli predict runs, in rounds (docs/generation.md)")
+    ] = "served",
+    predictions: Annotated[
+        Path | None, typer.Option("--predictions", help="With --engine predict: the generated_predictions.jsonl of the last round's predict run")
+    ] = None,
 ) -> None:
     """Score the cards with an LLM judge into ratings/judge_<model>.csv; cards already scored there are kept."""
     from medfactory.eval.likert import CARDS_FILE
     from medfactory.eval.likert.judge import MAX_FAILED_IN_A_ROW, endpoint_opener, judge_ratings_path, judge_study, load_cards
 
+    rounds = _judge_rounds(engine, predictions)
     try:
-        endpoint_opener(endpoint, allow_remote_endpoint)  # a refused endpoint is reported before the study
+        if not rounds:
+            endpoint_opener(endpoint, allow_remote_endpoint)  # a refused endpoint is reported before the study
         study_dir = study_folder(study)
         cards = load_cards(study_dir / CARDS_FILE)
-        run = judge_study(cards, judge_ratings_path(study_dir, model), endpoint, model, retries=retries, allow_remote=allow_remote_endpoint)
+        path = judge_ratings_path(study_dir, model)
+        if rounds:
+            run, written = _judge_in_rounds(cards, path, study, model, retries, predictions)
+        else:
+            run, written = judge_study(cards, path, endpoint, model, retries=retries, allow_remote=allow_remote_endpoint), None
     except (ValueError, OSError) as error:
         raise fail(error) from None
     typer.echo(f"{run.cards} cards: {run.kept} scored by an earlier run (kept), {run.judged} scored now, {run.missing} missing -> {run.path}")
+    if written is not None:
+        from medfactory.generate.endpoint_options import echo_round
+
+        echo_round(written, f"medfactory likert judge --study {study} --model {model}")
+        return
     if run.missing:
         stopped = f"; {run.not_tried} not tried: the endpoint failed on {MAX_FAILED_IN_A_ROW} cards in a row" if run.not_tried else ""
         raise fail(
             f"{run.missing} of {run.cards} cards could not be judged ({run.failed} after {retries + 1} attempts each{stopped}); last: {run.reason}. "
             "Scores already in the file were kept. Run the same command again to judge only the missing cards."
         )
+
+
+def _judge_rounds(engine: str, predictions: Path | None) -> bool:
+    from medfactory.generate.endpoint_options import predict_rounds
+
+    return predict_rounds(engine, predictions)
+
+
+def _judge_in_rounds(cards: list[dict[str, str]], path: Path, study: str, model: str, retries: int, predictions: Path | None) -> tuple[Any, Any]:
+    """``likert judge --engine predict``: the judge's answers from predict rounds; (the run, the round written or None)."""
+    from medfactory.eval.likert.judge import judge_study
+    from medfactory.generate.predict_rounds import RoundsClient, store_round, write_round
+
+    name, cache = f"likert_judge_{study}", path.with_suffix(".requests.jsonl")
+    if predictions is not None:
+        store_round(Path("."), name, predictions, cache)
+    client = RoundsClient(cache, model)
+    try:
+        run = judge_study(cards, path, "", model, retries=retries, rounds=client)
+    finally:
+        client.close()
+    return run, (write_round(Path("."), name, "likert", client.pending, path.parent.parent) if client.pending else None)
 
 
 @likert_app.command("report")
