@@ -120,6 +120,29 @@ def test_same_answers_when_the_caller_passes_text_not_yet_normalised(tmp_path: P
     assert disk_answers(texts, 50, tmp_path, normalise=False)[0] == expected
 
 
+def test_the_compiled_pair_test_equals_the_lsh_rule_written_in_numpy() -> None:
+    """compare_pairs against the rule as numpy states it: a band equal throughout and at least min_equal equal values;
+    pairs built to pass one condition and not the other, and random ones."""
+    from medfactory.corpus.minhash_kernel import compare_pairs
+
+    rng = np.random.default_rng(5)
+    bands, rows, num_perm, min_equal = 9, 13, 128, 103
+    first = rng.integers(0, 2**32, (600, num_perm), dtype=np.uint64).astype(np.uint32)
+    second = first.copy()
+    for pair in range(600):
+        changed = rng.choice(num_perm, size=int(rng.integers(0, 60)), replace=False)
+        second[pair, changed] ^= np.uint32(1 + pair)
+    second[:2] = first[:2]
+    second[0, [band * rows for band in range(bands)]] ^= np.uint32(1)  # every band broken, 119 of 128 equal
+    second[1, rows:] ^= np.uint32(1)  # band 0 equal, too few equal values
+    same = first == second
+    equal = np.count_nonzero(same, axis=1)
+    band_equal = same[:, : bands * rows].reshape(len(same), bands, rows).all(axis=2).any(axis=1)
+    got_equal, got_ok = compare_pairs(first, second, bands, rows, min_equal)
+    assert got_equal.tolist() == equal.tolist() and got_ok.tolist() == (band_equal & (equal >= min_equal)).tolist()
+    assert not got_ok[0] and got_equal[0] == num_perm - bands and not got_ok[1] and 0 < got_ok.sum() < 600
+
+
 def test_files_are_removed_on_close(tmp_path: Path) -> None:
     with DiskNearDuplicateIndex(tmp_path) as index:
         assert index.add_batch(["a", "b"], ["paciente evolui bem sem queixas hoje", "paciente evolui bem sem queixas hoje"]) == [None, "a"]

@@ -124,3 +124,33 @@ def signatures(encoded: list[bytes], shingle_size: int, permutations: tuple[np.n
     finally:
         numba.set_num_threads(previous)
     return out
+
+
+@njit(cache=True)
+def _compare_pairs(first: np.ndarray, second: np.ndarray, bands: int, rows: int, min_equal: int, equal: np.ndarray, ok: np.ndarray) -> None:
+    for pair in range(first.shape[0]):
+        count = 0
+        for value in range(first.shape[1]):
+            if first[pair, value] == second[pair, value]:
+                count += 1
+        band_equal = False
+        if count >= min_equal:  # the band test only where the count already passes
+            for band in range(bands):
+                start, same = band * rows, True
+                for value in range(start, start + rows):
+                    if first[pair, value] != second[pair, value]:
+                        same = False
+                        break
+                if same:
+                    band_equal = True
+                    break
+        equal[pair], ok[pair] = count, band_equal
+
+
+def compare_pairs(first: np.ndarray, second: np.ndarray, bands: int, rows: int, min_equal: int) -> tuple[np.ndarray, np.ndarray]:
+    """(equal values, near duplicate?) per row pair of two ``(pairs, num_perm)`` uint32 arrays: at least ``min_equal``
+    equal values and one of the ``bands`` bands of ``rows`` values equal throughout (what the numpy test computed, without its
+    ``pairs x num_perm`` boolean temporaries)."""
+    equal, ok = np.empty(first.shape[0], np.int64), np.empty(first.shape[0], np.bool_)
+    _compare_pairs(np.ascontiguousarray(first), np.ascontiguousarray(second), bands, rows, min_equal, equal, ok)
+    return equal, ok
