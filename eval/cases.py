@@ -618,7 +618,7 @@ def cases_command(
     settings = client_settings(endpoint, model, allow_remote, concurrency, retries, timeout) if judge else None
     options = BertScoreOptions(bertscore_model, bertscore_layers, bertscore_batch_size, device) if bertscore else None
     rounds = None
-    if judge and predict_rounds(engine, judge_predictions):
+    if predict_rounds(engine, judge_predictions, "--judge-predictions") and judge:  # the flags are checked even with --no-judge
         rounds = JudgeRounds(judge_round or f"judge_{re.sub(r'[^A-Za-z0-9_]', '_', Path(out_dir).resolve().name)}", judge_predictions)
     try:
         metrics = evaluate_cases(items, predictions, out_dir, settings, cache, check_labels, options, rounds)

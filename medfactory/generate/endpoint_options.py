@@ -80,12 +80,12 @@ def echo_client_summary(client_record: dict[str, Any], cache_path: Path) -> None
     typer.echo(f"client: {client_record['line']}; cache {cache_path} (a rerun sends only what is not in it)")
 
 
-def predict_rounds(engine: str, predictions: Path | None) -> bool:
+def predict_rounds(engine: str, predictions: Path | None, predictions_flag: str = "--predictions") -> bool:
     """Whether ``--engine`` asks for predict rounds; :class:`typer.BadParameter` naming the flag for anything else."""
     if engine not in ENGINES:
         raise typer.BadParameter(f"{engine!r} is not one of {', '.join(ENGINES)}", param_hint="--engine")
     if predictions is not None and engine != "predict":
-        raise typer.BadParameter("the replies of a predict round are read with --engine predict", param_hint="--predictions")
+        raise typer.BadParameter("the replies of a predict round are read with --engine predict", param_hint=predictions_flag)
     return engine == "predict"
 
 
