@@ -33,7 +33,7 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.base.atomic import atomic_write, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.jsonl import iter_jsonl
 from medfactory.base.tables import markdown_table
 from medfactory.base.versions import package_versions
@@ -620,11 +620,8 @@ def cases_command(
     rounds = None
     if predict_rounds(engine, judge_predictions, "--judge-predictions") and judge:  # the flags are checked even with --no-judge
         rounds = JudgeRounds(judge_round or f"judge_{re.sub(r'[^A-Za-z0-9_]', '_', Path(out_dir).resolve().name)}", judge_predictions)
-    try:
+    with exit_on_corpus_error():
         metrics = evaluate_cases(items, predictions, out_dir, settings, cache, check_labels, options, rounds)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     if "round" in metrics:
         echo_round(metrics["round"], f"medfactory eval cases --items {items} --predictions {predictions} --out-dir {out_dir} (the same options)",
                    "--judge-predictions")  # fmt: skip

@@ -23,7 +23,7 @@ import pandas as pd
 import typer
 
 from medfactory.base.atomic import atomic_write, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.tables import markdown_table
 from medfactory.eval import mcqa
 
@@ -205,11 +205,8 @@ def lm_eval_parity_command(
     tolerance: Annotated[float, typer.Option("--tolerance", min=0.0, help="Largest allowed |Δ log-likelihood| in nats; exit 1 above it")] = DEFAULT_TOLERANCE,
 ) -> None:
     """Score an eval mcqa report's items again with lm-evaluation-harness's HFLM and compare every option's log-likelihood."""
-    try:
+    with exit_on_corpus_error():
         parity = run_parity(report, batch_size, dtype, device, tolerance, out_dir)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     result = parity["result"]
     typer.echo(
         f"{result['n_options_scored']} options of {result['n_items']} items: max |Δ| {result['max_abs_difference']:.3g} nats, "

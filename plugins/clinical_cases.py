@@ -23,7 +23,7 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.base.atomic import sha256_file, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.jsonl import write_jsonl
 from medfactory.base.manifest import dataset_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
@@ -225,12 +225,9 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Prepare an open-ended clinical-case set: data/<name>/test.jsonl for eval cases and predict.json registered as <name>_predict."""
-    try:
+    with exit_on_corpus_error():
         columns = Columns(case_column, answer_column or DEFAULT_ANSWER_COLUMN.get(task, ""), id_column, specialty_column, diagnosis_column)
         manifest = prepare_clinical_cases(source, task, output_root, name, language, columns, replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     dataset = manifest["registered"][0]
     typer.echo(f"{manifest['items']} {task} cases -> data/{manifest['options']['name']}/{TEST_FILE}; registered {dataset} (prompt {PROMPT_VERSION})")
 

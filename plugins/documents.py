@@ -28,7 +28,7 @@ from xml.etree.ElementTree import Element
 import typer
 from tqdm import tqdm
 
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.jsonl import jsonl_line
 from medfactory.base.manifest import dataset_records, estimate_tokens, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
@@ -726,11 +726,8 @@ def prepare_command(
         chunk_characters=chunk_characters, min_language_probability=min_language_probability, min_characters=min_characters,
         near_duplicates=near_duplicates, on_error=on_error, seed=seed, output_root=output_root, replace=replace,
     )  # fmt: skip
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_documents(options)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     splits = manifest["splits"]
     dropped = ", ".join(f"{reason} {count}" for reason, count in manifest["dropped"].items()) or "none"
     typer.echo(

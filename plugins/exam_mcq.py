@@ -26,7 +26,7 @@ import typer
 from tqdm import tqdm
 
 from medfactory.base.atomic import sha256_file
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.manifest import MANIFEST_FILE, count_records, manifest_header, output_facts
 from medfactory.base.publish import folder_owner, publish_datasets
 from medfactory.corpus.mcq import LANGUAGES, LETTERS, McqItem, read_items, write_items
@@ -653,11 +653,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Prepare a published exam set (CareQA, MedExpQA, HealthQA-BR or a mapped CSV/JSONL/Parquet) as an MCQ evaluation set."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_exam_mcq(source, format, name, language, split, column_map, answer_base, on_error, output_root, replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     facts = manifest["splits"][split]
     options = ", ".join(f"{count} options: {number}" for count, number in facts["option_counts"].items())
     typer.echo(

@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.base.atomic import sha256_file, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.manifest import dataset_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME
@@ -461,11 +461,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Prepare HEAD-QA: MCQ evaluation sets per split, SFT and DPO sets from disjoint parts of train, registered as head_qa_<language>_sft/_dpo."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_head_qa(source, language=language, output_root=output_root, seed=seed, on_error=on_error, dpo_fraction=dpo_fraction, replace=replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     for split, summary in manifest["splits"].items():
         options = ", ".join(f"{count} options: {number}" for count, number in summary["options"].items())
         typer.echo(f"{split}: {summary['items']} questions ({options}; with an image: {summary['image_questions']})")

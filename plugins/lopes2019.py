@@ -22,7 +22,7 @@ from typing import Annotated, Any
 import typer
 from tqdm import tqdm
 
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.manifest import PreparationStats, build_manifest, dataset_records
 from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME
@@ -538,11 +538,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Prepare the Lopes et al. 2019 corpus for continued pretraining and register it as 'lopes2019'."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_lopes2019(source, output_root=output_root, on_error=on_error, replace=replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     for folder, files in manifest["files_read_by_source"].items():
         typer.echo(f"{folder}: {files} files, {manifest['documents_by_source'].get(folder, 0)} documents kept")
     typer.echo(

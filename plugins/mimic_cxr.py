@@ -26,7 +26,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from medfactory.base.atomic import atomic_write, sha256_file, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.jsonl import iter_jsonl, read_jsonl, write_jsonl
 from medfactory.base.manifest import PreparationStats, build_manifest, dataset_records
 from medfactory.base.names import confined_path, safe_component
@@ -991,7 +991,7 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Draw the MIMIC-CXR subset, cache its images at 896x896 and register 'mimic_cxr_translate'."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_mimic_cxr(
             source,
             jpg_root=jpg_root,
@@ -1002,9 +1002,6 @@ def prepare_command(
             workers=workers,
             replace=replace,
         )
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     for split, count in manifest["studies_by_split"].items():
         typer.echo(f"{split}: {count} studies ({manifest['inspected_by_split'][split]} inspected)")
     dropped = ", ".join(f"{reason} {count}" for reason, count in manifest["dropped"].items())
@@ -1025,11 +1022,8 @@ def prepare_ptbr_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Join the Portuguese translations to the studies and register the mimic_cxr_ptbr_* sets."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_mimic_cxr_ptbr(translations, output_root=output_root, seed=seed, replace=replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     for split, count in manifest["studies_by_split"].items():
         typer.echo(f"{split}: {count} studies, {manifest['images_by_split'][split]} images")
     for reason, entry in manifest["rejected"].items():

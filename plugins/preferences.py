@@ -28,7 +28,7 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.base.atomic import sha256_file, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.manifest import dataset_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
 from medfactory.base.registry import REGISTRY_NAME
@@ -204,11 +204,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Import your own preference pairs as a DPO (ranking) dataset registered under --name."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_preferences(source, name, output_root=output_root, on_error=on_error, replace=replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["skipped"].items())
     typer.echo(f"{manifest['pairs']} pairs of {manifest['lines']} lines ({manifest['with_system']} with a system prompt); skipped: {skipped or 'none'}")
     typer.echo(f"wrote {Path(output_root) / dataset_dir(name) / DPO_FILE}; registered '{name}' in {Path(output_root) / REGISTRY_NAME}")

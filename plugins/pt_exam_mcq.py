@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from medfactory.base.atomic import sha256_file
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.manifest import count_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
 from medfactory.corpus.mcq import LETTERS, McqItem, write_items
@@ -329,11 +329,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Prepare the Brazilian Teste de Progresso questions as an MCQ evaluation set (data/pt_exam_mcq/test.jsonl)."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_pt_exam_mcq(source, output_root=output_root, replace=replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     typer.echo(
         f"{manifest['items']} of {manifest['rows']} questions parsed; {len(manifest['parse_failures'])} dropped "
         f"(listed in the manifest); {manifest['image_questions']} refer to an image"

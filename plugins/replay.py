@@ -39,7 +39,7 @@ import typer
 from tqdm import tqdm
 
 from medfactory.base.atomic import sha256_file, write_json_atomic
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.base.jsonl import write_jsonl
 from medfactory.base.manifest import dataset_records, manifest_header, output_facts
 from medfactory.base.publish import publish_datasets
@@ -457,11 +457,8 @@ def prepare_command(
     replace: ReplaceOption = False,
 ) -> None:
     """Sample a general-domain instruction set as replay data at a stated share of a medical set."""
-    try:
+    with exit_on_corpus_error():
         manifest = prepare_replay(source, relative_to, ratio, name, output_root, seed, record_format, file_type, on_error, replace)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     skipped = ", ".join(f"{reason} {count}" for reason, count in manifest["skipped"].items())
     typer.echo(
         f"{manifest['replay_records']} replay records of {manifest['records_read']} read ({manifest['source_format']}, {manifest['source_file_type']}); "

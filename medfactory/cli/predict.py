@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import CorpusError, exit_on_corpus_error
 from medfactory.generate.endpoint_options import (
     DEFAULT_CONCURRENCY,
     DEFAULT_ENDPOINT,
@@ -47,7 +47,7 @@ def predict_command(
 ) -> None:
     """Answer a registered predict set through a served model; write generated_predictions.jsonl as llamafactory-cli predict does."""
     endpoint_settings = client_settings(endpoint, model, allow_remote_endpoint, concurrency, retries, timeout)
-    try:
+    with exit_on_corpus_error():
         if recipe is not None:
             settings = settings_from_recipe(recipe, dataset, output_dir, max_tokens)
         elif dataset is None or output_dir is None:
@@ -60,9 +60,6 @@ def predict_command(
                         "vLLM: the same chat template and image size)", fg=typer.colors.YELLOW, err=True)  # fmt: skip
         cache = request_cache_path(Path("."), f"predict_{settings.dataset}")
         summary = serve_predict(settings, endpoint_settings, cache, prompt_check=_prompt_check(check_prompts, settings))
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     typer.echo(f"{summary['records']} records of {settings.dataset} answered -> {settings.output_dir / PREDICTIONS_FILE}")
     if settings.not_sent:
         typer.secho(f"note: the recipe's {', '.join(settings.not_sent)} are not sent (set them on the server)", fg=typer.colors.YELLOW, err=True)

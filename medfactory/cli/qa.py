@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import exit_on_corpus_error
 from medfactory.base.registry import REGISTRY_NAME
 from medfactory.corpus.dedup import DEFAULT_THRESHOLD
 from medfactory.generate.endpoint_options import (
@@ -71,11 +71,8 @@ def qa_command(
         min_overlap=min_overlap, near_threshold=near_threshold, seed=seed, max_tokens=max_tokens, output_root=output_root, replace=replace,
     )  # fmt: skip
     rounds = predict_rounds(engine, predictions)
-    try:
+    with exit_on_corpus_error():
         manifest = generate_qa(source, options, settings, rounds=rounds, predictions=predictions)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     if "round" in manifest:
         echo_round(manifest["round"], f"medfactory generate qa --source {source} --name {name} (the same options)")
         return

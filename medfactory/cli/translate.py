@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from medfactory.base.errors import CorpusError
+from medfactory.base.errors import exit_on_corpus_error
 from medfactory.base.registry import REGISTRY_NAME
 from medfactory.generate.endpoint_options import (
     DEFAULT_CONCURRENCY,
@@ -66,11 +66,8 @@ def translate_command(
         back_translate=back_translate, min_chrf=min_chrf, max_tokens=max_tokens, chunk_characters=chunk_characters, replace=replace,
         requests_only=requests_only, predictions=predictions,
     )  # fmt: skip
-    try:
+    with exit_on_corpus_error():
         manifest = translate_dataset(options, settings)
-    except CorpusError as error:
-        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
-        raise typer.Exit(1) from error
     if requests_only:
         typer.echo(f"wrote {manifest['requests']} requests of {manifest['records']} records to {Path(output_root) / 'data' / manifest['name']}; "
                    f"registered '{manifest['name']}': predict on it (docs/translation.md, 'Predict instead of serve'), then pass --predictions")  # fmt: skip
