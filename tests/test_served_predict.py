@@ -53,6 +53,8 @@ def test_served_rows_equal_the_predict_runs_and_feed_eval_cases(repo_copy: Path,
     summary = json.loads((root / "saves/served/served_predict.json").read_text(encoding="utf-8"))
     assert summary["records"] == len(CASES) and summary["temperature"] == 0.0 and summary["max_tokens"] == 384
     assert "repetition_penalty" in summary["recipe_values_not_sent"]  # reported, not silently dropped
+    assert summary["server_must_match"]["quantization_bit"] == 4 and summary["server_must_match"]["template"] == "mistral"  # what the server must load
+    assert "adapter_name_or_path" in summary["server_must_match"]
     assert not any(case in json.dumps(summary) for case, _, _ in CASES)
 
     medfactory_cli(root, "eval", "cases", "--items", "data/casos_clinicos_diagnostico/test.jsonl", "--predictions", "saves/served/generated_predictions.jsonl",

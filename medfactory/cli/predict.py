@@ -54,7 +54,7 @@ def predict_command(
             raise CorpusError("pass --recipe (a predict recipe), or --dataset and --output-dir.")
         else:
             settings = PredictSettings(dataset, dataset_dir, output_dir, max_tokens or 512)
-        if settings.server_values:  # the server builds the prompt: say how it must run before anything is sent
+        if settings.server_values:  # the server loads the model and builds the prompt: say how it must run before anything is sent
             values = ", ".join(f"{key}={shlex.quote(str(value))}" for key, value in settings.server_values)
             typer.secho(f"note: start the server with the recipe's {values} (the llamafactory-cli api arguments of those names; "
                         "vLLM: the same chat template and image size)", fg=typer.colors.YELLOW, err=True)  # fmt: skip

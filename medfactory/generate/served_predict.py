@@ -33,8 +33,9 @@ SUMMARY_FILE = "served_predict.json"
 # LLaMA-Factory's DatasetAttr fields that name a record's columns (llamafactory/data/parser.py).
 COLUMN_ATTRIBUTES = ("prompt", "query", "response", "history", "messages", "system", "tools", "images", "videos", "audios", "chosen", "rejected", "kto_tag")
 RECIPE_KEYS_NOT_SENT = ("top_p", "top_k", "repetition_penalty", "num_beams", "length_penalty")  # not in this client's request
-# Recipe values that decide the prompt the server builds (start `llamafactory-cli api` with them; vLLM: the model's chat template and processor).
-SERVER_KEYS = ("template", "default_system", "image_max_pixels", "image_min_pixels", "enable_thinking")
+# Recipe values the server must run with: the model it loads (adapter, quantization) and the prompt it builds
+# (start `llamafactory-cli api` with them; vLLM: the merged or LoRA model, the chat template and the processor).
+SERVER_KEYS = ("adapter_name_or_path", "quantization_bit", "template", "default_system", "image_max_pixels", "image_min_pixels", "enable_thinking")
 
 
 @dataclass(frozen=True)
