@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from medfactory.generate.endpoint_options import EngineOption, RoundPredictionsOption, echo_round, predict_rounds
+
+if TYPE_CHECKING:
+    from medfactory.eval.likert.judge import JudgeRun
 
 likert_app = typer.Typer(help="The blind Likert study: completions, cards, ratings, report, LLM judge.", no_args_is_help=True)
 
@@ -87,18 +92,14 @@ def likert_judge(
     allow_remote_endpoint: Annotated[
         bool, typer.Option("--allow-remote-endpoint", help="Send card text (clinical text) to a non-loopback endpoint, via the environment's proxies if set")
     ] = False,
-    engine: Annotated[
-        str, typer.Option("--engine", help="served: send to --endpoint; predict: answers from llamafactory-cli predict runs, in rounds (docs/generation.md)")
-    ] = "served",
-    predictions: Annotated[
-        Path | None, typer.Option("--predictions", help="With --engine predict: the generated_predictions.jsonl of the last round's predict run")
-    ] = None,
+    engine: EngineOption = "served",
+    predictions: RoundPredictionsOption = None,
 ) -> None:
     """Score the cards with an LLM judge into ratings/judge_<model>.csv; cards already scored there are kept."""
     from medfactory.eval.likert import CARDS_FILE
     from medfactory.eval.likert.judge import MAX_FAILED_IN_A_ROW, endpoint_opener, judge_ratings_path, judge_study, load_cards
 
-    rounds = _judge_rounds(engine, predictions)
+    rounds = predict_rounds(engine, predictions)
     try:
         if not rounds:
             endpoint_opener(endpoint, allow_remote_endpoint)  # a refused endpoint is reported before the study
@@ -113,8 +114,6 @@ def likert_judge(
         raise fail(error) from None
     typer.echo(f"{run.cards} cards: {run.kept} scored by an earlier run (kept), {run.judged} scored now, {run.missing} missing -> {run.path}")
     if written is not None:
-        from medfactory.generate.endpoint_options import echo_round
-
         echo_round(written, f"medfactory likert judge --study {study} --model {model}")
         return
     if run.missing:
@@ -125,13 +124,9 @@ def likert_judge(
         )
 
 
-def _judge_rounds(engine: str, predictions: Path | None) -> bool:
-    from medfactory.generate.endpoint_options import predict_rounds
-
-    return predict_rounds(engine, predictions)
-
-
-def _judge_in_rounds(cards: list[dict[str, str]], path: Path, study: str, model: str, retries: int, predictions: Path | None) -> tuple[Any, Any]:
+def _judge_in_rounds(
+    cards: list[dict[str, str]], path: Path, study: str, model: str, retries: int, predictions: Path | None
+) -> tuple[JudgeRun, dict[str, Any] | None]:
     """``likert judge --engine predict``: the judge's answers from predict rounds; (the run, the round written or None)."""
     from medfactory.eval.likert.judge import judge_study
     from medfactory.generate.predict_rounds import RoundsClient, store_round, write_round

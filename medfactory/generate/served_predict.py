@@ -150,7 +150,8 @@ class PromptCheck:
 
     The server applies its own chat template, so a server started with another template (vLLM's default, a chat
     template around raw text) answers a different prompt without saying so. Its reply reports how many prompt
-    tokens it built (``usage.prompt_tokens``); :meth:`mismatch` compares that with the count this template builds.
+    tokens it built (``usage.prompt_tokens``); :meth:`mismatch` compares that with the count this template builds
+    (:meth:`expected_lengths`, computed once per run: it loads the tokenizer).
     """
 
     tokenizer: str  # a local folder with the served model's tokenizer
@@ -179,11 +180,11 @@ class PromptCheck:
             lengths.append(len(prompt_ids))
         return lengths
 
-    def mismatch(self, requests: list[ChatRequest], completions: list[Any], numbers: list[int] | None = None) -> str | None:
-        """The first record whose served prompt length differs from the template's, as a message; None when all agree."""
-        numbers = numbers or list(range(1, len(requests) + 1))
-        for number, expected, completion in zip(numbers, self.expected_lengths(requests), completions, strict=True):
-            if expected is not None and completion.prompt_tokens and completion.prompt_tokens != expected:
+    def mismatch(self, expected_lengths: list[int | None], completions: list[Any]) -> str | None:
+        """The first record whose served prompt length differs from ``expected_lengths`` (in the records' order), as a message;
+        None when all agree. A completion that failed, or reports no count, is not compared."""
+        for number, (expected, completion) in enumerate(zip(expected_lengths, completions, strict=True), start=1):
+            if completion is not None and expected is not None and completion.prompt_tokens and completion.prompt_tokens != expected:
                 system = f" and default_system {self.default_system!r}" if self.default_system else ""
                 return (f"record {number}: the server built a prompt of {completion.prompt_tokens} tokens where template {self.template!r} builds "
                         f"{expected}, so it runs another chat template. Start it as the recipe builds prompts: llamafactory-cli api with "
@@ -191,14 +192,14 @@ class PromptCheck:
         return None
 
 
-def _probe_prompt(check: PromptCheck, requests: list[ChatRequest], client_settings: ClientSettings) -> None:
+def _probe_prompt(check: PromptCheck, expected: list[int | None], requests: list[ChatRequest], client_settings: ClientSettings) -> None:
     """Send the first text request, uncached, and stop before the run if the server built another prompt (nothing is cached)."""
-    number, first = next(((n, r) for n, r in enumerate(requests, start=1) if not r.images), (None, None))
+    first = next((index for index, request in enumerate(requests) if not request.images), None)
     if first is None:
         return
-    probe = LlmClient(client_settings, None)
-    (completion,) = probe.complete([first], desc="prompt check")
-    problem = check.mismatch([first], [completion], [number]) if completion.ok else None  # a failed probe fails the run itself next
+    (completion,) = LlmClient(client_settings, None).complete([requests[first]], desc="prompt check")
+    answered = [completion if index == first and completion.ok else None for index in range(len(requests))]  # a failed probe fails the run next
+    problem = check.mismatch(expected, answered)
     if problem:
         raise CorpusError(f"{problem}; nothing was written or cached.")
 
@@ -209,8 +210,9 @@ def serve_predict(settings: PredictSettings, client_settings: ClientSettings, ca
     With ``prompt_check``, nothing is written unless the server built every prompt as the recipe's template does.
     """
     requests, prompts, labels = predict_requests(settings)
+    expected = prompt_check.expected_lengths(requests) if prompt_check is not None else []
     if prompt_check is not None:  # before the cache is opened: a wrong server leaves no file behind
-        _probe_prompt(prompt_check, requests, client_settings)
+        _probe_prompt(prompt_check, expected, requests, client_settings)
     client = LlmClient(client_settings, cache_path)  # refuses a remote endpoint before anything is sent
     try:
         completions = list(client.complete(requests, desc=f"predict {settings.dataset}"))
@@ -222,7 +224,7 @@ def serve_predict(settings: PredictSettings, client_settings: ClientSettings, ca
             f"{failed} of {len(requests)} requests failed, so {settings.output_dir / PREDICTIONS_FILE} was not written (its row order is the join). "
             f"Run the same command again: the {len(requests) - failed} answered are in {cache_path}."
         )
-    problem = prompt_check.mismatch(requests, completions) if prompt_check is not None else None
+    problem = prompt_check.mismatch(expected, completions) if prompt_check is not None else None
     if problem:  # answers cached by an earlier run against a server with another template
         raise CorpusError(f"{problem}; {settings.output_dir / PREDICTIONS_FILE} was not written. The cache {cache_path} holds answers to "
                           "those other prompts: delete it, restart the server, and run again.")  # fmt: skip
